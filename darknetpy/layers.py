@@ -1,0 +1,336 @@
+"""One small frozen dataclass per Darknet layer kind. No arrays, no numba, no onnx.
+
+Field names are the cfg keys as written (``filters size stride padding groups batch_normalize
+activation``), with darknet's defaults and oddities already resolved by ``graph.py`` into explicit
+values (``padding`` is the real per-side conv padding; maxpool ``padding`` is darknet's *total*
+padding). Shapes use darknet's names: the input is ``c x h x w`` with ``inputs`` floats, the output
+``out_c x out_h x out_w`` with ``outputs`` floats. Layers whose output is a flat vector in darknet
+(softmax, cost, a route over differently sized layers) have ``out_c = out_h = out_w = 0``.
+
+``params()`` lists the arrays a layer keeps, in .weights file order, with their shapes; it is the one
+description of the file layout that ``weights.py`` reads and writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+# Activation names darknet's get_activation() knows, plus AlexeyAB's relu6 (our one extension).
+ACTIVATIONS = ("logistic", "loggy", "relu", "elu", "selu", "relie", "plse", "hardtan", "lhtan",
+               "linear", "ramp", "leaky", "tanh", "stair", "relu6")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layer:
+    """What every layer has: its index, where it was written, and its input/output geometry."""
+
+    kind: ClassVar[str] = "?"          # darknet's canonical section name, e.g. "convolutional"
+    index: int                         # darknet's layer index (0 = first section after [net])
+    line: int = 0                      # line of the "[section]" header in the cfg
+    section: str = ""                  # the section name as written (may be an alias: "conv")
+    c: int
+    h: int
+    w: int
+    inputs: int
+    out_c: int
+    out_h: int
+    out_w: int
+    outputs: int
+    # Keys darknet reads for every layer that change how the .weights file is read or written.
+    dontload: int = 0
+    numload: int = 0
+    dontloadscales: int = 0
+    dontsave: int = 0
+
+    @property
+    def spatial(self) -> bool:
+        """True when the output is a c x h x w image (darknet prints and dumps it as such)."""
+        return self.out_c * self.out_h * self.out_w == self.outputs and self.outputs > 0
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The output's shape as darknet's predict returns it: (C, H, W) if spatial, else (N,)."""
+        return (self.out_c, self.out_h, self.out_w) if self.spatial else (self.outputs,)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return (self.c, self.h, self.w) if self.c * self.h * self.w == self.inputs else (self.inputs,)
+
+    def params(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Arrays of this layer in .weights order as darknet *saves* them: [(name, shape), ...]."""
+        return []
+
+    def load_params(self) -> list[tuple[str, int]]:
+        """(name, float count) actually read from the file, honouring dontload/numload/dontloadscales."""
+        if self.dontload:
+            return []
+        return [(name, _prod(shape)) for name, shape in self.params()]
+
+    @property
+    def nparams(self) -> int:
+        """Floats this layer occupies in a .weights file darknet saves."""
+        return sum(_prod(shape) for _, shape in self.params())
+
+    @property
+    def macs(self) -> int:
+        return 0
+
+    def describe(self) -> str:
+        """How a user finds this layer: 'layer 7 [maxpool]'."""
+        return f"layer {self.index} [{self.section or self.kind}]"
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _bn_params(n: int) -> list[tuple[str, tuple[int, ...]]]:
+    return [("scales", (n,)), ("rolling_mean", (n,)), ("rolling_variance", (n,))]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Convolutional(Layer):
+    kind: ClassVar[str] = "convolutional"
+    filters: int
+    size: int
+    stride: int
+    padding: int          # per side, resolved: size//2 if pad=1 else the padding= value
+    groups: int
+    batch_normalize: int
+    activation: str
+    flipped: int = 0
+
+    def params(self):
+        p = [("biases", (self.filters,))]
+        if self.batch_normalize:
+            p += _bn_params(self.filters)
+        p.append(("weights", (self.filters, self.c // self.groups, self.size, self.size)))
+        return p
+
+    def load_params(self):
+        if self.dontload:
+            return []
+        n = self.numload or self.filters
+        p = [("biases", n)]
+        if self.batch_normalize and not self.dontloadscales:
+            p += [("scales", n), ("rolling_mean", n), ("rolling_variance", n)]
+        p.append(("weights", n * (self.c // self.groups) * self.size * self.size))
+        return p
+
+    @property
+    def macs(self):
+        return self.out_h * self.out_w * self.filters * (self.c // self.groups) * self.size * self.size
+
+    @property
+    def quirk_1x1_no_subsample(self) -> bool:
+        """darknet skips im2col for size=1 and reads the input rows unstrided (spec §11.2)."""
+        return self.size == 1 and self.stride > 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Connected(Layer):
+    kind: ClassVar[str] = "connected"
+    output: int
+    batch_normalize: int
+    activation: str
+
+    def params(self):
+        # The batch-norm block comes AFTER the weights here (before them in conv): spec §6.
+        p = [("biases", (self.output,)), ("weights", (self.output, self.inputs))]
+        if self.batch_normalize:
+            p += _bn_params(self.output)
+        return p
+
+    def load_params(self):
+        if self.dontload:
+            return []
+        p = [("biases", self.output), ("weights", self.output * self.inputs)]
+        if self.batch_normalize and not self.dontloadscales:
+            p += [("scales", self.output), ("rolling_mean", self.output), ("rolling_variance", self.output)]
+        return p
+
+    @property
+    def macs(self):
+        return self.inputs * self.output
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaxPool(Layer):
+    kind: ClassVar[str] = "maxpool"
+    size: int
+    stride: int
+    padding: int          # darknet's TOTAL padding; the window starts at i*stride - padding//2
+
+
+@dataclass(frozen=True, kw_only=True)
+class AvgPool(Layer):
+    kind: ClassVar[str] = "avgpool"     # global average pooling: c x h x w -> c x 1 x 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Softmax(Layer):
+    kind: ClassVar[str] = "softmax"
+    groups: int
+    temperature: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cost(Layer):
+    kind: ClassVar[str] = "cost"        # inert at inference: output stays 0, never the network output
+    type: str = "sse"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Route(Layer):
+    kind: ClassVar[str] = "route"
+    layers: tuple[int, ...]             # absolute indices, in concatenation order
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shortcut(Layer):
+    kind: ClassVar[str] = "shortcut"
+    from_: int                          # absolute index of the 'from' layer (cfg key "from")
+    activation: str
+    alpha: float                        # scales the previous layer's output
+    beta: float                         # scales the 'from' layer's output
+
+
+@dataclass(frozen=True, kw_only=True)
+class Upsample(Layer):
+    kind: ClassVar[str] = "upsample"
+    stride: int                         # absolute value; see reverse
+    scale: float
+    reverse: bool                       # stride < 0 in the cfg: sum over |stride| x |stride| blocks
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dropout(Layer):
+    kind: ClassVar[str] = "dropout"     # identity at inference
+    probability: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Local(Layer):
+    kind: ClassVar[str] = "local"       # convolution with unshared weights per output location
+    filters: int
+    size: int
+    stride: int
+    pad: int                            # pixels of padding passed to im2col (not a flag here)
+    activation: str
+
+    def params(self):
+        loc = self.out_h * self.out_w
+        return [("biases", (self.filters, self.out_h, self.out_w)),
+                ("weights", (loc, self.filters, self.c * self.size * self.size))]
+
+    @property
+    def macs(self):
+        return self.out_h * self.out_w * self.filters * self.c * self.size * self.size
+
+
+@dataclass(frozen=True, kw_only=True)
+class Crop(Layer):
+    kind: ClassVar[str] = "crop"        # centre crop at inference, then x*2-1 unless noadjust
+    crop_height: int
+    crop_width: int
+    noadjust: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchNorm(Layer):
+    kind: ClassVar[str] = "batchnorm"   # conv-style BN with bias 0 (darknet itself segfaults here)
+
+    def params(self):
+        return _bn_params(self.c)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Activation(Layer):
+    kind: ClassVar[str] = "activation"  # a standalone activation ([activation] section)
+    activation: str
+
+
+LAYER_CLASSES = (Convolutional, Connected, MaxPool, AvgPool, Softmax, Cost, Route, Shortcut, Upsample,
+                 Dropout, Local, Crop, BatchNorm, Activation)
+
+
+@dataclass(frozen=True)
+class NetInfo:
+    """The [net] section's inference-relevant values."""
+
+    h: int
+    w: int
+    c: int
+    inputs: int
+    batch: int = 1
+    line: int = 0
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return (self.c, self.h, self.w) if self.c * self.h * self.w == self.inputs else (self.inputs,)
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A shape-checked Darknet network: [net] info plus layers in order. Immutable."""
+
+    net: NetInfo
+    layers: tuple[Layer, ...]
+    path: str = "<cfg>"
+    source_sha256: str = ""
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> Layer:
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    @property
+    def output_index(self) -> int:
+        """darknet's get_network_output_layer: the last layer that is not [cost]."""
+        for layer in reversed(self.layers):
+            if not isinstance(layer, Cost):
+                return layer.index
+        return len(self.layers) - 1
+
+    @property
+    def output_layer(self) -> Layer:
+        return self.layers[self.output_index]
+
+    @property
+    def nparams(self) -> int:
+        return sum(layer.nparams for layer in self.layers)
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def classes(self) -> int:
+        """Length of the output vector (1000 for an ImageNet classifier)."""
+        return self.output_layer.outputs
+
+    def consumers(self) -> dict[int, list[int]]:
+        """layer index -> indices of the layers that read its output (the next layer, routes, shortcuts)."""
+        out: dict[int, list[int]] = {i: [] for i in range(len(self.layers))}
+        out[-1] = []
+        for layer in self.layers:
+            for src in inputs_of(layer):
+                out[src].append(layer.index)
+        return out
+
+
+def inputs_of(layer: Layer) -> tuple[int, ...]:
+    """Indices of the layers whose outputs this layer reads (-1 = the network input)."""
+    if isinstance(layer, Route):
+        return layer.layers
+    if isinstance(layer, Shortcut):
+        return (layer.index - 1, layer.from_)
+    return (layer.index - 1,)

@@ -1,0 +1,50 @@
+"""Shared test fixtures.
+
+Reference data (darknet's outputs, the real weights, sample images) lives in ``../shared`` beside the
+checkout and is read at run time, never committed. ``DARKNETPY_SHARED`` may point elsewhere. Tests that
+need it are skipped, with the reason, only when that folder does not exist.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("DARKNETPY_SHARED", REPO.parent / "shared"))
+CONFORMANCE = SHARED / "conformance"
+DARKNET = SHARED / "darknet"
+ARCH = SHARED / "arch"
+CFG = REPO / "cfg"
+
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"reference data folder {SHARED} does not exist")
+
+
+def conformance_cases() -> list[str]:
+    if not CONFORMANCE.is_dir():
+        return []
+    return sorted(p.name for p in CONFORMANCE.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+@pytest.fixture
+def quiet():
+    """Silence darknetpy's cfg warnings inside a test."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
+    """max |a - ref| / max |ref|: darknet.md §9's per-layer error measure."""
+    m = float(np.abs(ref).max()) if ref.size else 0.0
+    return float(np.abs(a - ref).max()) / (m or 1.0) if ref.size else 0.0
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
