@@ -1,0 +1,152 @@
+"""Pooling, softmax, shortcut, upsample and crop kernels. All are darknet-exact at full speed
+(max is exact; the others are the same float32 operations in the same order as darknet).
+
+Shapes: CHW float32, batch 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .activation import activate_scalar
+
+FLT_MAX = np.float32(3.4028234663852886e38)
+
+
+@njit(cache=True, parallel=True)
+def _maxpool(x, size, stride, pad, out):
+    # x: (C, H, W) -> out: (C, out_h, out_w). The window of output (i, j) starts at
+    # (i*stride - pad//2, j*stride - pad//2); outside the image counts as -FLT_MAX (so a window that is
+    # entirely padding yields -FLT_MAX, as in darknet); ties keep the first maximum.
+    c, h, w = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    off = -(pad // 2)
+    for ch in prange(c):
+        for i in range(out_h):
+            for j in range(out_w):
+                m = -FLT_MAX
+                for n in range(size):
+                    y = off + i * stride + n
+                    for k in range(size):
+                        xx = off + j * stride + k
+                        if 0 <= y < h and 0 <= xx < w:
+                            v = x[ch, y, xx]
+                            if v > m:
+                                m = v
+                out[ch, i, j] = m
+
+
+def maxpool(x: np.ndarray, size: int, stride: int, pad: int, out: np.ndarray) -> None:
+    """darknet [maxpool]: ``pad`` is darknet's TOTAL padding."""
+    _maxpool(x, size, stride, pad, out)
+
+
+@njit(cache=True)
+def _softmax(x, groups, temperature, out):
+    # darknet softmax_cpu on the flat vector, in ``groups`` contiguous chunks:
+    # e = exp(x/t - max/t); y = e / sum(e). (darknet's vectorised expf makes the last bit vary: §9.)
+    n = x.size // groups
+    for g in range(groups):
+        base = g * n
+        largest = -FLT_MAX
+        for i in range(n):
+            if x[base + i] > largest:
+                largest = x[base + i]
+        s = np.float32(0.0)
+        for i in range(n):
+            e = np.float32(math.exp(np.float64(x[base + i] / temperature - largest / temperature)))
+            s += e
+            out[base + i] = e
+        for i in range(n):
+            out[base + i] = out[base + i] / s
+
+
+def softmax(x: np.ndarray, groups: int, temperature: float, out: np.ndarray) -> None:
+    _softmax(x.reshape(-1), groups, np.float32(temperature), out.reshape(-1))
+
+
+@njit(cache=True, parallel=True)
+def _shortcut(prev, src, alpha, beta, act, out):
+    # out = prev; then out[k, j*sample, i*sample] = alpha*out + beta*src[k, j*stride, i*stride] for the
+    # first min(c1, c2) channels and min(h,w) grid (darknet shortcut_cpu); then the activation.
+    # prev/out: (c2, h2, w2); src: (c1, h1, w1). out may alias prev.
+    c1, h1, w1 = src.shape
+    c2, h2, w2 = out.shape
+    stride = max(w1 // w2, 1)
+    sample = max(w2 // w1, 1)
+    minw = min(w1, w2)
+    minh = min(h1, h2)
+    minc = min(c1, c2)
+    for k in prange(c2):
+        for y in range(h2):
+            for x in range(w2):
+                out[k, y, x] = prev[k, y, x]
+        if k < minc:
+            for j in range(minh):
+                for i in range(minw):
+                    y = j * sample
+                    x = i * sample
+                    out[k, y, x] = alpha * out[k, y, x] + beta * src[k, j * stride, i * stride]
+        for y in range(h2):
+            for x in range(w2):
+                out[k, y, x] = activate_scalar(out[k, y, x], act)
+
+
+def shortcut(prev, src, alpha, beta, act, out):
+    _shortcut(prev, src, np.float32(alpha), np.float32(beta), act, out)
+
+
+@njit(cache=True, parallel=True)
+def _upsample(x, stride, scale, out):
+    # nearest neighbour: out[c, y, x] = scale * in[c, y/stride, x/stride]
+    c = x.shape[0]
+    oh, ow = out.shape[1], out.shape[2]
+    for ch in prange(c):
+        for y in range(oh):
+            for xx in range(ow):
+                out[ch, y, xx] = scale * x[ch, y // stride, xx // stride]
+
+
+@njit(cache=True, parallel=True)
+def _downsample_sum(x, stride, scale, out):
+    # darknet's upsample with stride < 0: out[c, y, x] = sum over the stride x stride block of scale*in,
+    # accumulated row by row, left to right, onto 0.
+    c = x.shape[0]
+    oh, ow = out.shape[1], out.shape[2]
+    for ch in prange(c):
+        for y in range(oh):
+            for xx in range(ow):
+                out[ch, y, xx] = np.float32(0.0)
+        for j in range(oh * stride):
+            for i in range(ow * stride):
+                out[ch, j // stride, i // stride] += scale * x[ch, j, i]
+
+
+def upsample(x, stride: int, scale: float, reverse: bool, out):
+    if reverse:
+        _downsample_sum(x, stride, np.float32(scale), out)
+    else:
+        _upsample(x, stride, np.float32(scale), out)
+
+
+@njit(cache=True, parallel=True)
+def _crop(x, dh, dw, scale, trans, out):
+    # centre crop; darknet computes in*scale + trans (scale 2, trans -1 unless noadjust)
+    c = out.shape[0]
+    oh, ow = out.shape[1], out.shape[2]
+    for ch in prange(c):
+        for y in range(oh):
+            for xx in range(ow):
+                out[ch, y, xx] = x[ch, y + dh, xx + dw] * scale + trans
+
+
+def crop(x, out, noadjust: bool):
+    dh = (x.shape[1] - out.shape[1]) // 2
+    dw = (x.shape[2] - out.shape[2]) // 2
+    if noadjust:
+        _crop(x, dh, dw, np.float32(1.0), np.float32(0.0), out)
+    else:
+        _crop(x, dh, dw, np.float32(2.0), np.float32(-1.0), out)

@@ -1,0 +1,128 @@
+"""The public ``Network``: a graph, its parameters, and the plans that run it."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import layers as L
+from .errors import DarknetpyError, UnsupportedError
+from .graph import load_graph
+from .runtime import Plan
+from .weights import Weights, random_params, read_weights, save_weights
+
+
+_RESIZABLE = (L.Convolutional, L.MaxPool, L.Route, L.Shortcut, L.Upsample, L.Crop, L.Cost, L.AvgPool)
+
+
+def _env_exact() -> bool:
+    return os.environ.get("DARKNETPY_EXACT", "") not in ("", "0")
+
+
+def set_threads(threads: int | None) -> int:
+    """Set the number of threads darknetpy's kernels use (numba owns all of them). Returns it."""
+    import numba
+    n = numba.config.NUMBA_NUM_THREADS if threads is None else int(threads)
+    if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+        raise DarknetpyError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
+                             f"(NUMBA_NUM_THREADS), got {threads}")
+    numba.set_num_threads(n)
+    return n
+
+
+class Network:
+    """A Darknet network ready to run.
+
+    >>> import darknetpy
+    >>> net = darknetpy.load("cfg/tiny.cfg", "weights/tiny.weights")      # doctest: +SKIP
+    >>> x = darknetpy.letterbox(darknetpy.load_image("dog.jpg"), 224, 224)  # doctest: +SKIP
+    >>> probs = net.predict(x)                    # (1000,) like darknet's network_predict  # doctest: +SKIP
+    """
+
+    def __init__(self, graph: L.Graph, weights: Weights, *, exact: bool | None = None):
+        self.graph = graph
+        self.weights = weights
+        self.exact = _env_exact() if exact is None else bool(exact)
+        self._plans: dict[bool, Plan] = {}
+
+    # -- construction ----------------------------------------------------------------------------
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of the network input (or (N,) for a flat input)."""
+        return self.graph.net.in_shape
+
+    @property
+    def classes(self) -> int:
+        return self.graph.classes
+
+    def plan(self, exact: bool | None = None) -> Plan:
+        exact = self.exact if exact is None else bool(exact)
+        if exact not in self._plans:
+            self._plans[exact] = Plan(self.graph, self.weights, exact=exact)
+        return self._plans[exact]
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def predict(self, x: np.ndarray, *, all_layers: bool = False, exact: bool | None = None):
+        """Run the network on ``x``, float32 shaped like ``input_shape``.
+
+        Returns what darknet's ``network_predict`` returns: the output of the last non-[cost] layer,
+        shaped (C, H, W) when it is spatial, else flat. With ``all_layers=True``, a list with every
+        layer's output in darknet's shapes ([cost] layers give zeros).
+        """
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            raise DarknetpyError(f"predict() needs float32 input, got {x.dtype}")
+        want = self.input_shape
+        if x.shape != want and not (x.ndim == 4 and x.shape[0] == 1 and x.shape[1:] == want):
+            raise DarknetpyError(f"input shape {x.shape} does not match the network input {want} (C, H, W)")
+        p = self.plan(exact)
+        p.run(x)
+        if all_layers:
+            return [o.reshape(layer.out_shape).copy() for layer, o in zip(self.graph, p.outputs)]
+        layer = self.graph.output_layer
+        return p.outputs[layer.index].reshape(layer.out_shape).copy()
+
+    def resized(self, width: int, height: int) -> "Network":
+        """The same network run at another input size, with darknet's resize_network rules.
+
+        darknet resizes conv, maxpool, route, shortcut, upsample, crop, cost and the first avgpool, then
+        stops; any other layer before that avgpool ("Cannot resize this type of layer") is refused.
+        """
+        graph = load_graph(self.graph.path, height=height, width=width)
+        for layer in graph:
+            if isinstance(layer, L.AvgPool):
+                break
+            if not isinstance(layer, _RESIZABLE):
+                raise UnsupportedError(
+                    f"{self.graph.path}: cannot run at {width}x{height}: {layer.describe()} has a fixed input size "
+                    "(darknet's resize_network refuses it too); use --preprocess letterbox or resize")
+        for a, b in zip(graph, self.graph):
+            if a.nparams != b.nparams:
+                raise UnsupportedError(f"{self.graph.path}: {a.describe()} changes its parameter count at "
+                                       f"{width}x{height}")
+        return Network(graph, self.weights, exact=self.exact)
+
+    def save_weights(self, path: str | os.PathLike, *, keep_header: bool = False) -> None:
+        """Write the parameters in darknet's .weights format (see weights.save_weights)."""
+        save_weights(path, self.graph, self.weights, keep_header=keep_header)
+
+
+def load(cfg: str | os.PathLike, weights: str | os.PathLike | None = None, *, exact: bool | None = None,
+         height: int | None = None, width: int | None = None) -> Network:
+    """Read a .cfg (and optionally a .weights file) into a Network.
+
+    Without ``weights`` the parameters are He-initialised from a fixed seed (darknet initialises
+    randomly too), which is enough for shapes, timing and smoke tests. ``exact=True`` (or the
+    environment variable ``DARKNETPY_EXACT=1``) runs darknet's exact arithmetic instead of the fast
+    kernels. ``height``/``width`` override the [net] input size, like darknet's resize_network.
+
+    >>> net = darknetpy.load("cfg/tiny.cfg")            # doctest: +SKIP
+    >>> net.input_shape                                 # doctest: +SKIP
+    (3, 224, 224)
+    """
+    graph = load_graph(cfg, height=height, width=width)
+    w = read_weights(weights, graph) if weights is not None else random_params(graph)
+    return Network(graph, w, exact=exact)

@@ -1,0 +1,236 @@
+"""Graph + parameters -> an execution plan (kernels bound, buffers preallocated); ``plan.run(x)``.
+
+The plan is built once:
+
+* every layer's output gets a preallocated float32 buffer in darknet's shape (CHW, or flat);
+* a ``[route]`` costs nothing: each listed layer that is computed here writes straight into its
+  channel slice of the route's buffer (a contiguous view, batch 1), unless it already feeds another
+  route that way; ``[dropout]`` shares its input's buffer, as in darknet;
+* in fast mode, batch norm is folded into the convolution weights (scale) and a per-channel shift,
+  weights are packed for the GEMM kernel, and bias + activation run in the GEMM epilogue;
+* ``exact=True`` binds the darknet-exact kernels instead (same arithmetic as pjreddie's C code).
+
+``DARKNETPY_DEBUG=1`` prints each layer's shape, time and output range to stderr while it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from . import layers as L
+from .kernels import conv as kconv
+from .kernels import elementwise as kel
+from .kernels import exact as kex
+from .kernels.activation import CODE as ACT
+from .kernels.activation import activate
+from .kernels.gemm import pack_a
+from .weights import Weights
+
+_BN_EPS = np.float32(1e-6)          # darknet CPU: (x - mean) / (sqrt(var) + .000001f)
+
+
+def fold_batchnorm(p: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel (scale, shift) with y = conv(x)*scale + shift, darknet's CPU BN formula.
+
+    Without batch norm: scale 1, shift = biases.
+    """
+    if "scales" not in p:
+        return np.ones(n, np.float32), p["biases"].astype(np.float32)
+    s = p["scales"].astype(np.float64) / (np.sqrt(p["rolling_variance"].astype(np.float64)) + np.float64(_BN_EPS))
+    shift = p["biases"].astype(np.float64) - p["rolling_mean"].astype(np.float64) * s
+    return s.astype(np.float32), shift.astype(np.float32)
+
+
+class Plan:
+    """A compiled forward pass for one graph and one set of parameters."""
+
+    def __init__(self, graph: L.Graph, weights: Weights, *, exact: bool = False):
+        self.graph = graph
+        self.exact = exact
+        self.input = np.zeros(graph.net.in_shape, dtype=np.float32)
+        self.outputs: list[np.ndarray] = [None] * len(graph)  # type: ignore[list-item]
+        self._plan_buffers()
+        self.steps: list[Callable[[], None]] = [self._bind(layer, weights.params[layer.index]) for layer in graph]
+        self.debug = os.environ.get("DARKNETPY_DEBUG", "") not in ("", "0")
+
+    # -- buffers ---------------------------------------------------------------------------------
+
+    def _plan_buffers(self) -> None:
+        g = self.graph
+        slot: dict[int, tuple[int, int]] = {}  # producer index -> (route index, first channel)
+        for layer in g:
+            if not isinstance(layer, L.Route) or not layer.spatial:
+                continue
+            buf = np.zeros(layer.out_shape, dtype=np.float32)
+            self.outputs[layer.index] = buf
+            c0 = 0
+            for src in layer.layers:
+                prod = g[src]
+                if src not in slot and _writes_own_output(prod) and prod.spatial:
+                    slot[src] = (layer.index, c0)
+                c0 += prod.out_c
+        self._route_slots = slot
+        for layer in g:
+            i = layer.index
+            if self.outputs[i] is not None:
+                continue
+            if isinstance(layer, L.Dropout):
+                prev = self.outputs[i - 1] if i > 0 else self.input
+                self.outputs[i] = prev.reshape(layer.out_shape)
+            elif i in slot:
+                r, c0 = slot[i]
+                self.outputs[i] = self.outputs[r][c0:c0 + layer.out_c]
+            else:
+                self.outputs[i] = np.zeros(layer.out_shape, dtype=np.float32)
+
+    def _in(self, layer: L.Layer) -> np.ndarray:
+        """The layer's input as darknet sees it: the previous output (or the network input)."""
+        src = self.outputs[layer.index - 1] if layer.index > 0 else self.input
+        if layer.c * layer.h * layer.w == layer.inputs and layer.inputs > 0:
+            return src.reshape(layer.c, layer.h, layer.w)
+        return src.reshape(-1)
+
+    # -- binding kernels -------------------------------------------------------------------------
+
+    def _bind(self, layer: L.Layer, p: dict) -> Callable[[], None]:
+        out = self.outputs[layer.index]
+        x = self._in(layer)
+        if isinstance(layer, L.Convolutional):
+            return self._bind_conv(layer, p, x, out)
+        if isinstance(layer, L.Connected):
+            return self._bind_connected(layer, p, x, out)
+        if isinstance(layer, L.MaxPool):
+            return lambda: kel.maxpool(x, layer.size, layer.stride, layer.padding, out)
+        if isinstance(layer, L.AvgPool):
+            x2d, o1 = x.reshape(layer.c, -1), out.reshape(-1)
+            return lambda: kex.avgpool_exact(x2d, o1)
+        if isinstance(layer, L.Softmax):
+            return lambda: kel.softmax(x, layer.groups, layer.temperature, out)
+        if isinstance(layer, L.Cost):
+            return lambda: None                              # inert: its output stays 0
+        if isinstance(layer, L.Route):
+            return self._bind_route(layer, out)
+        if isinstance(layer, L.Shortcut):
+            src = self.outputs[layer.from_].reshape(g_shape(self.graph[layer.from_]))
+            a = ACT[layer.activation]
+            return lambda: kel.shortcut(x, src, layer.alpha, layer.beta, a, out)
+        if isinstance(layer, L.Upsample):
+            return lambda: kel.upsample(x, layer.stride, layer.scale, layer.reverse, out)
+        if isinstance(layer, L.Dropout):
+            return lambda: None                              # shares its input's buffer
+        if isinstance(layer, L.Local):
+            w, b = p["weights"], p["biases"]
+            a = ACT[layer.activation]
+            return lambda: kex.local_exact(x, w, b, layer.size, layer.stride, layer.pad, a, out)
+        if isinstance(layer, L.Crop):
+            return lambda: kel.crop(x, out, bool(layer.noadjust))
+        if isinstance(layer, L.BatchNorm):
+            zero = np.zeros(layer.c, np.float32)
+            x2d, o2d = x.reshape(layer.c, -1), out.reshape(layer.c, -1)
+            sc, mn, vr = p["scales"], p["rolling_mean"], p["rolling_variance"]
+
+            def run_bn():
+                o2d[...] = x2d
+                kex.batchnorm_exact(o2d, sc, mn, vr)
+                kex.bias_act_exact(o2d, zero, ACT["linear"])
+            return run_bn
+        if isinstance(layer, L.Activation):
+            o1 = out.reshape(-1)
+            x1 = x.reshape(-1)
+            name = layer.activation
+
+            def run_act():
+                o1[...] = x1
+                activate(o1, name)
+            return run_act
+        raise AssertionError(f"no kernel for {layer.kind}")
+
+    def _bind_conv(self, layer: L.Convolutional, p: dict, x, out) -> Callable[[], None]:
+        a = ACT[layer.activation]
+        if self.exact or layer.quirk_1x1_no_subsample:
+            w, b = p["weights"], p["biases"]
+            o2d = out.reshape(layer.filters, -1)
+            bn = (p["scales"], p["rolling_mean"], p["rolling_variance"]) if layer.batch_normalize else None
+
+            def run_exact():
+                kex.conv_exact(x, w, layer.groups, layer.size, layer.stride, layer.padding, out)
+                if bn is not None:
+                    kex.batchnorm_exact(o2d, *bn)
+                kex.bias_act_exact(o2d, b, a)
+            return run_exact
+        scale, shift = fold_batchnorm(p, layer.filters)
+        w = (p["weights"] * scale[:, None, None, None]).astype(np.float32)
+        if layer.groups == 1:
+            ap = pack_a(w.reshape(layer.filters, -1))
+            return lambda: kconv.conv_gemm(x, ap, shift, a, layer.size, layer.stride, layer.padding, out)
+        w = np.ascontiguousarray(w)
+        return lambda: kconv.conv_direct(x, w, layer.groups, shift, a, layer.stride, layer.padding, out)
+
+    def _bind_connected(self, layer: L.Connected, p: dict, x, out) -> Callable[[], None]:
+        a = ACT[layer.activation]
+        x1, o1 = x.reshape(-1), out.reshape(-1)
+        if self.exact:
+            w, b = p["weights"], p["biases"]
+            o2d = out.reshape(layer.output, 1)
+            bn = (p["scales"], p["rolling_mean"], p["rolling_variance"]) if layer.batch_normalize else None
+
+            def run_exact():
+                kex.connected_exact(x1, w, o1)
+                if bn is not None:
+                    kex.batchnorm_exact(o2d, *bn)
+                kex.bias_act_exact(o2d, b, a)
+            return run_exact
+        scale, shift = fold_batchnorm(p, layer.output)
+        w = np.ascontiguousarray(p["weights"] * scale[:, None], dtype=np.float32)
+        return lambda: kconv.connected(x1, w, shift, a, o1)
+
+    def _bind_route(self, layer: L.Route, out) -> Callable[[], None]:
+        # Copy only the inputs that could not write into their slice directly.
+        flat = out.reshape(-1)
+        copies = []
+        pos = c0 = 0
+        for src in layer.layers:
+            prod = self.graph[src]
+            if self._route_slots.get(src) != (layer.index, c0):
+                copies.append((self.outputs[src].reshape(-1), flat[pos:pos + prod.outputs]))
+            pos += prod.outputs
+            c0 += prod.out_c
+        if not copies:
+            return lambda: None
+
+        def run_route():
+            for s, d in copies:
+                d[...] = s
+        return run_route
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run(self, x: np.ndarray) -> None:
+        """Forward pass on ``x`` (the network input shape); results are left in ``self.outputs``."""
+        self.input[...] = x.reshape(self.input.shape)
+        if not self.debug:
+            for step in self.steps:
+                step()
+            return
+        for layer, step in zip(self.graph, self.steps):
+            t = time.perf_counter()
+            step()
+            dt = (time.perf_counter() - t) * 1e3
+            o = self.outputs[layer.index]
+            rng = f"[{o.min():.4g}, {o.max():.4g}]" if o.size else "[]"
+            print(f"darknetpy: {layer.describe():28s} {str(layer.out_shape):18s} {dt:8.3f} ms  range {rng}",
+                  file=sys.stderr)
+
+
+def g_shape(layer: L.Layer) -> tuple[int, ...]:
+    return layer.out_shape
+
+
+def _writes_own_output(layer: L.Layer) -> bool:
+    """Layers whose kernel fills a caller-provided buffer (so it may be a slice of a route buffer)."""
+    return not isinstance(layer, (L.Route, L.Dropout, L.Cost))

@@ -1,0 +1,376 @@
+"""Every kernel against an obvious, slow reference written here with plain loops.
+
+Inputs are small integers (or halves) so every partial sum is exactly representable in float32: any
+order of summation gives the same bits, and the fast kernels (GEMM tiles, FMA) must equal the
+reference exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from darknetpy.kernels import conv as kconv
+from darknetpy.kernels import elementwise as kel
+from darknetpy.kernels import exact as kex
+from darknetpy.kernels.activation import CODE, NAMES, activate
+from darknetpy.kernels.gemm import MR, NR, pack_a
+
+rng = np.random.default_rng(1234)
+
+
+def ints(shape, lo=-3, hi=4):
+    return rng.integers(lo, hi, size=shape).astype(np.float32)
+
+
+def naive_conv(x, w, groups, stride, pad):
+    """Textbook convolution in float64 loops. x (C,H,W), w (M, C/g, k, k)."""
+    c, h, wd = x.shape
+    m, cg, k, _ = w.shape
+    oh = (h + 2 * pad - k) // stride + 1
+    ow = (wd + 2 * pad - k) // stride + 1
+    out = np.zeros((m, oh, ow))
+    mg = m // groups
+    for o in range(m):
+        g = o // mg
+        for y in range(oh):
+            for xx in range(ow):
+                s = 0.0
+                for ci in range(cg):
+                    for ky in range(k):
+                        for kx in range(k):
+                            iy, ix = y * stride - pad + ky, xx * stride - pad + kx
+                            if 0 <= iy < h and 0 <= ix < wd:
+                                s += w[o, ci, ky, kx] * x[g * cg + ci, iy, ix]
+                out[o, y, xx] = s
+    return out
+
+
+CONV_CASES = [
+    # (C, H, W, M, k, stride, pad, groups)
+    (3, 7, 9, 4, 3, 1, 1, 1),
+    (3, 8, 7, 13, 3, 2, 1, 1),      # M not a multiple of MR, stride 2
+    (5, 6, 6, 7, 5, 1, 2, 1),
+    (4, 9, 11, 16, 1, 1, 0, 1),     # 1x1: packed straight from the input
+    (2, 5, 5, 3, 2, 1, 1, 1),       # even kernel with pad 1: output one larger
+    (8, 17, 19, 20, 3, 1, 1, 1),    # N = 323: partial last panel
+    (6, 8, 10, 6, 3, 1, 1, 2),      # grouped
+    (6, 8, 10, 6, 3, 1, 1, 6),      # depthwise
+    (6, 9, 9, 6, 3, 2, 1, 6),       # depthwise stride 2
+    (8, 7, 7, 16, 3, 1, 1, 4),
+    (12, 8, 10, 12, 1, 1, 0, 3),    # grouped 1x1
+]
+
+
+@pytest.mark.parametrize("c,h,w,m,k,stride,pad,groups", CONV_CASES)
+def test_conv_exact_matches_naive(c, h, w, m, k, stride, pad, groups):
+    x = ints((c, h, w))
+    wt = ints((m, c // groups, k, k))
+    ref = naive_conv(x, wt, groups, stride, pad)
+    out = np.empty(ref.shape, np.float32)
+    kex.conv_exact(x, wt, groups, k, stride, pad, out)
+    assert np.array_equal(out, ref)
+
+
+@pytest.mark.parametrize("c,h,w,m,k,stride,pad,groups", CONV_CASES)
+def test_conv_fast_matches_naive(c, h, w, m, k, stride, pad, groups):
+    x = ints((c, h, w))
+    wt = ints((m, c // groups, k, k))
+    shift = ints((m,))
+    ref = naive_conv(x, wt, groups, stride, pad) + shift[:, None, None]
+    out = np.empty(ref.shape, np.float32)
+    if groups == 1:
+        kconv.conv_gemm(x, pack_a(wt.reshape(m, -1)), shift, CODE["linear"], k, stride, pad, out)
+    else:
+        kconv.conv_direct(x, wt, groups, shift, CODE["linear"], stride, pad, out)
+    assert np.array_equal(out, ref)
+
+
+def test_conv_gemm_fuses_activation_and_writes_into_a_view():
+    # The GEMM writes act(acc + shift) into a channel slice of a larger (route) buffer.
+    x = ints((4, 6, 6))
+    wt = ints((5, 4, 3, 3))
+    shift = ints((5,))
+    big = np.full((9, 6, 6), 7.0, np.float32)
+    kconv.conv_gemm(x, pack_a(wt.reshape(5, -1)), shift, CODE["relu"], 3, 1, 1, big[2:7])
+    ref = np.maximum(naive_conv(x, wt, 1, 1, 1) + shift[:, None, None], 0)
+    assert np.array_equal(big[2:7], ref)
+    assert np.all(big[:2] == 7) and np.all(big[7:] == 7)
+
+
+def test_pack_a_layout():
+    a = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+    ap = pack_a(a)
+    assert ap.shape == (2, 3 * MR)
+    for i in range(7):
+        for k in range(3):
+            assert ap[i // MR, k * MR + i % MR] == a[i, k]
+    assert np.all(ap[1, [k * MR + r for k in range(3) for r in range(1, MR)]] == 0)
+    assert NR % 8 == 0
+
+
+def test_conv_exact_1x1_stride2_reads_rows_unstrided():
+    # darknet's quirk: with size 1 the input is read as rows of out_h*out_w values, no subsampling.
+    x = ints((2, 6, 8))
+    wt = ints((3, 2, 1, 1))
+    out = np.empty((3, 3, 4), np.float32)
+    kex.conv_exact(x, wt, 1, 1, 2, 0, out)
+    flat = x.reshape(-1)
+    n = 12
+    ref = np.stack([sum(wt[o, c, 0, 0] * flat[c * n:(c + 1) * n] for c in range(2)) for o in range(3)])
+    assert np.array_equal(out.reshape(3, -1), ref)
+
+
+def naive_dot4(a, b):
+    """The lane pattern of darknet.md §9, written out independently."""
+    n = len(a)
+    lanes = [np.float32(0)] * 4
+    k4 = n - n % 4
+    for k in range(k4):
+        lanes[k % 4] = np.float32(lanes[k % 4] + np.float32(a[k] * b[k]))
+    rem = n - k4
+    f = np.float32
+    if rem >= 2:
+        s = f(f(f(lanes[0] + lanes[2]) + f(a[k4] * b[k4])) + f(f(lanes[1] + lanes[3]) + f(a[k4 + 1] * b[k4 + 1])))
+        if rem == 3:
+            s = f(s + f(a[k4 + 2] * b[k4 + 2]))
+    else:
+        s = f(f(lanes[0] + lanes[2]) + f(lanes[1] + lanes[3]))
+        if rem == 1:
+            s = f(s + f(a[k4] * b[k4]))
+    return s
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8, 40, 41, 42, 43])
+def test_connected_exact_lane_order(n):
+    # random reals, not integers: the order of summation must be exactly the lane pattern
+    x = rng.standard_normal(n).astype(np.float32)
+    w = rng.standard_normal((5, n)).astype(np.float32)
+    out = np.empty(5, np.float32)
+    kex.connected_exact(x, w, out)
+    assert np.array_equal(out, np.array([naive_dot4(x, w[o]) for o in range(5)], np.float32))
+
+
+def test_connected_fast():
+    x = ints((37,))
+    w = ints((9, 37))
+    shift = ints((9,))
+    out = np.empty(9, np.float32)
+    kconv.connected(x, w, shift, CODE["linear"], out)
+    assert np.array_equal(out, w.astype(np.float64) @ x + shift)
+
+
+def naive_maxpool(x, size, stride, pad):
+    c, h, w = x.shape
+    oh = (h + pad - size) // stride + 1
+    ow = (w + pad - size) // stride + 1
+    off = -(pad // 2)
+    out = np.full((c, oh, ow), -np.finfo(np.float32).max, np.float32)
+    for ch in range(c):
+        for i in range(oh):
+            for j in range(ow):
+                for n in range(size):
+                    for m in range(size):
+                        y, xx = off + i * stride + n, off + j * stride + m
+                        if 0 <= y < h and 0 <= xx < w:
+                            out[ch, i, j] = max(out[ch, i, j], x[ch, y, xx])
+    return out
+
+
+@pytest.mark.parametrize("h,w,size,stride,pad", [(7, 9, 2, 2, 1), (6, 6, 2, 1, 1), (11, 13, 3, 2, 2),
+                                                  (5, 5, 3, 1, 2), (8, 8, 2, 2, 0), (5, 7, 1, 1, 0),
+                                                  (4, 4, 3, 3, 6)])
+def test_maxpool(h, w, size, stride, pad):
+    x = ints((3, h, w), -50, 50)
+    ref = naive_maxpool(x, size, stride, pad)
+    out = np.empty(ref.shape, np.float32)
+    kel.maxpool(x, size, stride, pad, out)
+    assert np.array_equal(out, ref)
+
+
+def test_maxpool_window_entirely_in_padding_gives_minus_flt_max():
+    # size 1, total padding 2 on a 2x2 input: 4x4 output whose border windows start at -1 (padding only)
+    x = ints((1, 2, 2))
+    out = np.empty((1, 4, 4), np.float32)
+    kel.maxpool(x, 1, 1, 2, out)
+    assert out[0, 0, 0] == out[0, 3, 3] == np.float32(-3.4028234663852886e38)
+    assert np.array_equal(out[0, 1:3, 1:3], x[0])
+
+
+def test_avgpool_is_sum_times_reciprocal():
+    x = rng.standard_normal((4, 5 * 7)).astype(np.float32)
+    out = np.empty(4, np.float32)
+    kex.avgpool_exact(x, out)
+    for ch in range(4):
+        s = np.float32(0)
+        for v in x[ch]:
+            s = np.float32(s + v)
+        assert out[ch] == np.float32(s * (np.float32(1) / np.float32(35)))
+
+
+def test_softmax_groups_and_temperature():
+    x = rng.standard_normal(12).astype(np.float32) * 3
+    out = np.empty(12, np.float32)
+    kel.softmax(x, 3, 2.0, out)
+    for g in range(3):
+        v = x[g * 4:(g + 1) * 4].astype(np.float64) / 2
+        e = np.exp(v - v.max())
+        np.testing.assert_allclose(out[g * 4:(g + 1) * 4], e / e.sum(), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("src_shape,prev_shape", [((4, 6, 6), (4, 6, 6)), ((4, 6, 6), (6, 6, 6)),
+                                                   ((6, 6, 6), (2, 6, 6)), ((3, 8, 8), (3, 4, 4)),
+                                                   ((3, 4, 4), (3, 8, 8))])
+def test_shortcut_channels_and_spatial(src_shape, prev_shape):
+    src, prev = ints(src_shape), ints(prev_shape)
+    alpha, beta = 0.5, -2.0
+    out = np.empty(prev_shape, np.float32)
+    kel.shortcut(prev, src, alpha, beta, CODE["linear"], out)
+    ref = prev.copy()
+    (c1, h1, w1), (c2, h2, w2) = src_shape, prev_shape
+    stride, sample = max(w1 // w2, 1), max(w2 // w1, 1)
+    for k in range(min(c1, c2)):
+        for j in range(min(h1, h2)):
+            for i in range(min(w1, w2)):
+                ref[k, j * sample, i * sample] = alpha * ref[k, j * sample, i * sample] + beta * src[k, j * stride, i * stride]
+    assert np.array_equal(out, ref)
+
+
+def test_upsample_and_downsample_sum():
+    x = ints((2, 3, 4))
+    out = np.empty((2, 9, 12), np.float32)
+    kel.upsample(x, 3, 0.5, False, out)
+    assert np.array_equal(out, 0.5 * x.repeat(3, 1).repeat(3, 2))
+    y = ints((2, 7, 9))
+    down = np.empty((2, 3, 4), np.float32)
+    kel.upsample(y, 2, 2.0, True, down)
+    ref = np.zeros((2, 3, 4))
+    for c in range(2):
+        for j in range(6):
+            for i in range(8):
+                ref[c, j // 2, i // 2] += 2.0 * y[c, j, i]
+    assert np.array_equal(down, ref)
+
+
+def test_crop():
+    x = ints((2, 9, 9))
+    out = np.empty((2, 5, 7), np.float32)
+    kel.crop(x, out, noadjust=False)
+    assert np.array_equal(out, x[:, 2:7, 1:8] * 2 - 1)
+    kel.crop(x, out, noadjust=True)
+    assert np.array_equal(out, x[:, 2:7, 1:8])
+
+
+def test_local_layer():
+    c, h, w, f, k, pad = 2, 5, 5, 3, 3, 1
+    x = ints((c, h, w))
+    oh, ow = h, w
+    wt = ints((oh * ow, f, c * k * k))
+    b = ints((f, oh, ow))
+    out = np.empty((f, oh, ow), np.float32)
+    kex.local_exact(x, wt, b, k, 1, pad, CODE["linear"], out)
+    ref = b.astype(np.float64).copy()
+    for y in range(oh):
+        for xx in range(ow):
+            for o in range(f):
+                kk = 0
+                for ci in range(c):
+                    for ky in range(k):
+                        for kx in range(k):
+                            iy, ix = y - pad + ky, xx - pad + kx
+                            if 0 <= iy < h and 0 <= ix < w:
+                                ref[o, y, xx] += wt[y * ow + xx, o, kk] * x[ci, iy, ix]
+                            kk += 1
+    assert np.array_equal(out, ref)
+
+
+def reference_activation(name: str, x: float) -> np.float32:
+    """darknet's activations.h formulas, evaluated in double (C semantics), written independently."""
+    f = np.float32
+    d = float(x)
+    if name == "linear":
+        return f(x)
+    if name == "leaky":
+        return f(d if x > 0 else 0.1 * d)
+    if name == "relu":
+        return f(x) * f(x > 0)
+    if name == "relu6":
+        return f(min(max(d, 0.0), 6.0))
+    if name == "logistic":
+        return f(1.0 / (1.0 + math.exp(-d)))
+    if name == "loggy":
+        return f(2.0 / (1.0 + math.exp(-d)) - 1.0)
+    if name == "tanh":
+        two_x = float(f(2) * f(x))
+        e = math.exp(two_x) if two_x < 709 else math.inf
+        return f((e - 1) / (e + 1)) if e != math.inf else f("nan")
+    if name == "elu":
+        return f((d >= 0) * d + (d < 0) * (math.exp(d) - 1))
+    if name == "selu":
+        return f((d >= 0) * 1.0507 * d + (d < 0) * 1.0507 * 1.6732 * (math.exp(d) - 1))
+    if name == "relie":
+        return f(d if x > 0 else 0.01 * d)
+    if name == "ramp":
+        return f(float(f(x) * f(x > 0)) + 0.1 * d)
+    if name == "plse":
+        if x < -4:
+            return f(0.01 * float(f(x) + f(4)))
+        if x > 4:
+            return f(0.01 * float(f(x) - f(4)) + 1)
+        return f(0.125 * d + 0.5)
+    if name == "hardtan":
+        return f(-1) if x < -1 else f(1) if x > 1 else f(x)
+    if name == "lhtan":
+        return f(0.001 * d) if x < 0 else f(0.001 * float(f(x) - f(1)) + 1) if x > 1 else f(x)
+    if name == "stair":
+        n = math.floor(d)
+        if n % 2 == 0:
+            return f(math.floor(d / 2))
+        return f(float(f(x) - f(n)) + math.floor(d / 2))
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_activation_formulas(name):
+    xs = np.concatenate([np.array([-7.5, -6, -4.5, -4, -1.5, -1, -0.1, 0, 0.1, 0.5, 1, 1.5, 3.999, 4, 4.5,
+                                   5.99, 6, 6.01, 7.5, 40], np.float32),
+                         rng.standard_normal(300).astype(np.float32) * 5])
+    y = xs.copy()
+    activate(y, name)
+    ref = np.array([reference_activation(name, v) for v in xs], np.float32)
+    np.testing.assert_array_equal(y, ref)
+
+
+def test_relu6_straddles_zero_and_six():
+    x = np.array([-1e-7, -0.0, 0.0, 1e-7, 5.9999995, 6.0, 6.0000005, 100], np.float32)
+    activate(x, "relu6")
+    assert x.tolist() == [0.0, 0.0, 0.0, np.float32(1e-7), np.float32(5.9999995), 6.0, 6.0, 6.0]
+
+
+def test_tanh_overflows_to_nan_like_darknet():
+    x = np.array([356.0, 1.0], np.float32)
+    activate(x, "tanh")
+    assert np.isnan(x[0]) and x[1] == np.float32(math.tanh(1.0))
+
+
+def test_leaky_uses_double_point_one():
+    # float32(0.1)*x and float(0.1*(double)x) differ for some x; darknet is the latter.
+    xs = -rng.uniform(0, 100, 20000).astype(np.float32)
+    y = xs.copy()
+    activate(y, "leaky")
+    assert np.array_equal(y, (0.1 * xs.astype(np.float64)).astype(np.float32))
+    assert not np.array_equal(y, np.float32(0.1) * xs)
+
+
+def test_batchnorm_exact_formula():
+    x = rng.standard_normal((3, 10)).astype(np.float32) * 4
+    scale = rng.standard_normal(3).astype(np.float32)
+    mean = rng.standard_normal(3).astype(np.float32)
+    var = np.array([1e-12, 0.5, 3.0], np.float32)
+    y = x.copy()
+    kex.batchnorm_exact(y, scale, mean, var)
+    den = np.sqrt(var.astype(np.float64)) + np.float64(np.float32(1e-6))
+    ref = ((x - mean[:, None]).astype(np.float64) / den[:, None]).astype(np.float32) * scale[:, None]
+    assert np.array_equal(y, ref)

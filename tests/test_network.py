@@ -1,0 +1,115 @@
+"""The Python API: load, predict, all_layers, exact mode, plans that write routes in place."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import darknetpy
+from conftest import write
+from darknetpy.errors import DarknetpyError
+
+CFG = """[net]
+height=12
+width=12
+channels=3
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+pad=1
+activation=leaky
+[convolutional]
+filters=6
+size=1
+activation=relu6
+[route]
+layers=-1,-2,-1
+[convolutional]
+batch_normalize=1
+filters=4
+size=3
+stride=2
+pad=1
+groups=2
+activation=linear
+[dropout]
+[maxpool]
+size=2
+stride=2
+[shortcut]
+from=-2
+activation=linear
+[upsample]
+stride=4
+[route]
+layers=-1,0
+[avgpool]
+[connected]
+output=5
+activation=linear
+[softmax]
+[cost]
+"""
+
+
+@pytest.fixture
+def net(tmp_path):
+    return darknetpy.load(write(tmp_path, "n.cfg", CFG))
+
+
+def test_predict_shapes_and_output_layer(net):
+    x = np.random.default_rng(0).random((3, 12, 12)).astype(np.float32)
+    y = net.predict(x)
+    assert y.shape == (5,) and abs(float(y.sum()) - 1) < 1e-6
+    outs = net.predict(x, all_layers=True)
+    assert [o.shape for o in outs] == [layer.out_shape for layer in net.graph]
+    assert np.array_equal(outs[-1], np.zeros(5, np.float32))        # [cost] stays 0
+    assert np.array_equal(outs[-2], y)
+    assert np.array_equal(net.predict(x[None]), y)                  # a leading batch of 1 is accepted
+
+
+def test_route_written_in_place_matches_concatenation(net):
+    x = np.random.default_rng(1).random((3, 12, 12)).astype(np.float32)
+    for exact in (False, True):
+        outs = net.predict(x, all_layers=True, exact=exact)
+        assert np.array_equal(outs[2], np.concatenate([outs[1], outs[0], outs[1]]))
+        assert np.array_equal(outs[8], np.concatenate([outs[7], outs[0]]))
+        assert np.array_equal(outs[4], outs[3])                     # dropout is the identity
+
+
+def test_fast_and_exact_agree(net):
+    x = np.random.default_rng(2).random((3, 12, 12)).astype(np.float32)
+    a, b = net.predict(x, exact=False, all_layers=True), net.predict(x, exact=True, all_layers=True)
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, rtol=0, atol=1e-5 * max(1.0, float(np.abs(v).max())))
+
+
+def test_exact_env_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("DARKNETPY_EXACT", "1")
+    assert darknetpy.load(write(tmp_path, "n.cfg", CFG)).exact
+    monkeypatch.setenv("DARKNETPY_EXACT", "0")
+    assert not darknetpy.load(write(tmp_path, "n.cfg", CFG)).exact
+
+
+def test_bad_predict_input(net):
+    with pytest.raises(DarknetpyError, match="does not match the network input"):
+        net.predict(np.zeros((3, 10, 12), np.float32))
+    with pytest.raises(DarknetpyError, match="float32"):
+        net.predict(np.zeros((3, 12, 12), np.float64))
+
+
+def test_debug_env_prints_layers(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DARKNETPY_DEBUG", "1")
+    net = darknetpy.load(write(tmp_path, "n.cfg", CFG))
+    net.predict(np.zeros((3, 12, 12), np.float32))
+    err = capsys.readouterr().err
+    assert "layer 0 [convolutional]" in err and "ms" in err and "range" in err
+
+
+def test_threads_setting():
+    import numba
+    assert darknetpy.set_threads(1) == 1
+    assert darknetpy.set_threads(None) == numba.config.NUMBA_NUM_THREADS
+    with pytest.raises(DarknetpyError):
+        darknetpy.set_threads(10_000)
