@@ -1,0 +1,165 @@
+"""Images -> float32 CHW network inputs, exactly as darknet's ``classify`` prepares them.
+
+Knows no graph. Follows ``../shared/specs/darknet.md`` §8:
+
+* decode to RGB (grey replicated, alpha dropped without compositing, 16-bit samples reduced to their
+  high byte like stb_image), then ``u8 / 255`` in float32, planar CHW;
+* ``letterbox``: scale to fit with darknet's integer arithmetic, darknet's bilinear ``resize_image``
+  (same float32 operations in the same order, including the last-row quirk that can turn the bottom
+  row black), pasted centred on a canvas filled with 0.5;
+* ``resize``: plain ``resize_image`` to the network size; ``resize_min``: the 2016 classify, which
+  scales the short side to the network width and runs the network at that size.
+
+JPEGs are decoded by Pillow (libjpeg-turbo), which differs from darknet's stb_image by a few grey levels
+on some pixels; everything after decoding is bit-exact.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .errors import ImageError
+
+PREPROCESS = ("letterbox", "resize", "resize_min")
+
+
+def load_image_u8(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to uint8 (H, W, 3) RGB the way stb_image (darknet's decoder) does."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImageError(f"{path}: no such image file")
+    if os.path.isdir(path):
+        raise ImageError(f"{path}: is a directory, not an image")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _to_rgb_u8(im)
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: refusing a suspiciously large image ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: cannot decode image: {e}") from None
+
+
+def _to_rgb_u8(im) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grey: stb_image keeps the high byte (v >> 8).
+        a = np.asarray(im).astype(np.int64)
+        a = np.clip(a >> 8, 0, 255).astype(np.uint8)
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if mode in ("L", "LA", "1"):
+        a = np.asarray(im.convert("L"), dtype=np.uint8)
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if mode != "RGB":
+        im = im.convert("RGBA").convert("RGB") if mode in ("P", "PA") else im.convert("RGB")
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8)[:, :, :3])
+
+
+def from_u8(u8: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]: darknet's ``data[k][y][x] = u8 / 255.``"""
+    return np.ascontiguousarray(u8.transpose(2, 0, 1)).astype(np.float32) / np.float32(255.0)
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Load an image as darknet does: float32 (3, H, W) RGB in [0, 1].
+
+    >>> img = darknetpy.load_image("dog.jpg")      # doctest: +SKIP
+    >>> img.shape                                  # doctest: +SKIP
+    (3, 576, 768)
+    """
+    return from_u8(load_image_u8(path))
+
+
+def resize_image(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    """darknet's bilinear ``resize_image``: (C, H, W) float32 -> (C, h, w), bit-exact.
+
+    A separable pass: horizontal into ``part`` (C, H, w), then vertical, in float32 in darknet's
+    operation order. On the last row darknet adds no second term, so when float rounding puts
+    ``(h-1)*h_scale`` just below ``H-1`` the row comes out nearly black; that is reproduced.
+    """
+    c, im_h, im_w = img.shape
+    if w < 1 or h < 2:
+        raise ImageError(f"cannot resize a {im_w}x{im_h} image to {w}x{h}: darknet's resize_image is "
+                         "undefined for a height below 2 (the image is too thin for the network input)")
+    f32 = np.float32
+    img = img.astype(np.float32, copy=False)
+    if w == 1 or im_w == 1:
+        part = np.repeat(img[:, :, im_w - 1:im_w], w, axis=2)
+    else:
+        w_scale = f32(im_w - 1) / f32(w - 1)
+        sx = np.arange(w, dtype=np.float32) * w_scale
+        ix = sx.astype(np.int64)
+        dx = sx - ix.astype(np.float32)
+        ix1 = np.minimum(ix + 1, im_w - 1)
+        part = (f32(1) - dx) * img[:, :, ix] + dx * img[:, :, ix1]
+        part[:, :, w - 1] = img[:, :, im_w - 1]
+    part = part.astype(np.float32, copy=False)
+    out = np.empty((c, h, w), dtype=np.float32)
+    h_scale = f32(im_h - 1) / f32(h - 1)
+    for r in range(h):
+        sy = f32(r) * h_scale
+        iy = int(sy)
+        dy = sy - f32(iy)
+        out[:, r, :] = (f32(1) - dy) * part[:, iy, :]
+        if r == h - 1 or im_h == 1:
+            continue
+        out[:, r, :] += dy * part[:, min(iy + 1, im_h - 1), :]
+    return out
+
+
+def letterbox_size(im_w: int, im_h: int, w: int, h: int) -> tuple[int, int]:
+    """darknet's letterbox geometry: the (new_w, new_h) the image is scaled to inside w x h."""
+    if np.float32(w) / np.float32(im_w) < np.float32(h) / np.float32(im_h):
+        return w, (im_h * w) // im_w
+    return (im_w * h) // im_h, h
+
+
+def letterbox(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    """darknet's ``letterbox_image``: fit (C, H, W) into a (C, h, w) canvas of 0.5, centred.
+
+    >>> darknetpy.letterbox(darknetpy.load_image("dog.jpg"), 224, 224).shape   # doctest: +SKIP
+    (3, 224, 224)
+    """
+    c, im_h, im_w = img.shape
+    new_w, new_h = letterbox_size(im_w, im_h, w, h)
+    if new_w < 1 or new_h < 2:
+        raise ImageError(f"a {im_w}x{im_h} image is too thin to letterbox into {w}x{h} "
+                         f"(it would be scaled to {new_w}x{new_h})")
+    resized = resize_image(img, new_w, new_h)
+    boxed = np.full((c, h, w), 0.5, dtype=np.float32)
+    dx, dy = (w - new_w) // 2, (h - new_h) // 2
+    boxed[:, dy:dy + new_h, dx:dx + new_w] = resized
+    return boxed
+
+
+def resize_min_size(im_w: int, im_h: int, size: int) -> tuple[int, int]:
+    """darknet's ``resize_min``: scale so the shorter side is ``size`` (integer arithmetic)."""
+    if im_w < im_h:
+        return size, (im_h * size) // im_w
+    return (im_w * size) // im_h, size
+
+
+def resize_min(img: np.ndarray, size: int) -> np.ndarray:
+    """darknet's ``resize_min``: the 2016 classify preprocessing (no letterbox)."""
+    _, im_h, im_w = img.shape
+    w, h = resize_min_size(im_w, im_h, size)
+    if (w, h) == (im_w, im_h):
+        return img
+    return resize_image(img, w, h)
+
+
+def preprocess(img: np.ndarray, w: int, h: int, method: str = "letterbox") -> np.ndarray:
+    """Apply one of ``PREPROCESS`` for a w x h network. ``resize_min`` may return another size."""
+    if method == "letterbox":
+        return letterbox(img, w, h)
+    if method == "resize":
+        return resize_image(img, w, h)
+    if method == "resize_min":
+        return resize_min(img, w)
+    raise ValueError(f"unknown preprocessing {method!r}; choose from {', '.join(PREPROCESS)}")
