@@ -1,0 +1,29 @@
+# darknetpy: `make demo` sets up and classifies dog.jpg with Tiny Darknet; `make test` runs the tests.
+# Set DARKNETPY_MIRROR=<directory or URL base> to fetch the weights and images from a mirror (offline).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CLI    := $(VENV)/bin/darknetpy
+
+.PHONY: demo install weights test bench clean
+
+demo: install weights                    ## set up, fetch, classify weights/dog.jpg
+	$(CLI) classify cfg/tiny.cfg weights/tiny.weights weights/dog.jpg
+
+install: $(VENV)/.installed              ## create .venv and install darknetpy (editable) with test extras
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+weights: install                         ## download tiny.weights, dog.jpg, labels into weights/ (sha256-checked)
+	$(CLI) fetch --dest weights
+
+test: install                            ## run the whole test suite
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,72 @@
+"""darknet's layer table for a graph, with parameter counts and totals (``darknetpy summary``).
+
+The columns follow what darknet prints while parsing (index, type, filters, size/stride,
+input w x h x c -> output w x h x c, BFLOPs), plus the floats each layer holds in a .weights file.
+"""
+
+from __future__ import annotations
+
+from . import layers as L
+
+
+def _whc(w: int, h: int, c: int) -> str:
+    return f"{w:4d} x{h:4d} x{c:4d}"
+
+
+def _row(layer: L.Layer) -> tuple[str, str, str, str, str]:
+    """(type, filters, size, input, output) cells, darknet's abbreviations."""
+    inp = _whc(layer.w, layer.h, layer.c) if layer.c * layer.h * layer.w else f"{layer.inputs:>18d}"
+    out = _whc(layer.out_w, layer.out_h, layer.out_c) if layer.spatial else f"{layer.outputs:>18d}"
+    if isinstance(layer, L.Convolutional):
+        g = f" g{layer.groups}" if layer.groups > 1 else ""
+        return "conv", f"{layer.filters:5d}", f"{layer.size:2d} x{layer.size:2d} /{layer.stride:2d}{g}", inp, out
+    if isinstance(layer, L.MaxPool):
+        return "max", "", f"{layer.size:2d} x{layer.size:2d} /{layer.stride:2d}", inp, out
+    if isinstance(layer, L.AvgPool):
+        return "avg", "", "", inp, out
+    if isinstance(layer, L.Route):
+        return "route", "", " ".join(str(i) for i in layer.layers), "", out
+    if isinstance(layer, L.Shortcut):
+        return "res", "", f"from {layer.from_}", inp, out
+    if isinstance(layer, L.Upsample):
+        kind = "downsample" if layer.reverse else "upsample"
+        return kind, "", f"{layer.stride:2d}x", inp, out
+    if isinstance(layer, L.Connected):
+        return "connected", f"{layer.output:5d}", "", inp, out
+    if isinstance(layer, L.Local):
+        return "local", f"{layer.filters:5d}", f"{layer.size:2d} x{layer.size:2d} /{layer.stride:2d}", inp, out
+    return layer.kind, "", "", inp, out
+
+
+def summary_table(graph: L.Graph) -> str:
+    """The layer table and totals as text."""
+    lines = [f"{'layer':>5s} {'type':10s} {'filters':>7s}  {'size':14s} {'input':>18s}    {'output':>18s} "
+             f"{'params':>10s} {'BFLOPs':>8s}"]
+    for layer in graph:
+        kind, filters, size, inp, out = _row(layer)
+        arrow = "->" if inp else "  "
+        bflops = f"{2 * layer.macs / 1e9:8.3f}" if layer.macs else ""
+        params = f"{layer.nparams:10,d}" if layer.nparams else ""
+        lines.append(f"{layer.index:5d} {kind:10s} {filters:>7s}  {size:14s} {inp:>18s} {arrow} {out:>18s} "
+                     f"{params:>10s} {bflops:>8s}")
+    n = graph.nparams
+    hdr = 20
+    lines.append("")
+    lines.append(f"{len(graph)} layers; input {' x '.join(map(str, graph.net.in_shape))} (C x H x W); "
+                 f"output {graph.classes} values from layer {graph.output_index} [{graph.output_layer.kind}]")
+    lines.append(f"parameters: {n:,} floats in the .weights file ({hdr + 4 * n:,} bytes with a v0.2 header)")
+    lines.append(f"MACs: {graph.macs:,} ({2 * graph.macs / 1e9:.3f} BFLOPs)")
+    return "\n".join(lines)
+
+
+def summary_dict(graph: L.Graph) -> dict:
+    """The same as a JSON-ready dict."""
+    return {
+        "cfg": graph.path,
+        "input": list(graph.net.in_shape),
+        "layers": [{"index": l_.index, "type": l_.kind, "input": list(l_.in_shape), "output": list(l_.out_shape),
+                    "params": l_.nparams, "macs": l_.macs} for l_ in graph],
+        "params": graph.nparams,
+        "macs": graph.macs,
+        "bflops": round(2 * graph.macs / 1e9, 6),
+    }
