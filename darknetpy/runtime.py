@@ -26,6 +26,7 @@ from . import layers as L
 from .kernels import conv as kconv
 from .kernels import elementwise as kel
 from .kernels import exact as kex
+from .kernels import winograd as kwino
 from .kernels.activation import CODE as ACT
 from .kernels.activation import activate
 from .kernels.gemm import pack_a
@@ -55,6 +56,9 @@ class Plan:
         self.input = np.zeros(graph.net.in_shape, dtype=np.float32)
         self.outputs: list[np.ndarray] = [None] * len(graph)  # type: ignore[list-item]
         self._plan_buffers()
+        # One scratch buffer (zero-padded conv inputs) shared by all layers: they run one at a time.
+        need = max([self._scratch_shape(layer) for layer in graph], key=lambda sh: int(np.prod(sh)), default=(0,))
+        self._scratch = np.zeros(int(np.prod(need)), dtype=np.float32)
         self.steps: list[Callable[[], None]] = [self._bind(layer, weights.params[layer.index]) for layer in graph]
         self.debug = os.environ.get("DARKNETPY_DEBUG", "") not in ("", "0")
 
@@ -164,12 +168,30 @@ class Plan:
                 kex.bias_act_exact(o2d, b, a)
             return run_exact
         scale, shift = fold_batchnorm(p, layer.filters)
-        w = (p["weights"] * scale[:, None, None, None]).astype(np.float32)
+        w = np.ascontiguousarray(p["weights"] * scale[:, None, None, None], dtype=np.float32)
+        pad, size, stride = layer.padding, layer.size, layer.stride
+        shape = self._scratch_shape(layer)
+        if shape == (0,):                           # 1x1, stride 1, unpadded: read x as it is
+            xs = x.reshape(layer.c, layer.h, 1, layer.w)
+        else:
+            xs = self._scratch[: int(np.prod(shape))].reshape(shape)
+        if _use_winograd(layer):
+            up = kwino.transform_weights(w)
+            return lambda: kwino.conv3x3_winograd(x, xs, up, shift, a, pad, out)
         if layer.groups == 1:
             ap = pack_a(w.reshape(layer.filters, -1))
-            return lambda: kconv.conv_gemm(x, ap, shift, a, layer.size, layer.stride, layer.padding, out)
-        w = np.ascontiguousarray(w)
-        return lambda: kconv.conv_direct(x, w, layer.groups, shift, a, layer.stride, layer.padding, out)
+            if shape == (0,):
+                return lambda: kconv.conv_gemm(xs, ap, shift, a, size, stride, out)
+
+            def run_gemm():
+                kconv.prepare_input(x, pad, xs)
+                kconv.conv_gemm(xs, ap, shift, a, size, stride, out)
+            return run_gemm
+
+        def run_grouped():
+            kconv.prepare_input(x, pad, xs)
+            kconv.conv_grouped(xs, w, layer.groups, shift, a, size, stride, out)
+        return run_grouped
 
     def _bind_connected(self, layer: L.Connected, p: dict, x, out) -> Callable[[], None]:
         a = ACT[layer.activation]
@@ -208,6 +230,16 @@ class Plan:
                 d[...] = s
         return run_route
 
+    def _scratch_shape(self, layer: L.Layer) -> tuple[int, ...]:
+        """The prepared-input buffer (see kernels/conv.py) a fast convolution reads; (0,) when none."""
+        if self.exact or not isinstance(layer, L.Convolutional) or layer.quirk_1x1_no_subsample:
+            return (0,)
+        if _use_winograd(layer):
+            return kwino.padded_shape(layer.c, layer.out_h, layer.out_w)
+        if layer.groups == 1 and layer.size == 1 and layer.stride == 1 and not layer.padding:
+            return (0,)
+        return kconv.input_shape(layer.c, layer.h, layer.w, layer.padding, layer.stride)
+
     # -- running ---------------------------------------------------------------------------------
 
     def run(self, x: np.ndarray) -> None:
@@ -225,6 +257,15 @@ class Plan:
             rng = f"[{o.min():.4g}, {o.max():.4g}]" if o.size else "[]"
             print(f"darknetpy: {layer.describe():28s} {str(layer.out_shape):18s} {dt:8.3f} ms  range {rng}",
                   file=sys.stderr)
+
+
+def _use_winograd(layer: L.Layer) -> bool:
+    """Winograd F(2x2,3x3) for 3x3 stride-1 groups=1 convolutions where it measured faster than the
+    implicit GEMM on this class of CPU (benchmarks/): enough channels and filters to amortise the
+    transforms, and at least 28x28 outputs (smaller maps waste most of a 16-tile panel)."""
+    return (isinstance(layer, L.Convolutional) and layer.size == 3 and layer.stride == 1 and layer.groups == 1
+            and layer.padding == 1 and layer.c >= 8 and not layer.quirk_1x1_no_subsample
+            and ((layer.filters >= 32 and layer.out_h * layer.out_w >= 28 * 28) or layer.filters >= 384))
 
 
 def g_shape(layer: L.Layer) -> tuple[int, ...]:

@@ -61,6 +61,11 @@ CONV_CASES = [
     (6, 9, 9, 6, 3, 2, 1, 6),       # depthwise stride 2
     (8, 7, 7, 16, 3, 1, 1, 4),
     (12, 8, 10, 12, 1, 1, 0, 3),    # grouped 1x1
+    (3, 23, 21, 16, 7, 1, 3, 1),    # 7x7 (DLA stem)
+    (4, 20, 37, 10, 3, 2, 1, 1),    # stride 2: phase-split input, panels inside and across rows
+    (5, 19, 40, 7, 3, 3, 1, 1),     # stride 3
+    (64, 9, 33, 64, 3, 2, 1, 32),   # DLA-X: 32 groups of 2 channels, stride 2
+    (8, 9, 9, 8, 5, 2, 2, 8),       # depthwise 5x5 stride 2 (generic taps)
 ]
 
 
@@ -81,10 +86,12 @@ def test_conv_fast_matches_naive(c, h, w, m, k, stride, pad, groups):
     shift = ints((m,))
     ref = naive_conv(x, wt, groups, stride, pad) + shift[:, None, None]
     out = np.empty(ref.shape, np.float32)
+    xs = np.full(kconv.input_shape(c, h, w, pad, stride), 9.0, np.float32)    # stale scratch contents
+    kconv.prepare_input(x, pad, xs)
     if groups == 1:
-        kconv.conv_gemm(x, pack_a(wt.reshape(m, -1)), shift, CODE["linear"], k, stride, pad, out)
+        kconv.conv_gemm(xs, pack_a(wt.reshape(m, -1)), shift, CODE["linear"], k, stride, out)
     else:
-        kconv.conv_direct(x, wt, groups, shift, CODE["linear"], stride, pad, out)
+        kconv.conv_grouped(xs, wt, groups, shift, CODE["linear"], k, stride, out)
     assert np.array_equal(out, ref)
 
 
@@ -94,10 +101,31 @@ def test_conv_gemm_fuses_activation_and_writes_into_a_view():
     wt = ints((5, 4, 3, 3))
     shift = ints((5,))
     big = np.full((9, 6, 6), 7.0, np.float32)
-    kconv.conv_gemm(x, pack_a(wt.reshape(5, -1)), shift, CODE["relu"], 3, 1, 1, big[2:7])
+    xs = np.full(kconv.input_shape(4, 6, 6, 1, 1), 99.0, np.float32)   # reused scratch, stale contents
+    kconv.prepare_input(x, 1, xs)
+    kconv.conv_gemm(xs, pack_a(wt.reshape(5, -1)), shift, CODE["relu"], 3, 1, big[2:7])
     ref = np.maximum(naive_conv(x, wt, 1, 1, 1) + shift[:, None, None], 0)
     assert np.array_equal(big[2:7], ref)
     assert np.all(big[:2] == 7) and np.all(big[7:] == 7)
+
+
+@pytest.mark.parametrize("c,h,w,m", [(8, 7, 9, 5), (16, 12, 12, 13), (9, 15, 14, 32), (8, 1, 5, 3), (8, 33, 3, 7)])
+@pytest.mark.parametrize("act", ["linear", "leaky", "relu6"])
+def test_winograd_matches_naive(c, h, w, m, act):
+    # integer inputs: the 1/2 factors of G and every sum stay exact, so Winograd must equal the reference
+    from darknetpy.kernels import winograd as kw
+    x = ints((c, h, w))
+    wt = ints((m, c, 3, 3))
+    shift = ints((m,))
+    ref = naive_conv(x, wt, 1, 1, 1) + shift[:, None, None]
+    ref = np.array([reference_activation(act, v) for v in ref.astype(np.float32).ravel()]).reshape(ref.shape)
+    out = np.full(ref.shape, np.nan, np.float32)
+    xp = np.full(kw.padded_shape(c, h, w), 5.0, np.float32)
+    kw.conv3x3_winograd(x, xp, kw.transform_weights(wt), shift, CODE[act], 1, out)
+    if act == "leaky":      # the fast path's leaky is float32(0.1)*x: within one ulp of darknet's
+        np.testing.assert_allclose(out, ref, rtol=2e-7, atol=0)
+    else:
+        assert np.array_equal(out, ref)
 
 
 def test_pack_a_layout():

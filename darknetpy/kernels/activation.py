@@ -77,6 +77,46 @@ def activate_scalar(x, act):
     return x
 
 
+@njit(cache=True, inline="always")
+def activate_fast(x, act):
+    """The fast path's activation: float32 arithmetic for the common ones (leaky may differ from darknet
+    by one ulp: float32(0.1)*x), the exact formula for the rest. Branch-free enough to vectorise."""
+    if act == LINEAR:
+        return x
+    if act == LEAKY:
+        return x if x > 0 else x * np.float32(0.1)
+    if act == RELU:
+        return x if x > 0 else np.float32(0.0)
+    if act == RELU6:
+        y = x if x > 0 else np.float32(0.0)
+        return y if y < 6 else np.float32(6.0)
+    return activate_scalar(x, act)
+
+
+@njit(cache=True, inline="always")
+def activate_block(a, n, act):
+    """Apply the fast-path activation to a[0:n] in place. The branch on ``act`` is taken once, so each
+    loop below is a plain vectorisable loop (a per-element dispatch costs ~40% of a Winograd layer)."""
+    if act == LINEAR:
+        return
+    if act == LEAKY:
+        for i in range(n):
+            v = a[i]
+            a[i] = v if v > 0 else v * np.float32(0.1)
+    elif act == RELU:
+        for i in range(n):
+            v = a[i]
+            a[i] = v if v > 0 else np.float32(0.0)
+    elif act == RELU6:
+        for i in range(n):
+            v = a[i]
+            v = v if v > 0 else np.float32(0.0)
+            a[i] = v if v < 6 else np.float32(6.0)
+    else:
+        for i in range(n):
+            a[i] = activate_scalar(a[i], act)
+
+
 @njit(cache=True, parallel=True)
 def _activate(x, act):
     # x: float32[:] (flat view of any tensor), modified in place

@@ -1,138 +1,195 @@
 """Fast float32 convolution kernels (batch norm already folded into weights + per-channel shift).
 
-* ``conv_gemm``: groups=1 convolution as a packed GEMM; each thread builds one B panel straight
-  from the image (im2col restricted to NR output pixels, or a plain copy for 1x1 stride 1), multiplies
-  every A panel against it and writes ``act(acc + shift)``. No column matrix is ever materialised.
-* ``conv_direct``: grouped and depthwise convolution as a direct loop over each output channel's
-  plane (vectorised along the row). Depthwise convolutions are memory-bound and a grouped conv with 2-8
-  channels per group is far too small for GEMM tiles, so both are better served this way.
+Every fast convolution reads its input from one layout, prepared by ``prepare_input``:
 
-Results differ from darknet's order of summation by rounding only (tolerances in
-``../shared/specs/darknet.md`` §9); ``exact.py`` holds the bit-exact versions.
+    xs[c, y, p, j] = x[c, y - pad, j*stride + p - pad]     (zero outside the image)
+    shape (C, H + 2*pad, stride, ceil((W + 2*pad) / stride))
 
-Shapes: x (C, H, W); out (M, out_h, out_w); weights OIHW; ``ap`` = ``gemm.pack_a(W.reshape(M, K))``.
+i.e. zero-padded, and for stride s split into s column phases. Then the input pixel of output (oy, ox)
+under tap (ky, kx) is ``xs[c, oy*s + ky, kx % s, ox + kx // s]``: NR neighbouring outputs of one row
+read NR *contiguous* floats for every tap, whatever the stride, and no bounds are ever checked.
+
+* ``conv_gemm`` (groups=1): an implicit GEMM. For each (c, ky, kx) row of B the offset from a pixel's
+  base is precomputed (``koff``); panels of NR pixels on one output row feed the micro-kernel straight
+  from ``xs`` (``microkernel_indirect``), other panels are gathered into a B panel with the same
+  offsets. The epilogue adds the folded-BN shift and applies the activation.
+* ``conv_grouped`` (groups > 1, incl. depthwise): a direct convolution per output channel and row,
+  vectorised along the row with all of a 3x3 tap set's terms fused per input channel. Depthwise
+  convolutions are memory-bound and grouped ones with 2-8 channels per group are far too small for
+  GEMM tiles, so this beats a GEMM per group.
+
+Results differ from darknet's summation order by rounding only (``../shared/specs/darknet.md`` §9);
+``exact.py`` holds the bit-exact versions. Shapes: x (C, H, W); out (M, out_h, out_w); weights OIHW.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-from .activation import activate_scalar
-from .gemm import MR, NR, microkernel, pack_b_panel
+from .activation import activate_block
+from .gemm import MR, NR, microkernel, microkernel_fused, microkernel_indirect
 
 
-@njit(cache=True)
-def _im2col_panel(x, size, stride, pad, out_w, n0, n, bp, oy_, ox_):
-    # bp[k*NR + j] = x[c, oy*stride - pad + ky, ox*stride - pad + kx] for pixel n0+j = (oy, ox),
-    # k = (c*size + ky)*size + kx; zero outside the image and past n.
+def input_shape(c: int, h: int, w: int, pad: int, stride: int) -> tuple[int, int, int, int]:
+    """Shape of the padded, phase-split buffer ``prepare_input`` fills."""
+    return c, h + 2 * pad, stride, -(-(w + 2 * pad) // stride)
+
+
+@njit(cache=True, parallel=True)
+def _prepare_input(x, pad, xs):
     c, h, w = x.shape
-    jn = min(NR, n - n0)
-    for j in range(jn):
-        oy_[j] = (n0 + j) // out_w
-        ox_[j] = (n0 + j) % out_w
+    hp, s, wq = xs.shape[1], xs.shape[2], xs.shape[3]
+    for ch in prange(c):
+        for y in range(hp):
+            iy = y - pad
+            for p in range(s):
+                dst = xs[ch, y, p]
+                if iy < 0 or iy >= h:
+                    for j in range(wq):
+                        dst[j] = np.float32(0.0)
+                    continue
+                src = x[ch, iy]
+                for j in range(wq):
+                    ix = j * s + p - pad
+                    dst[j] = src[ix] if 0 <= ix < w else np.float32(0.0)
+
+
+def prepare_input(x, pad: int, xs) -> None:
+    """Fill xs (C, Hp, stride, Wq), see the module docstring; any margin beyond the image is zeroed."""
+    _prepare_input(x, pad, xs)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, out):
+    # xs: (C, Hp, S, Wq) prepared input (S == stride); out: (M, out_h, out_w)
+    m, out_h, out_w = out.shape
+    n = out_h * out_w
+    c, hp, s, wq = xs.shape
+    row = s * wq                                  # floats between two input rows
+    kdim = c * size * size
+    npan = (n + NR - 1) // NR
+    nip = ap.shape[0]
+    koff = np.empty(kdim, dtype=np.int64)         # k = (c, ky, kx) -> offset from the pixel's base
     k = 0
     for cc in range(c):
         for ky in range(size):
             for kx in range(size):
-                base = k * NR
-                for j in range(jn):
-                    iy = oy_[j] * stride - pad + ky
-                    ix = ox_[j] * stride - pad + kx
-                    v = np.float32(0.0)
-                    if 0 <= iy < h and 0 <= ix < w:
-                        v = x[cc, iy, ix]
-                    bp[base + j] = v
-                for j in range(jn, NR):
-                    bp[base + j] = np.float32(0.0)
+                koff[k] = cc * hp * row + ky * row + (kx % s) * wq + kx // s
                 k += 1
-
-
-@njit(cache=True, parallel=True)
-def _conv_gemm(x, ap, shift, act, size, stride, pad, out):
-    m, out_h, out_w = out.shape
-    n = out_h * out_w
-    c = x.shape[0]
-    kdim = c * size * size
-    npan = (n + NR - 1) // NR
-    nip = ap.shape[0]
-    # Split M too when there are few pixel panels, so both threads get work.
-    mchunks = 1
+    mchunks = 1                                   # split M too when pixel panels are few
     if npan < 8:
         mchunks = min(nip, (8 + npan - 1) // npan)
-    direct = size == 1 and stride == 1 and pad == 0
-    x2d = x.reshape(c, x.shape[1] * x.shape[2])
+    xflat = xs.reshape(-1)
     out2d = out.reshape(m, n)
-    for item in prange(npan * mchunks):
-        jp = item // mchunks
-        mc = item % mchunks
-        ip0 = mc * nip // mchunks
-        ip1 = (mc + 1) * nip // mchunks
-        n0 = jp * NR
+    nitems = npan * mchunks
+    fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
+    for th in prange(nthreads):
         bp = np.empty(kdim * NR, dtype=np.float32)
         tile = np.empty(MR * NR, dtype=np.float32)
-        if direct:
-            pack_b_panel(x2d, n0, bp)
-        else:
-            oy_ = np.empty(NR, dtype=np.int64)
-            ox_ = np.empty(NR, dtype=np.int64)
-            _im2col_panel(x, size, stride, pad, out_w, n0, n, bp, oy_, ox_)
-        jn = min(NR, n - n0)
-        for ip in range(ip0, ip1):
-            microkernel(ap[ip].ctypes.data, bp.ctypes.data, kdim, tile.ctypes.data)
-            i0 = ip * MR
-            for r in range(min(MR, m - i0)):
-                s = shift[i0 + r]
-                for j in range(jn):
-                    out2d[i0 + r, n0 + j] = activate_scalar(tile[r * NR + j] + s, act)
+        base = np.empty(NR, dtype=np.int64)
+        for item in range(th * nitems // nthreads, (th + 1) * nitems // nthreads):
+            jp = item // mchunks
+            mc = item % mchunks
+            n0 = jp * NR
+            jn = min(NR, n - n0)
+            for j in range(jn):
+                oy = (n0 + j) // out_w
+                base[j] = oy * s * row + (n0 + j) % out_w
+            # NR pixels read in place when contiguous in xs: on one output row, or (1x1, stride 1, no
+            # padding: in_place_rows) anywhere in the flat image
+            in_place = jn == NR and (in_place_rows or n0 // out_w == (n0 + NR - 1) // out_w)
+            if not in_place:
+                for kk in range(kdim):
+                    for j in range(jn):
+                        bp[kk * NR + j] = xflat[base[j] + koff[kk]]
+                    for j in range(jn, NR):
+                        bp[kk * NR + j] = np.float32(0.0)
+            bsrc = xflat[base[0]:].ctypes.data if in_place else bp.ctypes.data
+            boff = koff.ctypes.data if in_place else 0
+            for ip in range(mc * nip // mchunks, (mc + 1) * nip // mchunks):
+                i0 = ip * MR
+                if fused and jn == NR and i0 + MR <= m:
+                    # full tile: bias, activation and store happen in the micro-kernel's registers
+                    microkernel_fused(ap[ip].ctypes.data, bsrc, boff, kdim, out2d[i0, n0:].ctypes.data, n,
+                                      shift[i0:].ctypes.data, act)
+                    continue
+                if in_place:
+                    microkernel_indirect(ap[ip].ctypes.data, bsrc, boff, kdim, tile.ctypes.data)
+                else:
+                    microkernel(ap[ip].ctypes.data, bsrc, kdim, tile.ctypes.data)
+                for r in range(min(MR, m - i0)):
+                    sh = shift[i0 + r]
+                    orow = out2d[i0 + r, n0:n0 + jn]
+                    for j in range(jn):
+                        orow[j] = tile[r * NR + j] + sh
+                    activate_block(orow, jn, act)
 
 
-def conv_gemm(x, ap, shift, act: int, size: int, stride: int, pad: int, out) -> None:
-    """groups=1 convolution: out = act(conv(x, W) + shift), with ``ap`` the packed (M, C*size*size) W."""
-    _conv_gemm(x, ap, shift, act, size, stride, pad, out)
+def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out) -> None:
+    """groups=1 convolution: out = act(conv(x, W) + shift). ``ap`` = gemm.pack_a(W.reshape(M, -1));
+    ``xs`` = the prepared input (or x[:, :, None, :] for a 1x1, stride-1, unpadded conv)."""
+    c, hp, s, wq = xs.shape
+    flat_ok = size == 1 and stride == 1 and hp * wq == out.shape[1] * out.shape[2]
+    # The thread count is passed in: numba.get_num_threads() inside a kernel makes it uncacheable.
+    _conv_gemm(xs, ap, shift, act, size, stride, flat_ok, numba.get_num_threads(), out)
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _conv_direct(x, weights, groups, shift, act, stride, pad, out):
-    c, h, w = x.shape
+def _conv_grouped(xs, weights, groups, shift, act, size, stride, out):
+    # One output channel per work item; for each output row, every tap's contribution is accumulated in
+    # a row buffer in L1. For 3x3 the nine terms of one input channel are fused into one pass.
+    c = xs.shape[0]
+    s, wq = xs.shape[2], xs.shape[3]
     m, out_h, out_w = out.shape
     cg = c // groups
     mg = m // groups
-    size = weights.shape[2]
     for o in prange(m):
         g = o // mg
-        plane = out[o]
+        acc = np.empty(out_w, dtype=np.float32)
+        sh = shift[o]
         for oy in range(out_h):
-            for ox in range(out_w):
-                plane[oy, ox] = np.float32(0.0)
-        for ci in range(cg):
-            src = x[g * cg + ci]
-            for ky in range(size):
-                for kx in range(size):
-                    wv = weights[o, ci, ky, kx]
-                    # output columns whose input column ox*stride - pad + kx lies inside [0, w)
-                    lo = max(0, (pad - kx + stride - 1) // stride)
-                    hi = min(out_w, (w - 1 + pad - kx) // stride + 1)
-                    for oy in range(out_h):
-                        iy = oy * stride - pad + ky
-                        if iy < 0 or iy >= h:
-                            continue
-                        if stride == 1:
-                            off = kx - pad
-                            for ox in range(lo, hi):
-                                plane[oy, ox] += wv * src[iy, ox + off]
-                        else:
-                            for ox in range(lo, hi):
-                                plane[oy, ox] += wv * src[iy, ox * stride - pad + kx]
-        s = shift[o]
-        for oy in range(out_h):
-            for ox in range(out_w):
-                plane[oy, ox] = activate_scalar(plane[oy, ox] + s, act)
+            for j in range(out_w):
+                acc[j] = sh
+            for ci in range(cg):
+                ch = g * cg + ci
+                if size == 3:
+                    w = weights[o, ci]
+                    y0 = oy * s
+                    # tap (ky, kx) reads xs[ch, y0 + ky, kx % s, j + kx // s]
+                    a0 = xs[ch, y0, 0]
+                    a1 = xs[ch, y0, 1 % s]
+                    b0 = xs[ch, y0 + 1, 0]
+                    b1 = xs[ch, y0 + 1, 1 % s]
+                    c0 = xs[ch, y0 + 2, 0]
+                    c1 = xs[ch, y0 + 2, 1 % s]
+                    d1 = 1 // s                   # column offset of kx=1 inside its phase
+                    d2 = 2 // s                   # and of kx=2 (phase 2 % s)
+                    a2 = xs[ch, y0, 2 % s]
+                    b2 = xs[ch, y0 + 1, 2 % s]
+                    c2 = xs[ch, y0 + 2, 2 % s]
+                    for j in range(out_w):
+                        acc[j] += (w[0, 0] * a0[j] + w[0, 1] * a1[j + d1] + w[0, 2] * a2[j + d2]
+                                   + w[1, 0] * b0[j] + w[1, 1] * b1[j + d1] + w[1, 2] * b2[j + d2]
+                                   + w[2, 0] * c0[j] + w[2, 1] * c1[j + d1] + w[2, 2] * c2[j + d2])
+                else:
+                    for ky in range(size):
+                        for kx in range(size):
+                            wv = weights[o, ci, ky, kx]
+                            src = xs[ch, oy * s + ky, kx % s]
+                            d = kx // s
+                            for j in range(out_w):
+                                acc[j] += wv * src[j + d]
+            activate_block(acc, out_w, act)
+            dst = out[o, oy]
+            for j in range(out_w):
+                dst[j] = acc[j]
 
 
-def conv_direct(x, weights, groups: int, shift, act: int, stride: int, pad: int, out) -> None:
-    """Grouped/depthwise convolution: out = act(conv(x, W, groups) + shift)."""
-    _conv_direct(x, weights, groups, shift, act, stride, pad, out)
+def conv_grouped(xs, weights, groups: int, shift, act: int, size: int, stride: int, out) -> None:
+    """Grouped/depthwise convolution from the prepared input: out = act(conv(x, W, groups) + shift)."""
+    _conv_grouped(xs, weights, groups, shift, act, size, stride, out)
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -143,7 +200,8 @@ def _connected(x, weights, shift, act, out):
         s = np.float32(0.0)
         for k in range(kdim):
             s += weights[o, k] * x[k]
-        out[o] = activate_scalar(s + shift[o], act)
+        out[o] = s + shift[o]
+    activate_block(out, out.shape[0], act)
 
 
 def connected(x, weights, shift, act: int, out) -> None:

@@ -39,9 +39,44 @@ def _maxpool(x, size, stride, pad, out):
                 out[ch, i, j] = m
 
 
+@njit(cache=True, inline="always")
+def _gt(m, v):
+    # darknet's running maximum: ``max = (val > max) ? val : max`` (NaN never wins; ties keep the first)
+    return v if v > m else m
+
+
+@njit(cache=True, parallel=True)
+def _maxpool_2x2s2(x, out):
+    # size 2, stride 2, window offset 0 (darknet's default padding=1, or padding=0): the common case.
+    # Same comparisons in the same order as the generic kernel, without its bounds checks; windows of an
+    # odd last row/column see only the pixels that exist (the rest is darknet's -FLT_MAX padding).
+    c, h, w = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    fw = w // 2
+    lo = -FLT_MAX
+    for ch in prange(c):
+        for i in range(out_h):
+            y = 2 * i
+            r0 = x[ch, y]
+            if y + 1 < h:
+                r1 = x[ch, y + 1]
+                for j in range(fw):
+                    out[ch, i, j] = _gt(_gt(_gt(_gt(lo, r0[2 * j]), r0[2 * j + 1]), r1[2 * j]), r1[2 * j + 1])
+                if out_w > fw:
+                    out[ch, i, fw] = _gt(_gt(lo, r0[w - 1]), r1[w - 1])
+            else:
+                for j in range(fw):
+                    out[ch, i, j] = _gt(_gt(lo, r0[2 * j]), r0[2 * j + 1])
+                if out_w > fw:
+                    out[ch, i, fw] = _gt(lo, r0[w - 1])
+
+
 def maxpool(x: np.ndarray, size: int, stride: int, pad: int, out: np.ndarray) -> None:
     """darknet [maxpool]: ``pad`` is darknet's TOTAL padding."""
-    _maxpool(x, size, stride, pad, out)
+    if size == 2 and stride == 2 and pad // 2 == 0:
+        _maxpool_2x2s2(x, out)
+    else:
+        _maxpool(x, size, stride, pad, out)
 
 
 @njit(cache=True)

@@ -29,6 +29,97 @@ from numba.extending import intrinsic
 MR = 6          # rows of A per micro-tile   (6 x 2 vectors = 12 accumulators)
 NR = 16         # columns of B per micro-tile (2 vectors of 8 floats)
 _LANES = 8
+# activation codes the fused epilogue implements (kernels.activation: LINEAR, RELU, LEAKY, RELU6)
+_LINEAR, _RELU, _LEAKY, _RELU6 = 0, 3, 11, 14
+FUSED_ACTS = (_LINEAR, _RELU, _LEAKY, _RELU6)
+
+
+def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=None):
+    """Emit the MR x NR micro-kernel. B row k is at bp + k*NR, or at bp + koff[k] when koff is given.
+
+    Without ``epilogue`` the tile goes to t[r*NR + j]. With ``epilogue = (ldc, shift_ptr, act)`` row r is
+    written to t + r*ldc as act(acc + shift[r]) for the activations of ``FUSED_ACTS``.
+    """
+    f32 = ir.FloatType()
+    vt = ir.VectorType(f32, _LANES)
+    i64 = ir.IntType(64)
+    i32 = ir.IntType(32)
+    a = builder.inttoptr(ap_i, f32.as_pointer())
+    b = builder.inttoptr(bp_i, f32.as_pointer())
+    t = builder.inttoptr(t_i, f32.as_pointer())
+    koff = builder.inttoptr(koff_i, i64.as_pointer()) if koff_i is not None else None
+    zero = ir.Constant(vt, [0.0] * _LANES)
+    undef = ir.Constant(vt, ir.Undefined)
+    bcast = ir.Constant(ir.VectorType(i32, _LANES), [0] * _LANES)
+    halves = NR // _LANES
+    nacc = MR * halves
+
+    pre = builder.block
+    loop = builder.function.append_basic_block("mk.loop")
+    done = builder.function.append_basic_block("mk.done")
+    builder.cbranch(builder.icmp_signed(">", k_i, ir.Constant(i64, 0)), loop, done)
+
+    builder.position_at_end(loop)
+    kk = builder.phi(i64)
+    acc = [builder.phi(vt) for _ in range(nacc)]
+    if koff is None:
+        kb = builder.mul(kk, ir.Constant(i64, NR))
+    else:
+        kb = builder.load(builder.gep(koff, [kk]))
+    bv = []
+    for h in range(halves):
+        p = builder.gep(b, [builder.add(kb, ir.Constant(i64, h * _LANES))])
+        bv.append(builder.load(builder.bitcast(p, vt.as_pointer()), align=4))
+    ka = builder.mul(kk, ir.Constant(i64, MR))
+    new = []
+    for r in range(MR):
+        s = builder.load(builder.gep(a, [builder.add(ka, ir.Constant(i64, r))]))
+        av = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, bcast)
+        for h in range(halves):
+            prod = builder.fmul(av, bv[h], flags=("contract",))
+            new.append(builder.fadd(acc[r * halves + h], prod, flags=("contract",)))
+    k1 = builder.add(kk, ir.Constant(i64, 1))
+    latch = builder.block
+    builder.cbranch(builder.icmp_signed("<", k1, k_i), loop, done)
+    kk.add_incoming(ir.Constant(i64, 0), pre)
+    kk.add_incoming(k1, latch)
+    for p, n in zip(acc, new):
+        p.add_incoming(zero, pre)
+        p.add_incoming(n, latch)
+
+    builder.position_at_end(done)
+    res = []
+    for n in new:
+        phi = builder.phi(vt)
+        phi.add_incoming(zero, pre)
+        phi.add_incoming(n, latch)
+        res.append(phi)
+    if epilogue is None:
+        for i, v in enumerate(res):
+            r, h = divmod(i, halves)
+            p = builder.gep(t, [ir.Constant(i64, r * NR + h * _LANES)])
+            builder.store(v, builder.bitcast(p, vt.as_pointer()), align=4)
+        return
+    ldc, shift_i, act = epilogue
+    shift = builder.inttoptr(shift_i, f32.as_pointer())
+    zero_v = ir.Constant(vt, [0.0] * _LANES)
+    tenth = ir.Constant(vt, [0.1] * _LANES)
+    six = ir.Constant(vt, [6.0] * _LANES)
+    is_leaky = builder.icmp_signed("==", act, ir.Constant(i64, _LEAKY))
+    is_relu = builder.icmp_signed("==", act, ir.Constant(i64, _RELU))
+    is_relu6 = builder.icmp_signed("==", act, ir.Constant(i64, _RELU6))
+    for i, v in enumerate(res):
+        r, h = divmod(i, halves)
+        sr = builder.load(builder.gep(shift, [ir.Constant(i64, r)]))
+        sv = builder.shuffle_vector(builder.insert_element(undef, sr, ir.Constant(i32, 0)), undef, bcast)
+        y = builder.fadd(v, sv)
+        pos = builder.fcmp_ordered(">", y, zero_v)
+        relu = builder.select(pos, y, zero_v)
+        y = builder.select(is_leaky, builder.select(pos, y, builder.fmul(y, tenth)), y)
+        y = builder.select(is_relu, relu, y)
+        y = builder.select(is_relu6, builder.select(builder.fcmp_ordered("<", relu, six), relu, six), y)
+        off = builder.add(builder.mul(ldc, ir.Constant(i64, r)), ir.Constant(i64, h * _LANES))
+        builder.store(y, builder.bitcast(builder.gep(t, [off]), vt.as_pointer()), align=4)
 
 
 @intrinsic
@@ -40,61 +131,47 @@ def microkernel(typingctx, ap, bp, k, tile):
     sig = types.void(types.intp, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        ap_i, bp_i, k_i, t_i = args
-        f32 = ir.FloatType()
-        vt = ir.VectorType(f32, _LANES)
+        _codegen_microkernel(builder, *args)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def microkernel_indirect(typingctx, ap, base, koff, k, tile):
+    """tile[r*NR + j] = sum_k ap[k*MR + r] * base[koff[k] + j]: B rows read in place (implicit GEMM).
+
+    ``base`` points at the first of NR neighbouring pixels of a padded image and ``koff`` (int64, length
+    k) holds each (channel, ky, kx)'s offset from it, so no column matrix or B panel is built.
+    """
+    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        ap_i, base_i, koff_i, k_i, t_i = args
+        _codegen_microkernel(builder, ap_i, base_i, k_i, t_i, koff_i)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def microkernel_fused(typingctx, ap, base, koff, k, c, ldc, shift, act):
+    """c[r*ldc + j] = act(shift[r] + sum_k ap[k*MR + r] * B[k, j]) for a full MR x NR tile, written
+    straight to the output. B row k is at base + koff[k] (implicit GEMM), or base + k*NR when koff == 0.
+    ``act`` must be one of FUSED_ACTS (activation codes); the caller handles the others."""
+    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp, types.intp,
+                     types.intp)
+
+    def codegen(context, builder, signature, args):
+        ap_i, base_i, koff_i, k_i, c_i, ldc_i, shift_i, act_i = args
+        # koff == 0 selects packed B: branch once, emitting both loops
         i64 = ir.IntType(64)
-        i32 = ir.IntType(32)
-        a = builder.inttoptr(ap_i, f32.as_pointer())
-        b = builder.inttoptr(bp_i, f32.as_pointer())
-        t = builder.inttoptr(t_i, f32.as_pointer())
-        zero = ir.Constant(vt, [0.0] * _LANES)
-        undef = ir.Constant(vt, ir.Undefined)
-        bcast = ir.Constant(ir.VectorType(i32, _LANES), [0] * _LANES)
-        halves = NR // _LANES
-        nacc = MR * halves
-
-        pre = builder.block
-        loop = builder.function.append_basic_block("mk.loop")
-        done = builder.function.append_basic_block("mk.done")
-        builder.cbranch(builder.icmp_signed(">", k_i, ir.Constant(i64, 0)), loop, done)
-
-        builder.position_at_end(loop)
-        kk = builder.phi(i64)
-        acc = [builder.phi(vt) for _ in range(nacc)]
-        kb = builder.mul(kk, ir.Constant(i64, NR))
-        bv = []
-        for h in range(halves):
-            p = builder.gep(b, [builder.add(kb, ir.Constant(i64, h * _LANES))])
-            bv.append(builder.load(builder.bitcast(p, vt.as_pointer()), align=4))
-        ka = builder.mul(kk, ir.Constant(i64, MR))
-        new = []
-        for r in range(MR):
-            s = builder.load(builder.gep(a, [builder.add(ka, ir.Constant(i64, r))]))
-            av = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, bcast)
-            for h in range(halves):
-                prod = builder.fmul(av, bv[h], flags=("contract",))
-                new.append(builder.fadd(acc[r * halves + h], prod, flags=("contract",)))
-        k1 = builder.add(kk, ir.Constant(i64, 1))
-        latch = builder.block
-        builder.cbranch(builder.icmp_signed("<", k1, k_i), loop, done)
-        kk.add_incoming(ir.Constant(i64, 0), pre)
-        kk.add_incoming(k1, latch)
-        for p, n in zip(acc, new):
-            p.add_incoming(zero, pre)
-            p.add_incoming(n, latch)
-
-        builder.position_at_end(done)
-        res = []
-        for n in new:
-            phi = builder.phi(vt)
-            phi.add_incoming(zero, pre)
-            phi.add_incoming(n, latch)
-            res.append(phi)
-        for i, v in enumerate(res):
-            r, h = divmod(i, halves)
-            p = builder.gep(t, [ir.Constant(i64, r * NR + h * _LANES)])
-            builder.store(v, builder.bitcast(p, vt.as_pointer()), align=4)
+        packed = builder.icmp_signed("==", koff_i, ir.Constant(i64, 0))
+        with builder.if_else(packed) as (then, otherwise):
+            with then:
+                _codegen_microkernel(builder, ap_i, base_i, k_i, c_i, None, (ldc_i, shift_i, act_i))
+            with otherwise:
+                _codegen_microkernel(builder, ap_i, base_i, k_i, c_i, koff_i, (ldc_i, shift_i, act_i))
         return context.get_dummy_value()
 
     return sig, codegen
