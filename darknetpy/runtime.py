@@ -112,7 +112,8 @@ class Plan:
             return lambda: kel.maxpool(x, layer.size, layer.stride, layer.padding, out)
         if isinstance(layer, L.AvgPool):
             x2d, o1 = x.reshape(layer.c, -1), out.reshape(-1)
-            return lambda: kex.avgpool_exact(x2d, o1)
+            pool = kex.avgpool_exact if self.exact else kex.avgpool_fast
+            return lambda: pool(x2d, o1)
         if isinstance(layer, L.Softmax):
             return lambda: kel.softmax(x, layer.groups, layer.temperature, out)
         if isinstance(layer, L.Cost):
@@ -175,7 +176,11 @@ class Plan:
             xs = x.reshape(layer.c, layer.h, 1, layer.w)
         else:
             xs = self._scratch[: int(np.prod(shape))].reshape(shape)
-        if _use_winograd(layer):
+        variant = winograd_variant(layer)
+        if variant == 4:
+            up = kwino.transform_weights4(w)
+            return lambda: kwino.conv3x3_winograd4(x, xs, up, shift, a, pad, out)
+        if variant == 2:
             up = kwino.transform_weights(w)
             return lambda: kwino.conv3x3_winograd(x, xs, up, shift, a, pad, out)
         if layer.groups == 1:
@@ -234,7 +239,10 @@ class Plan:
         """The prepared-input buffer (see kernels/conv.py) a fast convolution reads; (0,) when none."""
         if self.exact or not isinstance(layer, L.Convolutional) or layer.quirk_1x1_no_subsample:
             return (0,)
-        if _use_winograd(layer):
+        variant = winograd_variant(layer)
+        if variant == 4:
+            return kwino.padded_shape4(layer.c, layer.out_h, layer.out_w)
+        if variant == 2:
             return kwino.padded_shape(layer.c, layer.out_h, layer.out_w)
         if layer.groups == 1 and layer.size == 1 and layer.stride == 1 and not layer.padding:
             return (0,)
@@ -259,13 +267,21 @@ class Plan:
                   file=sys.stderr)
 
 
-def _use_winograd(layer: L.Layer) -> bool:
-    """Winograd F(2x2,3x3) for 3x3 stride-1 groups=1 convolutions where it measured faster than the
-    implicit GEMM on this class of CPU (benchmarks/): enough channels and filters to amortise the
-    transforms, and at least 28x28 outputs (smaller maps waste most of a 16-tile panel)."""
-    return (isinstance(layer, L.Convolutional) and layer.size == 3 and layer.stride == 1 and layer.groups == 1
-            and layer.padding == 1 and layer.c >= 8 and not layer.quirk_1x1_no_subsample
-            and ((layer.filters >= 32 and layer.out_h * layer.out_w >= 28 * 28) or layer.filters >= 384))
+def winograd_variant(layer: L.Layer) -> int:
+    """Which fast algorithm a 3x3 stride-1 groups=1 convolution uses: 4 = Winograd F(4x4,3x3),
+    2 = F(2x2,3x3), 0 = the implicit GEMM. Chosen from measurements on this class of CPU
+    (benchmarks/; see the issue notes): F(4x4) wins from ~128 filters on maps of 14x14 and up; its
+    rounding error grows with the input channels, so it is kept to C <= 64 (<= 2.5e-6 of a layer's range
+    on Tiny Darknet's real weights; F(2x2) ~2e-7). F(2x2) fills its 16-tile panels exactly on 7x7 maps.
+    """
+    if not (isinstance(layer, L.Convolutional) and layer.size == 3 and layer.stride == 1 and layer.groups == 1
+            and layer.padding == 1):
+        return 0
+    if 16 <= layer.c <= 64 and layer.filters >= 128 and layer.out_h * layer.out_w >= 14 * 14:
+        return 4
+    if layer.c >= 64 and layer.filters >= 64 and layer.out_h * layer.out_w <= 8 * 8:
+        return 2
+    return 0
 
 
 def g_shape(layer: L.Layer) -> tuple[int, ...]:

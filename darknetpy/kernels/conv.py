@@ -85,6 +85,12 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, out):
     out2d = out.reshape(m, n)
     nitems = npan * mchunks
     fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
+    # raw addresses, so the inner loops do integer arithmetic instead of building array views
+    xaddr = xflat.ctypes.data
+    aaddr = ap.ctypes.data
+    astride = ap.shape[1]
+    oaddr = out2d.ctypes.data
+    saddr = shift.ctypes.data
     for th in prange(nthreads):
         bp = np.empty(kdim * NR, dtype=np.float32)
         tile = np.empty(MR * NR, dtype=np.float32)
@@ -94,31 +100,34 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, out):
             mc = item % mchunks
             n0 = jp * NR
             jn = min(NR, n - n0)
-            for j in range(jn):
-                oy = (n0 + j) // out_w
-                base[j] = oy * s * row + (n0 + j) % out_w
             # NR pixels read in place when contiguous in xs: on one output row, or (1x1, stride 1, no
-            # padding: in_place_rows) anywhere in the flat image
-            in_place = jn == NR and (in_place_rows or n0 // out_w == (n0 + NR - 1) // out_w)
-            if not in_place:
+            # padding: in_place_rows) anywhere in the flat image; then only the first pixel's base matters
+            oy0 = n0 // out_w
+            in_place = jn == NR and (in_place_rows or oy0 == (n0 + NR - 1) // out_w)
+            if in_place:
+                base[0] = n0 if in_place_rows else oy0 * s * row + n0 - oy0 * out_w
+            else:
+                for j in range(jn):
+                    oy = (n0 + j) // out_w
+                    base[j] = oy * s * row + (n0 + j) - oy * out_w
                 for kk in range(kdim):
                     for j in range(jn):
                         bp[kk * NR + j] = xflat[base[j] + koff[kk]]
                     for j in range(jn, NR):
                         bp[kk * NR + j] = np.float32(0.0)
-            bsrc = xflat[base[0]:].ctypes.data if in_place else bp.ctypes.data
+            bsrc = xaddr + 4 * base[0] if in_place else bp.ctypes.data
             boff = koff.ctypes.data if in_place else 0
             for ip in range(mc * nip // mchunks, (mc + 1) * nip // mchunks):
                 i0 = ip * MR
-                if fused and jn == NR and i0 + MR <= m:
-                    # full tile: bias, activation and store happen in the micro-kernel's registers
-                    microkernel_fused(ap[ip].ctypes.data, bsrc, boff, kdim, out2d[i0, n0:].ctypes.data, n,
-                                      shift[i0:].ctypes.data, act)
+                if fused and jn == NR:
+                    # bias, activation and store in the micro-kernel's registers (rows past m skipped)
+                    microkernel_fused(aaddr + 4 * ip * astride, bsrc, boff, kdim, oaddr + 4 * (i0 * n + n0), n,
+                                      saddr + 4 * i0, act, m - i0)
                     continue
                 if in_place:
-                    microkernel_indirect(ap[ip].ctypes.data, bsrc, boff, kdim, tile.ctypes.data)
+                    microkernel_indirect(aaddr + 4 * ip * astride, bsrc, boff, kdim, tile.ctypes.data)
                 else:
-                    microkernel(ap[ip].ctypes.data, bsrc, kdim, tile.ctypes.data)
+                    microkernel(aaddr + 4 * ip * astride, bsrc, kdim, tile.ctypes.data)
                 for r in range(min(MR, m - i0)):
                     sh = shift[i0 + r]
                     orow = out2d[i0 + r, n0:n0 + jn]

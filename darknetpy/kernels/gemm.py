@@ -100,7 +100,7 @@ def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=No
             p = builder.gep(t, [ir.Constant(i64, r * NR + h * _LANES)])
             builder.store(v, builder.bitcast(p, vt.as_pointer()), align=4)
         return
-    ldc, shift_i, act = epilogue
+    ldc, shift_i, act, rows = epilogue
     shift = builder.inttoptr(shift_i, f32.as_pointer())
     zero_v = ir.Constant(vt, [0.0] * _LANES)
     tenth = ir.Constant(vt, [0.1] * _LANES)
@@ -108,8 +108,22 @@ def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=No
     is_leaky = builder.icmp_signed("==", act, ir.Constant(i64, _LEAKY))
     is_relu = builder.icmp_signed("==", act, ir.Constant(i64, _RELU))
     is_relu6 = builder.icmp_signed("==", act, ir.Constant(i64, _RELU6))
+    # rows >= ``rows`` (zero padding of the last A panel) are computed but not stored
+    row_blocks = []
+    for r in range(MR):
+        if r == 0:
+            row_blocks.append(None)
+            continue
+        keep = builder.icmp_signed(">", rows, ir.Constant(i64, r))
+        store_bb = builder.function.append_basic_block(f"mk.row{r}")
+        row_blocks.append((keep, store_bb))
+    end_bb = builder.function.append_basic_block("mk.rows_done")
     for i, v in enumerate(res):
         r, h = divmod(i, halves)
+        if h == 0 and r > 0:
+            keep, store_bb = row_blocks[r]
+            builder.cbranch(keep, store_bb, end_bb)
+            builder.position_at_end(store_bb)
         sr = builder.load(builder.gep(shift, [ir.Constant(i64, r)]))
         sv = builder.shuffle_vector(builder.insert_element(undef, sr, ir.Constant(i32, 0)), undef, bcast)
         y = builder.fadd(v, sv)
@@ -120,6 +134,8 @@ def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=No
         y = builder.select(is_relu6, builder.select(builder.fcmp_ordered("<", relu, six), relu, six), y)
         off = builder.add(builder.mul(ldc, ir.Constant(i64, r)), ir.Constant(i64, h * _LANES))
         builder.store(y, builder.bitcast(builder.gep(t, [off]), vt.as_pointer()), align=4)
+    builder.branch(end_bb)
+    builder.position_at_end(end_bb)
 
 
 @intrinsic
@@ -155,23 +171,23 @@ def microkernel_indirect(typingctx, ap, base, koff, k, tile):
 
 
 @intrinsic
-def microkernel_fused(typingctx, ap, base, koff, k, c, ldc, shift, act):
-    """c[r*ldc + j] = act(shift[r] + sum_k ap[k*MR + r] * B[k, j]) for a full MR x NR tile, written
-    straight to the output. B row k is at base + koff[k] (implicit GEMM), or base + k*NR when koff == 0.
-    ``act`` must be one of FUSED_ACTS (activation codes); the caller handles the others."""
+def microkernel_fused(typingctx, ap, base, koff, k, c, ldc, shift, act, rows):
+    """c[r*ldc + j] = act(shift[r] + sum_k ap[k*MR + r] * B[k, j]) for r < rows of an MR x NR tile (all
+    NR columns), written straight to the output. B row k is at base + koff[k] (implicit GEMM), or
+    base + k*NR when koff == 0. ``act`` must be one of FUSED_ACTS; the caller handles the others."""
     sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp, types.intp,
-                     types.intp)
+                     types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        ap_i, base_i, koff_i, k_i, c_i, ldc_i, shift_i, act_i = args
+        ap_i, base_i, koff_i, k_i, c_i, ldc_i, shift_i, act_i, rows_i = args
         # koff == 0 selects packed B: branch once, emitting both loops
         i64 = ir.IntType(64)
         packed = builder.icmp_signed("==", koff_i, ir.Constant(i64, 0))
         with builder.if_else(packed) as (then, otherwise):
             with then:
-                _codegen_microkernel(builder, ap_i, base_i, k_i, c_i, None, (ldc_i, shift_i, act_i))
+                _codegen_microkernel(builder, ap_i, base_i, k_i, c_i, None, (ldc_i, shift_i, act_i, rows_i))
             with otherwise:
-                _codegen_microkernel(builder, ap_i, base_i, k_i, c_i, koff_i, (ldc_i, shift_i, act_i))
+                _codegen_microkernel(builder, ap_i, base_i, k_i, c_i, koff_i, (ldc_i, shift_i, act_i, rows_i))
         return context.get_dummy_value()
 
     return sig, codegen

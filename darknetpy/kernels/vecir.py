@@ -1,0 +1,75 @@
+"""Explicit 8-lane float vector code for numba intrinsics (used where LLVM will not vectorise on its own).
+
+LLVM's loop vectoriser gives up on loops that read and write many arrays it cannot prove distinct
+(the Winograd inverse transform touches 36 + 16 streams), and it turns in-place ``select``s into masked
+stores that are microcoded on AMD CPUs. Writing the vector code directly avoids both. ``Vec`` wraps an
+llvmlite IRBuilder with the handful of operations the kernels need; lanes are 8 floats (one AVX
+register; LLVM splits or widens it on other targets).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+LANES = 8
+_f32 = ir.FloatType()
+_i64 = ir.IntType(64)
+_i32 = ir.IntType(32)
+_vt = ir.VectorType(_f32, LANES)
+
+
+class Vec:
+    """Vector operations on float pointers passed to an intrinsic as intp addresses."""
+
+    def __init__(self, builder: ir.IRBuilder):
+        self.b = builder
+        self._undef = ir.Constant(_vt, ir.Undefined)
+        self._bcast = ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES)
+
+    def ptr(self, addr) -> ir.Value:
+        return self.b.inttoptr(addr, _f32.as_pointer())
+
+    def i64(self, v: int) -> ir.Constant:
+        return ir.Constant(_i64, v)
+
+    def at(self, p, offset) -> ir.Value:
+        """p + offset (offset: int or i64 value), as a float pointer."""
+        off = self.i64(offset) if isinstance(offset, int) else offset
+        return self.b.gep(p, [off])
+
+    def load(self, p, offset=0) -> ir.Value:
+        return self.b.load(self.b.bitcast(self.at(p, offset), _vt.as_pointer()), align=4)
+
+    def store(self, v, p, offset=0) -> None:
+        self.b.store(v, self.b.bitcast(self.at(p, offset), _vt.as_pointer()), align=4)
+
+    def splat(self, x) -> ir.Value:
+        """A scalar (float value or Python float) in every lane."""
+        if isinstance(x, float):
+            return ir.Constant(_vt, [x] * LANES)
+        return self.b.shuffle_vector(self.b.insert_element(self._undef, x, ir.Constant(_i32, 0)), self._undef,
+                                     self._bcast)
+
+    def load_scalar(self, p, offset=0) -> ir.Value:
+        return self.b.load(self.at(p, offset))
+
+    def add(self, a, b):
+        return self.b.fadd(a, b, flags=("contract",))
+
+    def sub(self, a, b):
+        return self.b.fsub(a, b, flags=("contract",))
+
+    def mul(self, a, b):
+        return self.b.fmul(a, b, flags=("contract",))
+
+    def activation(self, y, act) -> ir.Value:
+        """linear / relu / leaky / relu6 chosen by the i64 ``act`` code, branch-free (see gemm.FUSED_ACTS)."""
+        b = self.b
+        zero = self.splat(0.0)
+        pos = b.fcmp_ordered(">", y, zero)
+        relu = b.select(pos, y, zero)
+        out = b.select(b.icmp_signed("==", act, self.i64(11)), b.select(pos, y, b.fmul(y, self.splat(0.1))), y)
+        out = b.select(b.icmp_signed("==", act, self.i64(3)), relu, out)
+        six = self.splat(6.0)
+        return b.select(b.icmp_signed("==", act, self.i64(14)), b.select(b.fcmp_ordered("<", relu, six), relu, six),
+                        out)
