@@ -1,0 +1,375 @@
+"""``darknetpy board-run``: time a model on an STM32N6 running ST's aiValidation firmware.
+
+``add_arguments(parser)`` declares the options, ``run(args)`` prints the report and returns 0.
+Failures raise :mod:`darknetpy.errors` exceptions; ``darknetpy.cli`` turns them into messages
+and exit codes.
+
+Example::
+
+    darknetpy board-run --port /dev/ttyACM0 --runs 20
+    darknetpy board-run --port /dev/ttyACM0 --mode io --input dog.jpg --json
+    darknetpy board-run --port /dev/ttyACM0 --mode per-layer --trace 2> trace.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING, Optional
+
+from ..errors import BoardRejected, UnsupportedError
+
+if TYPE_CHECKING:                  # the runner (pyserial) and numpy load only when a command runs
+    import numpy as np
+
+    from .runner import BoardReport, NetworkInfo, OutputTensor, RunResult, TensorInfo
+
+# Plain copies of runner.DEFAULT_BAUD / DEFAULT_TIMEOUT / MODE_PARAMS, so that building the
+# ``darknetpy`` parser does not import pyserial (tests/test_board_run.py checks they agree).
+DEFAULT_BAUD = 921600
+DEFAULT_TIMEOUT = 10.0
+MODES = ("perf", "io", "per-layer")
+
+_MODE_NAMES = {"perf": "PERF", "io": "IO_ONLY", "per-layer": "PER_LAYER"}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _index(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the ``board-run`` options on ``parser``."""
+    parser.add_argument("--port", required=True,
+                        help="serial device (/dev/ttyACM0, COM5) or pyserial URL "
+                             "(socket://host:port, loop://)")
+    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
+                        help=f"UART baud rate (default {DEFAULT_BAUD}, ST's N6 setting)")
+    parser.add_argument("--framing", choices=("auto", "1", "2"), default="auto",
+                        help="packet header: 1 byte (protocol 3.1), 2 bytes (3.2), or detect "
+                             "(default)")
+    parser.add_argument("--model-index", type=_index, default=0,
+                        help="which model of the firmware (NETWORK_INFO param, default 0)")
+    parser.add_argument("--runs", type=_positive_int, default=10,
+                        help="inferences to time (default 10)")
+    parser.add_argument("--mode", choices=MODES, default="perf",
+                        help="perf: timing only, one constant element sent (default); io: full "
+                             "input in, outputs back; per-layer: time of every epoch")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--input", metavar="IMAGE",
+                        help="image fed to the model (letterboxed to the input size)")
+    source.add_argument("--const", type=float, metavar="V",
+                        help="fill the input with the raw element value V (default 0)")
+    parser.add_argument("--cfg", help="with --weights, --mode io and --input: compare the "
+                                      "board's output with darknetpy's int8 engine")
+    parser.add_argument("--weights", help="darknet .weights matching --cfg")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--trace", action="store_true",
+                        help="log every packet in hex to stderr, with timestamps")
+    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT,
+                        help=f"seconds each step may take (default {DEFAULT_TIMEOUT:g}); runs "
+                             f"that move tensors get their transfer time on top")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``board-run``: connect, describe the model, time ``--runs`` inferences, print."""
+    compare = bool(args.cfg or args.weights)
+    if compare and not (args.cfg and args.weights):
+        raise UnsupportedError("--cfg and --weights go together")
+    if compare and (args.mode != "io" or not args.input):
+        raise UnsupportedError("the int8 comparison (--cfg/--weights) needs --mode io and "
+                               "--input IMAGE: only io mode returns the output tensor")
+    if compare:
+        int8_engine()                 # fail before touching the board if it is not there
+    from .runner import BoardReport, BoardSession, const_input
+    trace = sys.stderr if args.trace else None
+    image: Optional[np.ndarray] = None
+    # decode the image before touching the board: a bad file fails fast, with the port untouched
+    picture = load_picture(args.input) if args.input else None
+    with BoardSession(args.port, baud=args.baud, framing=args.framing, timeout=args.timeout,
+                      trace=trace) as board:
+        device = board.connect()
+        network = board.network_info(args.model_index)
+        if picture is not None:
+            inputs, image = image_inputs(picture, network)
+            const = False
+        else:
+            value = 0.0 if args.const is None else args.const
+            full = args.mode == "io"      # io mode fills the whole tensor; others use CONST_VALUE
+            inputs = [const_input(t, value, full=full) for t in network.inputs]
+            const = not full
+        runs = [board.run(network, inputs, mode=args.mode, const=const, first=i == 0)
+                for i in range(args.runs)]
+        report = BoardReport(device, network, args.mode, runs, list(board.warnings))
+    comparison = None
+    if compare:
+        assert image is not None
+        comparison = compare_with_int8_engine(args.cfg, args.weights, image, runs[-1].outputs)
+    source = (f"image {args.input}" if args.input
+              else f"const {0.0 if args.const is None else args.const:g}")
+    if args.json:
+        print(json.dumps(report_dict(report, source, const, comparison)))
+    else:
+        print(format_report(report, source, const, comparison))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+def image_layout(tensor: TensorInfo) -> tuple[str, int, int, int]:
+    """``(layout, height, width, channels)`` of an image input from its descriptor's shape:
+    NHWC for (1,H,W,C), NCHW for (1,C,H,W), C being 1 or 3. Raises BoardRejected otherwise."""
+    shape = tuple(tensor.shape)
+    dims = shape[1:] if len(shape) == 4 and shape[0] == 1 else shape
+    if len(dims) != 3:
+        raise BoardRejected(f"input {tensor.name!r} has shape {shape}: not an image "
+                            f"((1,H,W,C) or (1,C,H,W)); use --const")
+    if dims[2] in (1, 3) and dims[0] not in (1, 3):
+        return "NHWC", dims[0], dims[1], dims[2]
+    if dims[0] in (1, 3):
+        return "NCHW", dims[1], dims[2], dims[0]
+    if dims[2] in (1, 3):
+        return "NHWC", dims[0], dims[1], dims[2]
+    raise BoardRejected(f"input {tensor.name!r} has shape {shape}: no channel axis of 1 or 3 "
+                        f"at either end; use --const")
+
+
+def image_to_tensor(x: np.ndarray, tensor: TensorInfo) -> bytes:
+    """Bytes of input ``tensor`` for a float32 image ``x`` (3, H, W) in [0, 1].
+
+    uint8: round(x * 255); int8: round(x * 255) - 128; float32: x as is -- laid out NHWC or
+    NCHW as the descriptor's shape says. These are the encodings of ST's image models
+    (scale 1/255, zero point 0 or -128); a descriptor with other quantization is refused.
+    """
+    import numpy as np
+
+    layout, height, width, channels = image_layout(tensor)
+    if x.shape != (channels, height, width):
+        raise BoardRejected(f"input {tensor.name!r} wants {channels} channel(s) of "
+                            f"{height}x{width}; the image is {x.shape[0]}x{x.shape[1]}x"
+                            f"{x.shape[2]} (C, H, W) -- only RGB images are supported")
+    kind = np.dtype(tensor.dtype)
+    u8 = np.round(np.clip(x, 0.0, 1.0) * 255.0)
+    if tensor.dtype == "uint8":
+        expected_zp, values = 0, u8
+    elif tensor.dtype == "int8":
+        expected_zp, values = -128, u8 - 128.0
+    elif kind.kind == "f":
+        expected_zp, values = None, x
+    else:
+        raise BoardRejected(f"input {tensor.name!r} is {tensor.dtype}; images can feed uint8, "
+                            f"int8 or float inputs")
+    if expected_zp is not None and tensor.scale and (
+            abs(tensor.scale * 255.0 - 1.0) > 1e-3 or tensor.zero_point != expected_zp):
+        raise BoardRejected(
+            f"input {tensor.name!r} ({tensor.dtype}) is quantized with scale {tensor.scale:g} and "
+            f"zero point {tensor.zero_point}; darknetpy feeds images as scale 1/255, zero point "
+            f"{expected_zp}. Hint: regenerate with the [0, 1] input range, or use --const")
+    if layout == "NHWC":
+        values = np.transpose(values, (1, 2, 0))
+    data = np.ascontiguousarray(values, dtype=kind.newbyteorder("<")).tobytes()
+    if len(data) != tensor.nbytes:
+        raise BoardRejected(f"input {tensor.name!r}: the image gives {len(data)} bytes, the "
+                            f"descriptor {tensor.nbytes} ({tensor.size} x {tensor.dtype})")
+    return data
+
+
+def load_picture(path: str) -> np.ndarray:
+    """``darknetpy.image.load_image``: float32 (3, H, W) in [0, 1] (imported only when needed)."""
+    try:
+        from ..image import load_image
+    except ImportError as exc:
+        raise UnsupportedError("--input needs darknetpy.image, which this installation lacks; "
+                               "use --const") from exc
+    return load_image(path)
+
+
+def image_inputs(picture: np.ndarray, network: NetworkInfo) -> tuple[list[bytes], np.ndarray]:
+    """Letterbox a loaded (3, H, W) picture to the model's single image input; returns the input
+    bytes and the float32 (3, h, w) image that produced them."""
+    import numpy as np
+
+    if len(network.inputs) != 1:
+        raise BoardRejected(f"model {network.name!r} has {len(network.inputs)} inputs; --input "
+                            f"feeds one image. Use --const")
+    from ..image import letterbox
+
+    tensor = network.inputs[0]
+    _, height, width, _ = image_layout(tensor)
+    x = letterbox(picture, width, height).astype(np.float32)
+    return [image_to_tensor(x, tensor)], x
+
+
+# --------------------------------------------------------------------------------------------
+# int8 comparison
+# --------------------------------------------------------------------------------------------
+
+def int8_engine():
+    """``(darknetpy.load, darknetpy.quantize)``, or UnsupportedError while they do not exist."""
+    try:
+        from .. import load, quantize            # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise UnsupportedError("int8 comparison needs darknetpy's int8 engine "
+                               "(darknetpy.load and darknetpy.quantize), which this version does "
+                               "not provide yet; run without --cfg/--weights") from exc
+    return load, quantize
+
+
+def compare_with_int8_engine(cfg: str, weights: str, image: np.ndarray,
+                             outputs: list[OutputTensor]) -> dict:
+    """Run darknetpy's int8 engine on the same (3, H, W) image and compare with the board's first
+    output: max/mean absolute difference and top-1/top-5 agreement.
+
+    Uses the planned API ``darknetpy.load(cfg, weights)``, ``darknetpy.quantize(net, images)``
+    and ``.predict(x)``; calibration uses this one image, so expect small differences from a
+    model quantized on a real calibration set.
+    """
+    import numpy as np
+
+    load, quantize = int8_engine()
+    if not outputs or outputs[0].data is None:
+        raise UnsupportedError("the board returned no output data to compare")
+    net = load(cfg, weights)
+    reference = np.asarray(quantize(net, [image]).predict(image), dtype=np.float64).ravel()
+    board = outputs[0].values().ravel()
+    if reference.size != board.size:
+        raise UnsupportedError(f"cannot compare: the board's output has {board.size} values, "
+                               f"darknetpy's {reference.size} (is --cfg the model on the board?)")
+    diff = np.abs(reference - board)
+    top5_board = [int(i) for i in np.argsort(-board, kind="stable")[:5]]
+    top5_ref = [int(i) for i in np.argsort(-reference, kind="stable")[:5]]
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "top1_board": top5_board[0], "top1_int8": top5_ref[0],
+            "top1_match": top5_board[0] == top5_ref[0],
+            "top5_overlap": len(set(top5_board) & set(top5_ref))}
+
+
+# --------------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------------
+
+def _param_text(mode: str, const: bool) -> str:
+    return _MODE_NAMES[mode] + ("|CONST_VALUE" if const else "")
+
+
+def _mhz(hz: Optional[int]) -> str:
+    return "?" if not hz else f"{hz / 1e6:g} MHz"
+
+
+def _epoch_table(runs: list[RunResult]) -> list[dict]:
+    """Per-epoch mean over runs, with its share of the mean whole-inference time."""
+    import numpy as np
+
+    first = runs[0].epochs
+    if not first:
+        return []
+    total = float(np.mean([r.ms for r in runs]))
+    rows = []
+    for i, epoch in enumerate(first):
+        ms = float(np.mean([r.epochs[i].ms for r in runs if i < len(r.epochs)]))
+        rows.append({"epoch": epoch.label, "kind": epoch.kind, "ms": ms,
+                     "cycles": epoch.cycles, "percent": 100.0 * ms / total if total else None})
+    return rows
+
+
+def _output_summary(output: OutputTensor) -> dict:
+    import numpy as np
+
+    info = output.info
+    entry = {"name": info.name, "shape": list(info.shape), "dtype": info.dtype,
+             "scale": info.scale, "zero_point": info.zero_point}
+    if output.data is None:
+        entry["data"] = None
+        return entry
+    values = output.values()
+    flat = values.ravel()
+    if sum(1 for d in values.shape if d != 1) <= 1:          # a class vector
+        order = np.argsort(-flat, kind="stable")[:5]
+        entry["top5"] = [{"index": int(i), "value": float(flat[i])} for i in order]
+    entry.update(min=float(flat.min()), max=float(flat.max()), mean=float(flat.mean()))
+    return entry
+
+
+def report_dict(report: BoardReport, source: str, const: bool,
+                comparison: Optional[dict] = None) -> dict:
+    """The whole report as JSON-ready data (what ``--json`` prints)."""
+    out = {"device": report.device.as_dict(), "network": report.network.as_dict(),
+           "mode": report.mode, "run_param": _param_text(report.mode, const), "input": source,
+           "runs": [r.as_dict() for r in report.runs], "stats": report.stats(),
+           "warnings": report.warnings + [w for r in report.runs for w in r.warnings]}
+    if report.mode == "per-layer":
+        out["epochs"] = _epoch_table(report.runs)
+    if report.mode != "perf":
+        out["outputs"] = [_output_summary(o) for o in report.runs[-1].outputs]
+    if comparison is not None:
+        out["int8_comparison"] = comparison
+    return out
+
+
+def _tensor_line(kind: str, i: int, t: TensorInfo) -> str:
+    quant = (f"scale {t.scale:.6g}  zero point {t.zero_point}" if t.scale
+             else "not quantized")
+    return f"  {kind} {i}  {t.dtype:<7} {str(tuple(t.shape)):<18} {quant}  ({t.name})"
+
+
+def format_report(report: BoardReport, source: str, const: bool,
+                  comparison: Optional[dict] = None) -> str:
+    """The human-readable report."""
+    d, n = report.device, report.network
+    lines = [f"device   {d.name} (id 0x{d.devid:x})  CPU {_mhz(d.sclock)}  NPU {_mhz(d.npu_hz)}  "
+             f"protocol {d.protocol}, framing {d.framing}, {d.packet_size}-byte packets",
+             f"network  {n.name!r} (index {n.index})  MACs "
+             f"{'n/a' if n.macc is None else f'{n.macc:,}'}  epochs {n.n_epochs}"]
+    lines += [_tensor_line("input ", i, t) for i, t in enumerate(n.inputs)]
+    lines += [_tensor_line("output", i, t) for i, t in enumerate(n.outputs)]
+    lines.append(f"mode     {report.mode} ({_param_text(report.mode, const)}), input {source}")
+    for i, r in enumerate(report.runs, 1):
+        cycles = f"{r.cycles:,} cycles" if r.cycles is not None else "cycles n/a"
+        lines.append(f"run {i:>3}  {r.ms:9.3f} ms  ({cycles})")
+    s = report.stats()
+    ips = f"{s['inferences_per_s']:.1f}" if s["inferences_per_s"] else "?"
+    lines.append(f"ms       min {s['min_ms']:.3f}  median {s['median_ms']:.3f}  mean "
+                 f"{s['mean_ms']:.3f}  max {s['max_ms']:.3f}  -> {ips} inferences/s")
+    if report.mode == "per-layer":
+        lines.append(f"{'epoch':<12} {'kind':<8} {'ms':>9} {'%':>6}")
+        for row in _epoch_table(report.runs):
+            pct = f"{row['percent']:6.1f}" if row["percent"] is not None else "     ?"
+            lines.append(f"  {row['epoch']:<10} {row['kind']:<8} {row['ms']:9.4f} {pct}")
+    if report.mode != "perf":
+        for i, o in enumerate(report.runs[-1].outputs):
+            entry = _output_summary(o)
+            if entry.get("data", True) is None:
+                lines.append(f"output {i}  no data")
+            elif "top5" in entry:
+                top = "  ".join(f"{t['index']}:{t['value']:.4g}" for t in entry["top5"])
+                lines.append(f"output {i}  top-5 {top}")
+            else:
+                lines.append(f"output {i}  {tuple(entry['shape'])} min {entry['min']:.4g} "
+                             f"max {entry['max']:.4g} mean {entry['mean']:.4g}")
+    if comparison is not None:
+        c = comparison
+        lines.append(f"int8     max |diff| {c['max_abs_diff']:.4g}  mean |diff| "
+                     f"{c['mean_abs_diff']:.4g}  top-1 board {c['top1_board']} / darknetpy "
+                     f"{c['top1_int8']}  top-5 overlap {c['top5_overlap']}/5")
+    for warning in report.warnings + [w for r in report.runs for w in r.warnings]:
+        lines.append(f"warning  {warning}")
+    return "\n".join(lines)
