@@ -136,6 +136,14 @@ def _threads(s: str) -> int:
     return v
 
 
+EXTRA_COMMANDS = (
+    ("quantize", ".cli_quantize", "quantize a network to int8 and report the accuracy cost per layer"),
+    ("export", ".cli_export", "export ONNX (float or QDQ int8) for onnxruntime and ST Edge AI Core"),
+    ("check-n6", ".cli_check_n6", "check an ONNX model against the STM32N6 NPU constraints"),
+    ("board-run", ".board.command", "run the deployed network on an STM32N6 board over a serial port"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="darknetpy", description="Darknet networks on the CPU and on the STM32N6.")
     p.add_argument("--version", action="version", version=f"darknetpy {__version__}")
@@ -168,14 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
                                   "or ~/.cache/darknetpy)")
     f.set_defaults(func=cmd_fetch)
 
-    try:
-        from .board import command as board_command
-    except ImportError:  # pragma: no cover - the board client is optional at import time
-        board_command = None
-    if board_command is not None and hasattr(board_command, "add_arguments"):
-        b = sub.add_parser("board-run", help="run the deployed network on an STM32N6 board over a serial port")
-        board_command.add_arguments(b)
-        b.set_defaults(func=board_command.run)
+    # Commands implemented in their own modules: each offers add_arguments(parser) and run(args) -> int
+    # and imports its heavy dependencies (onnx, pyserial, ...) only inside run().
+    import importlib
+    for name, module, help_ in EXTRA_COMMANDS:
+        try:
+            mod = importlib.import_module(module, __package__)
+        except ImportError:  # pragma: no cover - a command module not present in this build
+            continue
+        sp = sub.add_parser(name, help=help_, description=help_)
+        mod.add_arguments(sp)
+        sp.set_defaults(func=mod.run)
     return p
 
 
