@@ -25,6 +25,7 @@ import numpy as np
 from . import layers as L
 from .kernels import conv as kconv
 from .kernels import elementwise as kel
+from .kernels import depthwise as kdw
 from .kernels import exact as kex
 from .kernels import winograd as kwino
 from .kernels.activation import CODE as ACT
@@ -59,6 +60,12 @@ class Plan:
         # One scratch buffer (zero-padded conv inputs) shared by all layers: they run one at a time.
         need = max([self._scratch_shape(layer) for layer in graph], key=lambda sh: int(np.prod(sh)), default=(0,))
         self._scratch = np.zeros(int(np.prod(need)), dtype=np.float32)
+        # per-thread scratch of the grouped/depthwise kernel, sized for the largest such layer
+        import numba
+        per_thread = max([kdw.scratch_size(l_.c, l_.h, l_.w, l_.groups, l_.padding, l_.stride, l_.size)
+                          for l_ in graph if isinstance(l_, L.Convolutional) and l_.groups > 1
+                          and not exact] or [0])
+        self._thread_scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, per_thread), dtype=np.float32)
         self.steps: list[Callable[[], None]] = [self._bind(layer, weights.params[layer.index]) for layer in graph]
         self.debug = os.environ.get("DARKNETPY_DEBUG", "") not in ("", "0")
 
@@ -193,10 +200,8 @@ class Plan:
                 kconv.conv_gemm(xs, ap, shift, a, size, stride, out)
             return run_gemm
 
-        def run_grouped():
-            kconv.prepare_input(x, pad, xs)
-            kconv.conv_grouped(xs, w, layer.groups, shift, a, size, stride, out)
-        return run_grouped
+        tscratch = self._thread_scratch
+        return lambda: kdw.conv_grouped(x, w, layer.groups, shift, a, pad, stride, out, tscratch)
 
     def _bind_connected(self, layer: L.Connected, p: dict, x, out) -> Callable[[], None]:
         a = ACT[layer.activation]
@@ -244,8 +249,8 @@ class Plan:
             return kwino.padded_shape4(layer.c, layer.out_h, layer.out_w)
         if variant == 2:
             return kwino.padded_shape(layer.c, layer.out_h, layer.out_w)
-        if layer.groups == 1 and layer.size == 1 and layer.stride == 1 and not layer.padding:
-            return (0,)
+        if layer.groups > 1 or (layer.size == 1 and layer.stride == 1 and not layer.padding):
+            return (0,)                  # grouped convs prepare their input per thread (kernels/depthwise)
         return kconv.input_shape(layer.c, layer.h, layer.w, layer.padding, layer.stride)
 
     # -- running ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from darknetpy.kernels import conv as kconv
+from darknetpy.kernels import depthwise as kdw
 from darknetpy.kernels import elementwise as kel
 from darknetpy.kernels import exact as kex
 from darknetpy.kernels.activation import CODE, NAMES, activate
@@ -66,6 +67,8 @@ CONV_CASES = [
     (5, 19, 40, 7, 3, 3, 1, 1),     # stride 3
     (64, 9, 33, 64, 3, 2, 1, 32),   # DLA-X: 32 groups of 2 channels, stride 2
     (8, 9, 9, 8, 5, 2, 2, 8),       # depthwise 5x5 stride 2 (generic taps)
+    (5, 10, 7, 5, 3, 3, 1, 5),      # depthwise stride 3
+    (48, 14, 13, 48, 3, 2, 1, 48),  # depthwise stride 2, odd width (edge of the interleaved copy)
 ]
 
 
@@ -86,12 +89,13 @@ def test_conv_fast_matches_naive(c, h, w, m, k, stride, pad, groups):
     shift = ints((m,))
     ref = naive_conv(x, wt, groups, stride, pad) + shift[:, None, None]
     out = np.empty(ref.shape, np.float32)
-    xs = np.full(kconv.input_shape(c, h, w, pad, stride), 9.0, np.float32)    # stale scratch contents
-    kconv.prepare_input(x, pad, xs)
     if groups == 1:
+        xs = np.full(kconv.input_shape(c, h, w, pad, stride), 9.0, np.float32)    # stale scratch contents
+        kconv.prepare_input(x, pad, xs)
         kconv.conv_gemm(xs, pack_a(wt.reshape(m, -1)), shift, CODE["linear"], k, stride, out)
     else:
-        kconv.conv_grouped(xs, wt, groups, shift, CODE["linear"], k, stride, out)
+        scratch = np.full((4, kdw.scratch_size(c, h, w, groups, pad, stride, k)), 9.0, np.float32)
+        kdw.conv_grouped(x, wt, groups, shift, CODE["linear"], pad, stride, out, scratch)
     assert np.array_equal(out, ref)
 
 

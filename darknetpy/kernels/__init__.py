@@ -5,4 +5,35 @@ gemm.py         packed float32 GEMM with an LLVM-IR register-blocked micro-kerne
 conv.py         fast convolution (GEMM with fused epilogue; direct grouped/depthwise), connected
 elementwise.py  maxpool, softmax, shortcut, upsample, crop (exact at full speed)
 activation.py   darknet's activations, evaluated as darknet does (in double)
+depthwise.py    grouped and depthwise convolutions over whole output maps
+winograd.py     Winograd F(2x2,3x3) and F(4x4,3x3)
+vecir.py        helpers for writing explicit vector code as LLVM IR
+
+Compiled kernels are cached on disk (``cache=True``). numba invalidates a cached function only when
+its own source file changes, not when a helper it inlines from another file does; so the cache lives
+in a directory named after a hash of all kernel sources (``$DARKNETPY_CACHE_DIR`` or
+``~/.cache/darknetpy/numba/<hash>``), and any change to any kernel file starts a fresh cache. An
+explicit ``NUMBA_CACHE_DIR`` is respected.
 """
+
+import hashlib as _hashlib
+import os as _os
+from pathlib import Path as _Path
+
+
+def _set_cache_dir() -> None:
+    import numba
+
+    if _os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    here = _Path(__file__).resolve().parent
+    h = _hashlib.sha256()
+    for f in sorted(here.glob("*.py")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    base = _os.environ.get("DARKNETPY_CACHE_DIR") or _os.path.join(
+        _os.environ.get("XDG_CACHE_HOME") or _os.path.join(_os.path.expanduser("~"), ".cache"), "darknetpy", "numba")
+    numba.config.CACHE_DIR = _os.path.join(base, h.hexdigest()[:16])
+
+
+_set_cache_dir()

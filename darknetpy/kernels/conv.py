@@ -13,10 +13,7 @@ read NR *contiguous* floats for every tap, whatever the stride, and no bounds ar
   base is precomputed (``koff``); panels of NR pixels on one output row feed the micro-kernel straight
   from ``xs`` (``microkernel_indirect``), other panels are gathered into a B panel with the same
   offsets. The epilogue adds the folded-BN shift and applies the activation.
-* ``conv_grouped`` (groups > 1, incl. depthwise): a direct convolution per output channel and row,
-  vectorised along the row with all of a 3x3 tap set's terms fused per input channel. Depthwise
-  convolutions are memory-bound and grouped ones with 2-8 channels per group are far too small for
-  GEMM tiles, so this beats a GEMM per group.
+* grouped and depthwise convolutions live in ``depthwise.py``.
 
 Results differ from darknet's summation order by rounding only (``../shared/specs/darknet.md`` §9);
 ``exact.py`` holds the bit-exact versions. Shapes: x (C, H, W); out (M, out_h, out_w); weights OIHW.
@@ -143,62 +140,6 @@ def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out) -> None:
     flat_ok = size == 1 and stride == 1 and hp * wq == out.shape[1] * out.shape[2]
     # The thread count is passed in: numba.get_num_threads() inside a kernel makes it uncacheable.
     _conv_gemm(xs, ap, shift, act, size, stride, flat_ok, numba.get_num_threads(), out)
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def _conv_grouped(xs, weights, groups, shift, act, size, stride, out):
-    # One output channel per work item; for each output row, every tap's contribution is accumulated in
-    # a row buffer in L1. For 3x3 the nine terms of one input channel are fused into one pass.
-    c = xs.shape[0]
-    s, wq = xs.shape[2], xs.shape[3]
-    m, out_h, out_w = out.shape
-    cg = c // groups
-    mg = m // groups
-    for o in prange(m):
-        g = o // mg
-        acc = np.empty(out_w, dtype=np.float32)
-        sh = shift[o]
-        for oy in range(out_h):
-            for j in range(out_w):
-                acc[j] = sh
-            for ci in range(cg):
-                ch = g * cg + ci
-                if size == 3:
-                    w = weights[o, ci]
-                    y0 = oy * s
-                    # tap (ky, kx) reads xs[ch, y0 + ky, kx % s, j + kx // s]
-                    a0 = xs[ch, y0, 0]
-                    a1 = xs[ch, y0, 1 % s]
-                    b0 = xs[ch, y0 + 1, 0]
-                    b1 = xs[ch, y0 + 1, 1 % s]
-                    c0 = xs[ch, y0 + 2, 0]
-                    c1 = xs[ch, y0 + 2, 1 % s]
-                    d1 = 1 // s                   # column offset of kx=1 inside its phase
-                    d2 = 2 // s                   # and of kx=2 (phase 2 % s)
-                    a2 = xs[ch, y0, 2 % s]
-                    b2 = xs[ch, y0 + 1, 2 % s]
-                    c2 = xs[ch, y0 + 2, 2 % s]
-                    for j in range(out_w):
-                        acc[j] += (w[0, 0] * a0[j] + w[0, 1] * a1[j + d1] + w[0, 2] * a2[j + d2]
-                                   + w[1, 0] * b0[j] + w[1, 1] * b1[j + d1] + w[1, 2] * b2[j + d2]
-                                   + w[2, 0] * c0[j] + w[2, 1] * c1[j + d1] + w[2, 2] * c2[j + d2])
-                else:
-                    for ky in range(size):
-                        for kx in range(size):
-                            wv = weights[o, ci, ky, kx]
-                            src = xs[ch, oy * s + ky, kx % s]
-                            d = kx // s
-                            for j in range(out_w):
-                                acc[j] += wv * src[j + d]
-            activate_block(acc, out_w, act)
-            dst = out[o, oy]
-            for j in range(out_w):
-                dst[j] = acc[j]
-
-
-def conv_grouped(xs, weights, groups: int, shift, act: int, size: int, stride: int, out) -> None:
-    """Grouped/depthwise convolution from the prepared input: out = act(conv(x, W, groups) + shift)."""
-    _conv_grouped(xs, weights, groups, shift, act, size, stride, out)
 
 
 @njit(cache=True, parallel=True, fastmath=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -130,8 +131,37 @@ def _shortcut(prev, src, alpha, beta, act, out):
                 out[k, y, x] = activate_scalar(out[k, y, x], act)
 
 
+@njit(cache=True, parallel=True, fastmath=False)
+def _shortcut_same(prev, src, alpha, beta, act, nthreads, out):
+    # The common case (same shape): out = act(alpha*prev + beta*src) in one pass, the same float32
+    # operations as darknet's copy + shortcut_cpu + activate_array. One branch on ``act`` outside each
+    # loop keeps the loops vectorisable; leaky and relu use darknet's exact forms.
+    n = out.size
+    for th in prange(nthreads):
+        lo = th * n // nthreads
+        hi = (th + 1) * n // nthreads
+        if act == 0:                                  # linear
+            for i in range(lo, hi):
+                out[i] = alpha * prev[i] + beta * src[i]
+        elif act == 3:                                # relu: x*(x>0)
+            for i in range(lo, hi):
+                v = alpha * prev[i] + beta * src[i]
+                out[i] = v * np.float32(v > 0)
+        elif act == 11:                               # leaky: double 0.1
+            for i in range(lo, hi):
+                v = alpha * prev[i] + beta * src[i]
+                out[i] = v if v > 0 else np.float32(0.1 * np.float64(v))
+        else:
+            for i in range(lo, hi):
+                out[i] = activate_scalar(alpha * prev[i] + beta * src[i], act)
+
+
 def shortcut(prev, src, alpha, beta, act, out):
-    _shortcut(prev, src, np.float32(alpha), np.float32(beta), act, out)
+    if prev.shape == src.shape:
+        _shortcut_same(prev.reshape(-1), src.reshape(-1), np.float32(alpha), np.float32(beta), act,
+                       numba.get_num_threads(), out.reshape(-1))
+    else:
+        _shortcut(prev, src, np.float32(alpha), np.float32(beta), act, out)
 
 
 @njit(cache=True, parallel=True)

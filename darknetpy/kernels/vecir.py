@@ -73,3 +73,51 @@ class Vec:
         six = self.splat(6.0)
         return b.select(b.icmp_signed("==", act, self.i64(14)), b.select(b.fcmp_ordered("<", relu, six), relu, six),
                         out)
+
+
+def loop(builder: ir.IRBuilder, start, stop, step: int, body, name: str) -> None:
+    """Emit ``for i in range(start, stop, step): body(i)`` (i64 values); body may use the builder."""
+    pre = builder.block
+    head = builder.function.append_basic_block(f"{name}.head")
+    blk = builder.function.append_basic_block(f"{name}.body")
+    done = builder.function.append_basic_block(f"{name}.done")
+    builder.branch(head)
+    builder.position_at_end(head)
+    i = builder.phi(_i64)
+    i.add_incoming(start, pre)
+    builder.cbranch(builder.icmp_signed("<", i, stop), blk, done)
+    builder.position_at_end(blk)
+    body(i)
+    nxt = builder.add(i, ir.Constant(_i64, step))
+    i.add_incoming(nxt, builder.block)
+    builder.branch(head)
+    builder.position_at_end(done)
+
+
+def loop_carry(builder: ir.IRBuilder, start, stop, step: int, init: list, body, name: str) -> list:
+    """``for i in range(start, stop, step): vals = body(i, vals)`` with loop-carried SSA values (phi
+    nodes, no stack slots); returns the final values."""
+    pre = builder.block
+    head = builder.function.append_basic_block(f"{name}.head")
+    blk = builder.function.append_basic_block(f"{name}.body")
+    done = builder.function.append_basic_block(f"{name}.done")
+    builder.branch(head)
+    builder.position_at_end(head)
+    i = builder.phi(_i64)
+    i.add_incoming(start, pre)
+    carried = []
+    for v in init:
+        phi = builder.phi(v.type)
+        phi.add_incoming(v, pre)
+        carried.append(phi)
+    builder.cbranch(builder.icmp_signed("<", i, stop), blk, done)
+    builder.position_at_end(blk)
+    new = body(i, carried)
+    nxt = builder.add(i, ir.Constant(_i64, step))
+    end = builder.block
+    i.add_incoming(nxt, end)
+    for phi, v in zip(carried, new):
+        phi.add_incoming(v, end)
+    builder.branch(head)
+    builder.position_at_end(done)
+    return carried
