@@ -44,7 +44,7 @@ class Network:
         self.graph = graph
         self.weights = weights
         self.exact = _env_exact() if exact is None else bool(exact)
-        self._plans: dict[bool, Plan] = {}
+        self._plans: dict[tuple[bool, bool], Plan] = {}
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -57,11 +57,14 @@ class Network:
     def classes(self) -> int:
         return self.graph.classes
 
-    def plan(self, exact: bool | None = None) -> Plan:
+    def plan(self, exact: bool | None = None, keep_all: bool = False) -> Plan:
+        """The execution plan for this mode (built once). ``keep_all`` plans keep every layer's output
+        (no fusion), for ``predict(all_layers=True)``."""
         exact = self.exact if exact is None else bool(exact)
-        if exact not in self._plans:
-            self._plans[exact] = Plan(self.graph, self.weights, exact=exact)
-        return self._plans[exact]
+        key = (exact, bool(keep_all))
+        if key not in self._plans:
+            self._plans[key] = Plan(self.graph, self.weights, exact=exact, keep_all=keep_all)
+        return self._plans[key]
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -78,7 +81,7 @@ class Network:
         want = self.input_shape
         if x.shape != want and not (x.ndim == 4 and x.shape[0] == 1 and x.shape[1:] == want):
             raise DarknetpyError(f"input shape {x.shape} does not match the network input {want} (C, H, W)")
-        p = self.plan(exact)
+        p = self.plan(exact, keep_all=all_layers)
         p.run(x)
         if all_layers:
             return [o.reshape(layer.out_shape).copy() for layer, o in zip(self.graph, p.outputs)]

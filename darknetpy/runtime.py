@@ -8,7 +8,11 @@ The plan is built once:
   route that way; ``[dropout]`` shares its input's buffer, as in darknet;
 * in fast mode, batch norm is folded into the convolution weights (scale) and a per-channel shift,
   weights are packed for the GEMM kernel, and bias + activation run in the GEMM epilogue;
-* ``exact=True`` binds the darknet-exact kernels instead (same arithmetic as pjreddie's C code).
+* ``exact=True`` binds the darknet-exact kernels instead (same arithmetic as pjreddie's C code);
+* unless ``keep_all`` (every layer's output wanted), a linear GEMM convolution whose only consumer is a
+  same-shape ``[shortcut]`` (alpha = beta = 1) writes ``act(conv + shift + from)`` straight into the
+  shortcut's buffer: the addition and activation happen in the GEMM's registers and the convolution's
+  own output is never materialised (as onnxruntime fuses Conv + Add + Relu).
 
 ``DARKNETPY_DEBUG=1`` prints each layer's shape, time and output range to stderr while it runs.
 """
@@ -51,9 +55,11 @@ def fold_batchnorm(p: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
 class Plan:
     """A compiled forward pass for one graph and one set of parameters."""
 
-    def __init__(self, graph: L.Graph, weights: Weights, *, exact: bool = False):
+    def __init__(self, graph: L.Graph, weights: Weights, *, exact: bool = False, keep_all: bool = False):
         self.graph = graph
         self.exact = exact
+        self.keep_all = keep_all
+        self.fused = {} if (exact or keep_all) else _shortcut_fusions(graph)   # conv index -> shortcut index
         self.input = np.zeros(graph.net.in_shape, dtype=np.float32)
         self.outputs: list[np.ndarray] = [None] * len(graph)  # type: ignore[list-item]
         self._plan_buffers()
@@ -111,6 +117,8 @@ class Plan:
     def _bind(self, layer: L.Layer, p: dict) -> Callable[[], None]:
         out = self.outputs[layer.index]
         x = self._in(layer)
+        if layer.index - 1 in self.fused:
+            return lambda: None                              # computed by the convolution before it
         if isinstance(layer, L.Convolutional):
             return self._bind_conv(layer, p, x, out)
         if isinstance(layer, L.Connected):
@@ -192,12 +200,18 @@ class Plan:
             return lambda: kwino.conv3x3_winograd(x, xs, up, shift, a, pad, out)
         if layer.groups == 1:
             ap = pack_a(w.reshape(layer.filters, -1))
+            res = None
+            if layer.index in self.fused:
+                sc = self.graph[self.fused[layer.index]]
+                out = self.outputs[sc.index]
+                res = self.outputs[sc.from_]
+                a = ACT[sc.activation]
             if shape == (0,):
-                return lambda: kconv.conv_gemm(xs, ap, shift, a, size, stride, out)
+                return lambda: kconv.conv_gemm(xs, ap, shift, a, size, stride, out, res)
 
             def run_gemm():
                 kconv.prepare_input(x, pad, xs)
-                kconv.conv_gemm(xs, ap, shift, a, size, stride, out)
+                kconv.conv_gemm(xs, ap, shift, a, size, stride, out, res)
             return run_gemm
 
         tscratch = self._thread_scratch
@@ -270,6 +284,24 @@ class Plan:
             rng = f"[{o.min():.4g}, {o.max():.4g}]" if o.size else "[]"
             print(f"darknetpy: {layer.describe():28s} {str(layer.out_shape):18s} {dt:8.3f} ms  range {rng}",
                   file=sys.stderr)
+
+
+def _shortcut_fusions(graph: L.Graph) -> dict[int, int]:
+    """conv index -> the [shortcut] fused into its GEMM epilogue (see the module docstring)."""
+    consumers = graph.consumers()
+    fused = {}
+    for conv in graph:
+        i = conv.index
+        if i + 1 >= len(graph) or not isinstance(conv, L.Convolutional):
+            continue
+        sc = graph[i + 1]
+        if not (isinstance(sc, L.Shortcut) and conv.activation == "linear" and conv.groups == 1
+                and not conv.quirk_1x1_no_subsample and not winograd_variant(conv)
+                and sc.alpha == 1 and sc.beta == 1 and sc.from_ != i and consumers[i] == [i + 1]):
+            continue
+        if graph[sc.from_].out_shape == conv.out_shape == sc.out_shape:
+            fused[i] = i + 1
+    return fused
 
 
 def winograd_variant(layer: L.Layer) -> int:

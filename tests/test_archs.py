@@ -36,6 +36,19 @@ def test_logits_and_softmax(model, exact):
     assert np.argmax(outs[-1]) == np.argmax(golden["logits"])
 
 
+def test_fused_plan_matches(model):
+    # predict() runs the plan that fuses shortcuts into the convolution before them (DLA); it must give
+    # the same probabilities as the unfused all-layers plan and PyTorch.
+    name, graph, weights, golden = model
+    net = Network(graph, weights)
+    probs = net.predict(golden["input"][0])
+    ref = np.exp(golden["logits64"] - golden["logits64"].max())
+    ref /= ref.sum()
+    np.testing.assert_allclose(probs, ref, rtol=0, atol=1e-5)
+    if name.startswith("dla"):
+        assert len(net.plan().fused) == {"dla46_c": 12, "dla46x_c": 12, "dla60x_c": 16}[name]
+
+
 def test_relu6_matters():
     # HarDNet with relu instead of relu6 must fail the check above (the test can fail).
     text = (CFG / "hardnet39ds.cfg").read_text().replace("activation=relu6", "activation=relu")

@@ -138,7 +138,7 @@ def test_weights_header_and_resave(name):
 
 def _feed_and_run(net: Network, exact: bool, x: np.ndarray, refs: list[np.ndarray], i: int) -> np.ndarray:
     """Run layer i alone, its inputs set to darknet's dumped outputs."""
-    plan = net.plan(exact)
+    plan = net.plan(exact, keep_all=True)
     layer = net.graph[i]
     for src in L.inputs_of(layer):
         if src < 0:

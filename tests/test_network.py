@@ -113,3 +113,49 @@ def test_threads_setting():
     assert darknetpy.set_threads(None) == numba.config.NUMBA_NUM_THREADS
     with pytest.raises(DarknetpyError):
         darknetpy.set_threads(10_000)
+
+
+FUSABLE = """[net]
+height=9
+width=11
+channels=4
+[convolutional]
+batch_normalize=1
+filters=6
+size=3
+pad=1
+activation=leaky
+[convolutional]
+batch_normalize=1
+filters=5
+size=1
+activation=relu
+[convolutional]
+batch_normalize=1
+filters=6
+size=1
+activation=linear
+[shortcut]
+from=-3
+activation=relu
+[convolutional]
+filters=6
+size=3
+pad=1
+activation=linear
+[shortcut]
+from=-2
+activation=leaky
+"""
+
+
+def test_shortcut_fused_into_conv(tmp_path):
+    net = darknetpy.load(write(tmp_path, "f.cfg", FUSABLE))
+    assert net.plan().fused == {2: 3, 4: 5}
+    assert net.plan(keep_all=True).fused == {} and net.plan(exact=True).fused == {}
+    x = np.random.default_rng(3).random((4, 9, 11)).astype(np.float32)
+    fused = net.predict(x)
+    unfused = net.predict(x, all_layers=True)[-1]
+    exact = net.predict(x, exact=True)
+    np.testing.assert_allclose(fused, unfused, rtol=0, atol=1e-5 * float(np.abs(unfused).max()))
+    np.testing.assert_allclose(fused, exact, rtol=0, atol=1e-5 * float(np.abs(exact).max()))

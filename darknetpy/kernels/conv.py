@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activation import activate_block
-from .gemm import MR, NR, microkernel, microkernel_fused, microkernel_indirect
+from .gemm import MR, NR, microkernel, microkernel_fused, microkernel_fused_res, microkernel_indirect
 
 
 def input_shape(c: int, h: int, w: int, pad: int, stride: int) -> tuple[int, int, int, int]:
@@ -41,16 +41,53 @@ def _prepare_input(x, pad, xs):
     for ch in prange(c):
         for y in range(hp):
             iy = y - pad
+            if iy < 0 or iy >= h:
+                for p in range(s):
+                    xs[ch, y, p, :] = np.float32(0.0)
+                continue
+            src = x[ch, iy]
+            if s == 2:
+                # both phases in one loop: a complete stride-2 interleave group (vector loads + shuffles)
+                d0 = xs[ch, y, 0]
+                d1 = xs[ch, y, 1]
+                j0 = min(wq, (pad + 1) // 2)
+                j1 = min(wq, max(j0, (w - 1 + pad - 1) // 2 + 1))
+                for j in range(j0):
+                    ix = 2 * j - pad
+                    d0[j] = src[ix] if 0 <= ix < w else np.float32(0.0)
+                    d1[j] = src[ix + 1] if 0 <= ix + 1 < w else np.float32(0.0)
+                n = j1 - j0
+                sv = src[2 * j0 - pad: 2 * j0 - pad + 2 * n]
+                e0 = d0[j0:j1]
+                e1 = d1[j0:j1]
+                for j in range(n):
+                    e0[j] = sv[2 * j]
+                    e1[j] = sv[2 * j + 1]
+                for j in range(j1, wq):
+                    ix = 2 * j - pad
+                    d0[j] = src[ix] if 0 <= ix < w else np.float32(0.0)
+                    d1[j] = src[ix + 1] if 0 <= ix + 1 < w else np.float32(0.0)
+                continue
             for p in range(s):
                 dst = xs[ch, y, p]
-                if iy < 0 or iy >= h:
-                    for j in range(wq):
-                        dst[j] = np.float32(0.0)
-                    continue
-                src = x[ch, iy]
-                for j in range(wq):
-                    ix = j * s + p - pad
-                    dst[j] = src[ix] if 0 <= ix < w else np.float32(0.0)
+                # columns j with 0 <= j*s + p - pad < w: [j0, j1); copied through views indexed from 0 by
+                # the loop variable, so numba drops its negative-index check and LLVM vectorises
+                j0 = min(wq, max(0, (pad - p + s - 1) // s))
+                j1 = min(wq, max(j0, (w - 1 + pad - p) // s + 1))
+                for j in range(j0):
+                    dst[j] = np.float32(0.0)
+                n = j1 - j0
+                a = j0 * s + p - pad
+                d = dst[j0:j1]
+                if s == 1:
+                    sv = src[a:a + n]
+                    for j in range(n):
+                        d[j] = sv[j]
+                else:
+                    for j in range(n):
+                        d[j] = src[a + j * s]
+                for j in range(j1, wq):
+                    dst[j] = np.float32(0.0)
 
 
 def prepare_input(x, pad: int, xs) -> None:
@@ -59,7 +96,8 @@ def prepare_input(x, pad: int, xs) -> None:
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, out):
+def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, res, out):
+    # res: a residual shaped like out added before the activation (a fused [shortcut]), or empty
     # xs: (C, Hp, S, Wq) prepared input (S == stride); out: (M, out_h, out_w)
     m, out_h, out_w = out.shape
     n = out_h * out_w
@@ -88,6 +126,9 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, out):
     astride = ap.shape[1]
     oaddr = out2d.ctypes.data
     saddr = shift.ctypes.data
+    has_res = res.size == out.size
+    res2d = res.reshape(m, n) if has_res else out2d
+    raddr = res2d.ctypes.data
     for th in prange(nthreads):
         bp = np.empty(kdim * NR, dtype=np.float32)
         tile = np.empty(MR * NR, dtype=np.float32)
@@ -118,8 +159,12 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, out):
                 i0 = ip * MR
                 if fused and jn == NR:
                     # bias, activation and store in the micro-kernel's registers (rows past m skipped)
-                    microkernel_fused(aaddr + 4 * ip * astride, bsrc, boff, kdim, oaddr + 4 * (i0 * n + n0), n,
-                                      saddr + 4 * i0, act, m - i0)
+                    if has_res:
+                        microkernel_fused_res(aaddr + 4 * ip * astride, bsrc, boff, kdim, oaddr + 4 * (i0 * n + n0),
+                                              n, saddr + 4 * i0, act, m - i0, raddr + 4 * (i0 * n + n0))
+                    else:
+                        microkernel_fused(aaddr + 4 * ip * astride, bsrc, boff, kdim, oaddr + 4 * (i0 * n + n0), n,
+                                          saddr + 4 * i0, act, m - i0)
                     continue
                 if in_place:
                     microkernel_indirect(aaddr + 4 * ip * astride, bsrc, boff, kdim, tile.ctypes.data)
@@ -130,16 +175,25 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, out):
                     orow = out2d[i0 + r, n0:n0 + jn]
                     for j in range(jn):
                         orow[j] = tile[r * NR + j] + sh
+                    if has_res:
+                        rrow = res2d[i0 + r, n0:n0 + jn]
+                        for j in range(jn):
+                            orow[j] += rrow[j]
                     activate_block(orow, jn, act)
 
 
-def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out) -> None:
-    """groups=1 convolution: out = act(conv(x, W) + shift). ``ap`` = gemm.pack_a(W.reshape(M, -1));
-    ``xs`` = the prepared input (or x[:, :, None, :] for a 1x1, stride-1, unpadded conv)."""
+_NO_RES = np.zeros(0, dtype=np.float32)
+
+
+def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None) -> None:
+    """groups=1 convolution: out = act(conv(x, W) + shift [+ res]). ``ap`` = gemm.pack_a(W.reshape(M, -1));
+    ``xs`` = the prepared input (or x[:, :, None, :] for a 1x1, stride-1, unpadded conv); ``res`` a
+    residual shaped like ``out`` (a fused [shortcut])."""
     c, hp, s, wq = xs.shape
     flat_ok = size == 1 and stride == 1 and hp * wq == out.shape[1] * out.shape[2]
     # The thread count is passed in: numba.get_num_threads() inside a kernel makes it uncacheable.
-    _conv_gemm(xs, ap, shift, act, size, stride, flat_ok, numba.get_num_threads(), out)
+    _conv_gemm(xs, ap, shift, act, size, stride, flat_ok, numba.get_num_threads(),
+               _NO_RES if res is None else res, out)
 
 
 @njit(cache=True, parallel=True, fastmath=True)

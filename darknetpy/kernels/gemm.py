@@ -100,8 +100,9 @@ def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=No
             p = builder.gep(t, [ir.Constant(i64, r * NR + h * _LANES)])
             builder.store(v, builder.bitcast(p, vt.as_pointer()), align=4)
         return
-    ldc, shift_i, act, rows = epilogue
+    ldc, shift_i, act, rows, res_i = epilogue
     shift = builder.inttoptr(shift_i, f32.as_pointer())
+    resid = builder.inttoptr(res_i, f32.as_pointer()) if res_i is not None else None
     zero_v = ir.Constant(vt, [0.0] * _LANES)
     tenth = ir.Constant(vt, [0.1] * _LANES)
     six = ir.Constant(vt, [6.0] * _LANES)
@@ -127,12 +128,14 @@ def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=No
         sr = builder.load(builder.gep(shift, [ir.Constant(i64, r)]))
         sv = builder.shuffle_vector(builder.insert_element(undef, sr, ir.Constant(i32, 0)), undef, bcast)
         y = builder.fadd(v, sv)
+        off = builder.add(builder.mul(ldc, ir.Constant(i64, r)), ir.Constant(i64, h * _LANES))
+        if resid is not None:   # a fused [shortcut]: + the residual tile, same layout as the output
+            y = builder.fadd(y, builder.load(builder.bitcast(builder.gep(resid, [off]), vt.as_pointer()), align=4))
         pos = builder.fcmp_ordered(">", y, zero_v)
         relu = builder.select(pos, y, zero_v)
         y = builder.select(is_leaky, builder.select(pos, y, builder.fmul(y, tenth)), y)
         y = builder.select(is_relu, relu, y)
         y = builder.select(is_relu6, builder.select(builder.fcmp_ordered("<", relu, six), relu, six), y)
-        off = builder.add(builder.mul(ldc, ir.Constant(i64, r)), ir.Constant(i64, h * _LANES))
         builder.store(y, builder.bitcast(builder.gep(t, [off]), vt.as_pointer()), align=4)
     builder.branch(end_bb)
     builder.position_at_end(end_bb)
@@ -170,24 +173,42 @@ def microkernel_indirect(typingctx, ap, base, koff, k, tile):
     return sig, codegen
 
 
+def _fused_codegen(builder, args, residual: bool):
+    ap_i, base_i, koff_i, k_i, c_i, ldc_i, shift_i, act_i, rows_i = args[:9]
+    res_i = args[9] if residual else None
+    # koff == 0 selects packed B: branch once, emitting both loops
+    i64 = ir.IntType(64)
+    packed = builder.icmp_signed("==", koff_i, ir.Constant(i64, 0))
+    epi = (ldc_i, shift_i, act_i, rows_i, res_i)
+    with builder.if_else(packed) as (then, otherwise):
+        with then:
+            _codegen_microkernel(builder, ap_i, base_i, k_i, c_i, None, epi)
+        with otherwise:
+            _codegen_microkernel(builder, ap_i, base_i, k_i, c_i, koff_i, epi)
+
+
 @intrinsic
 def microkernel_fused(typingctx, ap, base, koff, k, c, ldc, shift, act, rows):
     """c[r*ldc + j] = act(shift[r] + sum_k ap[k*MR + r] * B[k, j]) for r < rows of an MR x NR tile (all
     NR columns), written straight to the output. B row k is at base + koff[k] (implicit GEMM), or
     base + k*NR when koff == 0. ``act`` must be one of FUSED_ACTS; the caller handles the others."""
-    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp, types.intp,
-                     types.intp, types.intp)
+    sig = types.void(*([types.intp] * 9))
 
     def codegen(context, builder, signature, args):
-        ap_i, base_i, koff_i, k_i, c_i, ldc_i, shift_i, act_i, rows_i = args
-        # koff == 0 selects packed B: branch once, emitting both loops
-        i64 = ir.IntType(64)
-        packed = builder.icmp_signed("==", koff_i, ir.Constant(i64, 0))
-        with builder.if_else(packed) as (then, otherwise):
-            with then:
-                _codegen_microkernel(builder, ap_i, base_i, k_i, c_i, None, (ldc_i, shift_i, act_i, rows_i))
-            with otherwise:
-                _codegen_microkernel(builder, ap_i, base_i, k_i, c_i, koff_i, (ldc_i, shift_i, act_i, rows_i))
+        _fused_codegen(builder, args, residual=False)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def microkernel_fused_res(typingctx, ap, base, koff, k, c, ldc, shift, act, rows, res):
+    """As microkernel_fused, plus a residual: c = act(shift + A B + res), ``res`` laid out like ``c``
+    (a [shortcut] fused into the convolution before it)."""
+    sig = types.void(*([types.intp] * 10))
+
+    def codegen(context, builder, signature, args):
+        _fused_codegen(builder, args, residual=True)
         return context.get_dummy_value()
 
     return sig, codegen
