@@ -214,6 +214,12 @@ class Plan:
                 kconv.conv_gemm(xs, ap, shift, a, size, stride, out, res)
             return run_gemm
 
+        kind = depthwise_kind(layer)
+        if kind == "hwc":
+            xt = self._scratch[: (layer.h + 2) * (layer.w + 2) * layer.c].reshape(layer.h + 2, layer.w + 2, layer.c)
+            return lambda: kdw.depthwise_hwc(x, w, shift, a, pad, stride, out, xt)
+        if kind == "rows":
+            return lambda: kdw.depthwise3x3(x, w, shift, a, stride, out)
         tscratch = self._thread_scratch
         return lambda: kdw.conv_grouped(x, w, layer.groups, shift, a, pad, stride, out, tscratch)
 
@@ -263,6 +269,8 @@ class Plan:
             return kwino.padded_shape4(layer.c, layer.out_h, layer.out_w)
         if variant == 2:
             return kwino.padded_shape(layer.c, layer.out_h, layer.out_w)
+        if depthwise_kind(layer) == "hwc":
+            return (layer.h + 2, layer.w + 2, layer.c)
         if layer.groups > 1 or (layer.size == 1 and layer.stride == 1 and not layer.padding):
             return (0,)                  # grouped convs prepare their input per thread (kernels/depthwise)
         return kconv.input_shape(layer.c, layer.h, layer.w, layer.padding, layer.stride)
@@ -302,6 +310,20 @@ def _shortcut_fusions(graph: L.Graph) -> dict[int, int]:
         if graph[sc.from_].out_shape == conv.out_shape == sc.out_shape:
             fused[i] = i + 1
     return fused
+
+
+def depthwise_kind(layer: L.Layer) -> str:
+    """Kernel for a grouped convolution: "hwc" (depthwise 3x3 on small maps with many channels,
+    vectorised across channels), "rows" (depthwise 3x3 pad 1 stride 1-2 read row by row), "planes"
+    (any grouped conv, kernels/depthwise.conv_grouped); "" if not grouped."""
+    if not isinstance(layer, L.Convolutional) or layer.groups == 1:
+        return ""
+    if (layer.groups == layer.c == layer.filters and layer.size == 3 and layer.padding == 1
+            and layer.stride in (1, 2)):
+        if layer.out_h * layer.out_w <= 14 * 14 and layer.c >= 64:
+            return "hwc"
+        return "rows"
+    return "planes"
 
 
 def winograd_variant(layer: L.Layer) -> int:

@@ -406,3 +406,21 @@ def test_batchnorm_exact_formula():
     den = np.sqrt(var.astype(np.float64)) + np.float64(np.float32(1e-6))
     ref = ((x - mean[:, None]).astype(np.float64) / den[:, None]).astype(np.float32) * scale[:, None]
     assert np.array_equal(y, ref)
+
+
+@pytest.mark.parametrize("c,h,w,stride", [(3, 5, 5, 1), (3, 5, 6, 2), (3, 6, 5, 2), (2, 1, 1, 1), (2, 2, 3, 2),
+                                          (4, 9, 8, 1), (4, 8, 9, 2), (70, 14, 14, 2), (66, 7, 7, 1), (5, 2, 1, 2)])
+def test_depthwise3x3_kernels(c, h, w, stride):
+    # both depthwise paths (row by row; vectorised across channels in HWC) against the naive loops
+    x = ints((c, h, w))
+    wt = ints((c, 1, 3, 3))
+    shift = ints((c,))
+    ref = naive_conv(x, wt, c, stride, 1) + shift[:, None, None]
+    out = np.full(ref.shape, np.nan, np.float32)
+    kdw.depthwise3x3(x, wt, shift, CODE["linear"], stride, out)
+    assert np.array_equal(out, ref)
+    out[...] = np.nan
+    kdw.depthwise_hwc(x, wt, shift, CODE["linear"], 1, stride, out)
+    assert np.array_equal(out, ref)
+    kdw.depthwise_hwc(x, wt, shift, CODE["relu6"], 1, stride, out)
+    assert np.array_equal(out, np.clip(ref, 0, 6))

@@ -237,3 +237,188 @@ def conv_grouped(x, weights, groups: int, shift, act: int, pad: int, stride: int
     if scratch is None or scratch.shape[0] < nthreads or scratch.shape[1] < need:
         scratch = np.empty((nthreads, need), dtype=np.float32)
     _conv_grouped(x, weights, groups, shift, act, pad, stride, pshape, scratch[:nthreads], out)
+
+
+@njit(cache=True, inline="always")
+def _dw_row(acc, row, w0, w1, w2, s, w, out_w):
+    # acc[ox] += w0*row[ox*s - 1] + w1*row[ox*s] + w2*row[ox*s + 1], taps outside [0, w) being 0.
+    # Interior columns (all three taps inside) run in one loop whose loads, for s=2, form a complete
+    # stride-2 interleave group that LLVM vectorises; the <= 2 border columns are done one by one.
+    lo = 1 if s == 1 else 1                        # ox = 0 reads column -1 (padding)
+    hi = min(out_w, (w - 2) // s + 1)              # ox*s + 1 <= w - 1
+    for ox in range(0, min(lo, out_w)):
+        ix = ox * s
+        v = w1 * row[ix]
+        if ix + 1 < w:
+            v += w2 * row[ix + 1]
+        acc[ox] += v
+    if hi > lo:
+        n = hi - lo
+        a = acc[lo:hi]
+        if s == 1:
+            r = row[lo - 1: lo - 1 + n + 2]
+            for j in range(n):
+                a[j] += w0 * r[j] + w1 * r[j + 1] + w2 * r[j + 2]
+        else:
+            r = row[2 * lo - 1: 2 * lo - 1 + 2 * n + 1]
+            for j in range(n):
+                a[j] += w0 * r[2 * j] + w1 * r[2 * j + 1] + w2 * r[2 * j + 2]
+    for ox in range(max(hi, lo), out_w):
+        ix = ox * s
+        v = w0 * row[ix - 1]
+        if ix < w:
+            v += w1 * row[ix]
+        if ix + 1 < w:
+            v += w2 * row[ix + 1]
+        acc[ox] += v
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _dw3x3(x, weights, shift, act, stride, nthreads, out):
+    c, h, w = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    for th in prange(nthreads):
+        acc = np.empty(out_w, dtype=np.float32)
+        for ch in range(th * c // nthreads, (th + 1) * c // nthreads):
+            wt = weights[ch, 0]
+            sh = shift[ch]
+            for oy in range(out_h):
+                for j in range(out_w):
+                    acc[j] = sh
+                for ky in range(3):
+                    iy = oy * stride - 1 + ky
+                    if 0 <= iy < h:
+                        _dw_row(acc, x[ch, iy], wt[ky, 0], wt[ky, 1], wt[ky, 2], stride, w, out_w)
+                dst = out[ch, oy]
+                if act == 0:
+                    for j in range(out_w):
+                        dst[j] = acc[j]
+                elif act == 14:
+                    for j in range(out_w):
+                        a = acc[j]
+                        a = a if a > 0 else np.float32(0.0)
+                        dst[j] = a if a < 6 else np.float32(6.0)
+                elif act == 3:
+                    for j in range(out_w):
+                        a = acc[j]
+                        dst[j] = a if a > 0 else np.float32(0.0)
+                elif act == 11:
+                    for j in range(out_w):
+                        a = acc[j]
+                        dst[j] = a if a > 0 else a * np.float32(0.1)
+                else:
+                    for j in range(out_w):
+                        dst[j] = activate_scalar(acc[j], act)
+
+
+def depthwise3x3(x, weights, shift, act: int, stride: int, out) -> None:
+    """Depthwise 3x3 convolution with padding 1 and stride 1 or 2 (MobileNet/HarDNet style), read
+    straight from x (C, H, W): out = act(conv + shift)."""
+    _dw3x3(x, weights, shift, act, stride, numba.get_num_threads(), out)
+
+
+@intrinsic
+def taps_fma_vw(typingctx, acc, srcs, n, w, t):
+    """acc[j] += sum_{k<t} w[k*n + j] * srcs[k][j] for j < n: a weight *vector* per tap (one weight per
+    channel when vectorising a depthwise convolution across channels). ``srcs``: int64 addresses."""
+    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        acc_i, srcs_i, n_i, w_i, t_i = args
+        v = Vec(builder)
+        i64 = ir.IntType(64)
+        acc, wp = v.ptr(acc_i), v.ptr(w_i)
+        srcs = builder.inttoptr(srcs_i, i64.as_pointer())
+        nvec = builder.mul(builder.sdiv(n_i, v.i64(LANES)), v.i64(LANES))
+
+        def vec_body(j):
+            def tap(k, vals):
+                src = v.ptr(builder.load(builder.gep(srcs, [k])))
+                wk = v.load(wp, builder.add(builder.mul(k, n_i), j))
+                return [v.add(vals[0], v.mul(wk, v.load(src, j)))]
+            (a,) = loop_carry(builder, v.i64(0), t_i, 1, [v.load(acc, j)], tap, "vw.v")
+            v.store(a, acc, j)
+
+        def scalar_body(j):
+            def tap(k, vals):
+                src = v.ptr(builder.load(builder.gep(srcs, [k])))
+                wk = builder.load(v.at(wp, builder.add(builder.mul(k, n_i), j)))
+                return [builder.fadd(vals[0], builder.fmul(wk, builder.load(v.at(src, j))))]
+            (a,) = loop_carry(builder, v.i64(0), t_i, 1, [builder.load(v.at(acc, j))], tap, "vw.s")
+            builder.store(a, v.at(acc, j))
+
+        loop(builder, v.i64(0), nvec, LANES, vec_body, "vw.vl")
+        loop(builder, nvec, n_i, 1, scalar_body, "vw.sl")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, parallel=True)
+def _to_hwc_padded(x, pad, xt):
+    # xt (Hp, Wp, C) <- x (C, H, W) zero-padded by pad: channels become the contiguous axis
+    c, h, w = x.shape
+    hp, wp = xt.shape[0], xt.shape[1]
+    for y in prange(hp):
+        iy = y - pad
+        for xx in range(wp):
+            ix = xx - pad
+            dst = xt[y, xx]
+            if 0 <= iy < h and 0 <= ix < w:
+                for ch in range(c):
+                    dst[ch] = x[ch, iy, ix]
+            else:
+                for ch in range(c):
+                    dst[ch] = np.float32(0.0)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _dw_hwc(xt, wt, shift, act, size, stride, out):
+    # wt: (size*size, C) tap-major weights; out (C, out_h, out_w) written pixel by pixel
+    hp, wp, c = xt.shape
+    _, out_h, out_w = out.shape
+    t = size * size
+    xf = xt.reshape(-1)
+    for oy in prange(out_h):
+        acc = np.empty(c, dtype=np.float32)
+        srcs = np.empty(t, dtype=np.int64)
+        base = xf.ctypes.data
+        for ox in range(out_w):
+            for ch in range(c):
+                acc[ch] = shift[ch]
+            for ky in range(size):
+                for kx in range(size):
+                    srcs[ky * size + kx] = base + 4 * (((oy * stride + ky) * wp + ox * stride + kx) * c)
+            taps_fma_vw(acc.ctypes.data, srcs.ctypes.data, c, wt.ctypes.data, t)
+            if act == 14:
+                for ch in range(c):
+                    a = acc[ch]
+                    a = a if a > 0 else np.float32(0.0)
+                    out[ch, oy, ox] = a if a < 6 else np.float32(6.0)
+            elif act == 0:
+                for ch in range(c):
+                    out[ch, oy, ox] = acc[ch]
+            elif act == 3:
+                for ch in range(c):
+                    a = acc[ch]
+                    out[ch, oy, ox] = a if a > 0 else np.float32(0.0)
+            elif act == 11:
+                for ch in range(c):
+                    a = acc[ch]
+                    out[ch, oy, ox] = a if a > 0 else a * np.float32(0.1)
+            else:
+                for ch in range(c):
+                    out[ch, oy, ox] = activate_scalar(acc[ch], act)
+
+
+def depthwise_hwc(x, weights, shift, act: int, pad: int, stride: int, out, xt=None) -> None:
+    """Depthwise convolution vectorised across channels: the input is transposed to a padded HWC buffer
+    ``xt`` (Hp, Wp, C) once, then every output pixel is one pass over contiguous channels. Best for
+    small maps with many channels (HarDNet's 7x7 and 14x14 layers)."""
+    c, h, w = x.shape
+    size = weights.shape[2]
+    if xt is None:
+        xt = np.empty((h + 2 * pad, w + 2 * pad, c), dtype=np.float32)
+    wt = np.ascontiguousarray(weights.reshape(c, size * size).T)
+    _to_hwc_padded(x, pad, xt)
+    _dw_hwc(xt, wt, shift, act, size, stride, out)
