@@ -141,7 +141,8 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, res, o
             # NR pixels read in place when contiguous in xs: on one output row, or (1x1, stride 1, no
             # padding: in_place_rows) anywhere in the flat image; then only the first pixel's base matters
             oy0 = n0 // out_w
-            in_place = jn == NR and (in_place_rows or oy0 == (n0 + NR - 1) // out_w)
+            in_place = (jn == NR and (in_place_rows or oy0 == (n0 + NR - 1) // out_w)
+                        and kdim < PACK_K)
             if in_place:
                 base[0] = n0 if in_place_rows else oy0 * s * row + n0 - oy0 * out_w
             else:
@@ -183,6 +184,10 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, res, o
 
 
 _NO_RES = np.zeros(0, dtype=np.float32)
+# From this many B rows on, B panels are packed instead of read in place: each in-place row sits in a
+# different channel plane and hundreds of planes thrash the TLB (measured: packing 10-20% faster at
+# K >= 384, slower below, where the copy is not amortised).
+PACK_K = 384
 
 
 def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None) -> None:
