@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activation import activate_block
-from .gemm import MR, NR, microkernel, microkernel_fused, microkernel_fused_res, microkernel_indirect
+from .gemm import MR, NR, microkernel_fused, microkernel_indirect
 
 
 def input_shape(c: int, h: int, w: int, pad: int, stride: int) -> tuple[int, int, int, int]:
@@ -107,6 +107,7 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, res, o
     npan = (n + NR - 1) // NR
     nip = ap.shape[0]
     koff = np.empty(kdim, dtype=np.int64)         # k = (c, ky, kx) -> offset from the pixel's base
+    kpack = np.arange(kdim) * NR                   # the same for a packed B panel
     k = 0
     for cc in range(c):
         for ky in range(size):
@@ -155,22 +156,15 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, res, o
                     for j in range(jn, NR):
                         bp[kk * NR + j] = np.float32(0.0)
             bsrc = xaddr + 4 * base[0] if in_place else bp.ctypes.data
-            boff = koff.ctypes.data if in_place else 0
+            boff = koff.ctypes.data if in_place else kpack.ctypes.data
             for ip in range(mc * nip // mchunks, (mc + 1) * nip // mchunks):
                 i0 = ip * MR
                 if fused and jn == NR:
-                    # bias, activation and store in the micro-kernel's registers (rows past m skipped)
-                    if has_res:
-                        microkernel_fused_res(aaddr + 4 * ip * astride, bsrc, boff, kdim, oaddr + 4 * (i0 * n + n0),
-                                              n, saddr + 4 * i0, act, m - i0, raddr + 4 * (i0 * n + n0))
-                    else:
-                        microkernel_fused(aaddr + 4 * ip * astride, bsrc, boff, kdim, oaddr + 4 * (i0 * n + n0), n,
-                                          saddr + 4 * i0, act, m - i0)
+                    # bias, (residual,) activation and store in the micro-kernel's registers
+                    microkernel_fused(aaddr + 4 * ip * astride, bsrc, boff, kdim, oaddr + 4 * (i0 * n + n0), n,
+                                      saddr + 4 * i0, act, m - i0, raddr + 4 * (i0 * n + n0) if has_res else 0)
                     continue
-                if in_place:
-                    microkernel_indirect(aaddr + 4 * ip * astride, bsrc, boff, kdim, tile.ctypes.data)
-                else:
-                    microkernel(aaddr + 4 * ip * astride, bsrc, kdim, tile.ctypes.data)
+                microkernel_indirect(aaddr + 4 * ip * astride, bsrc, boff, kdim, tile.ctypes.data)
                 for r in range(min(MR, m - i0)):
                     sh = shift[i0 + r]
                     orow = out2d[i0 + r, n0:n0 + jn]
@@ -197,8 +191,9 @@ def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None) ->
     c, hp, s, wq = xs.shape
     flat_ok = size == 1 and stride == 1 and hp * wq == out.shape[1] * out.shape[2]
     # The thread count is passed in: numba.get_num_threads() inside a kernel makes it uncacheable.
+    # res always goes in as a flat array, so there is one compiled specialisation either way
     _conv_gemm(xs, ap, shift, act, size, stride, flat_ok, numba.get_num_threads(),
-               _NO_RES if res is None else res, out)
+               _NO_RES if res is None else res.reshape(-1), out)
 
 
 @njit(cache=True, parallel=True, fastmath=True)

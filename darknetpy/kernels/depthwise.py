@@ -41,7 +41,7 @@ def planes_shape(c: int, h: int, w: int, pad: int, stride: int, size: int) -> tu
     return c, stride, stride, hq, wq
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _copy_phase_row(src, w, px, pad, s, dst):
     # dst[j] = src[j*s + px - pad] where that lies in [0, w), else 0
     wq = dst.shape[0]
@@ -64,7 +64,7 @@ def _copy_phase_row(src, w, px, pad, s, dst):
         dst[j] = np.float32(0.0)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _prepare_channel(x, ch, pad, dst5, dc):
     # dst5[dc] (s, s, Hq, Wq) <- the phase planes of input channel ch
     h, w = x.shape[1], x.shape[2]
@@ -239,7 +239,7 @@ def conv_grouped(x, weights, groups: int, shift, act: int, pad: int, stride: int
     _conv_grouped(x, weights, groups, shift, act, pad, stride, pshape, scratch[:nthreads], out)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _dw_row(acc, row, w0, w1, w2, s, w, out_w):
     # acc[ox] += w0*row[ox*s - 1] + w1*row[ox*s] + w2*row[ox*s + 1], taps outside [0, w) being 0.
     # Interior columns (all three taps inside) run in one loop whose loads, for s=2, form a complete

@@ -40,7 +40,7 @@ def _maxpool(x, size, stride, pad, out):
                 out[ch, i, j] = m
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _gt(m, v):
     # darknet's running maximum: ``max = (val > max) ? val : max`` (NaN never wins; ties keep the first)
     return v if v > m else m

@@ -101,8 +101,24 @@ def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=No
             builder.store(v, builder.bitcast(p, vt.as_pointer()), align=4)
         return
     ldc, shift_i, act, rows, res_i = epilogue
+    has_res = builder.icmp_signed("!=", res_i, ir.Constant(i64, 0))
+    with builder.if_else(has_res) as (with_res, without):
+        with with_res:
+            _codegen_epilogue(builder, res, t, ldc, shift_i, act, rows, builder.inttoptr(res_i, f32.as_pointer()))
+        with without:
+            _codegen_epilogue(builder, res, t, ldc, shift_i, act, rows, None)
+
+
+def _codegen_epilogue(builder, res, t, ldc, shift_i, act, rows, resid):
+    """act(acc + shift [+ resid]) for rows < ``rows``, stored to t + r*ldc."""
+    f32 = ir.FloatType()
+    vt = ir.VectorType(f32, _LANES)
+    i64 = ir.IntType(64)
+    i32 = ir.IntType(32)
+    undef = ir.Constant(vt, ir.Undefined)
+    bcast = ir.Constant(ir.VectorType(i32, _LANES), [0] * _LANES)
+    halves = NR // _LANES
     shift = builder.inttoptr(shift_i, f32.as_pointer())
-    resid = builder.inttoptr(res_i, f32.as_pointer()) if res_i is not None else None
     zero_v = ir.Constant(vt, [0.0] * _LANES)
     tenth = ir.Constant(vt, [0.1] * _LANES)
     six = ir.Constant(vt, [6.0] * _LANES)
@@ -173,42 +189,20 @@ def microkernel_indirect(typingctx, ap, base, koff, k, tile):
     return sig, codegen
 
 
-def _fused_codegen(builder, args, residual: bool):
-    ap_i, base_i, koff_i, k_i, c_i, ldc_i, shift_i, act_i, rows_i = args[:9]
-    res_i = args[9] if residual else None
-    # koff == 0 selects packed B: branch once, emitting both loops
-    i64 = ir.IntType(64)
-    packed = builder.icmp_signed("==", koff_i, ir.Constant(i64, 0))
-    epi = (ldc_i, shift_i, act_i, rows_i, res_i)
-    with builder.if_else(packed) as (then, otherwise):
-        with then:
-            _codegen_microkernel(builder, ap_i, base_i, k_i, c_i, None, epi)
-        with otherwise:
-            _codegen_microkernel(builder, ap_i, base_i, k_i, c_i, koff_i, epi)
-
-
 @intrinsic
-def microkernel_fused(typingctx, ap, base, koff, k, c, ldc, shift, act, rows):
-    """c[r*ldc + j] = act(shift[r] + sum_k ap[k*MR + r] * B[k, j]) for r < rows of an MR x NR tile (all
-    NR columns), written straight to the output. B row k is at base + koff[k] (implicit GEMM), or
-    base + k*NR when koff == 0. ``act`` must be one of FUSED_ACTS; the caller handles the others."""
-    sig = types.void(*([types.intp] * 9))
+def microkernel_fused(typingctx, ap, base, koff, k, c, ldc, shift, act, rows, res):
+    """c[r*ldc + j] = act(shift[r] + sum_k ap[k*MR + r] * base[koff[k] + j] [+ res[r*ldc + j]]) for
+    r < rows of an MR x NR tile (all NR columns), written straight to the output. For a packed B panel
+    pass koff = k*NR. ``res`` (0 for none) is a residual laid out like ``c``: a [shortcut] fused into the
+    convolution before it. ``act`` must be one of FUSED_ACTS; the caller handles the others.
 
-    def codegen(context, builder, signature, args):
-        _fused_codegen(builder, args, residual=False)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def microkernel_fused_res(typingctx, ap, base, koff, k, c, ldc, shift, act, rows, res):
-    """As microkernel_fused, plus a residual: c = act(shift + A B + res), ``res`` laid out like ``c``
-    (a [shortcut] fused into the convolution before it)."""
+    One K loop is emitted; only the short epilogue exists in two copies (with/without residual), which
+    keeps the kernels that inline this small enough to compile quickly."""
     sig = types.void(*([types.intp] * 10))
 
     def codegen(context, builder, signature, args):
-        _fused_codegen(builder, args, residual=True)
+        ap_i, base_i, koff_i, k_i, c_i, ldc_i, shift_i, act_i, rows_i, res_i = args
+        _codegen_microkernel(builder, ap_i, base_i, k_i, c_i, koff_i, (ldc_i, shift_i, act_i, rows_i, res_i))
         return context.get_dummy_value()
 
     return sig, codegen

@@ -33,7 +33,7 @@ from numba.extending import intrinsic
 from .activation import activate_block
 from .conv import prepare_input
 from .gemm import FUSED_ACTS, MR, NR, microkernel, pack_a
-from .vecir import LANES, Vec
+from .vecir import LANES, Vec, loop
 
 def _at6_v(v: Vec, m):
     """A^T m for one column of F(4x4): 6 vectors -> 4 vectors."""
@@ -52,19 +52,23 @@ def _at4_v(v: Vec, m):
 
 def _inverse_codegen(builder, args, t: int, at_fn, nout: int):
     """res[k*nout + l, q] = act(shift[q // NR] + (A^T m A)[k][l]) for every q of an MR x NR block, where
-    m[a][b] = blk[t*a + b, q]. blk rows and res rows are MR*NR floats apart."""
+    m[a][b] = blk[t*a + b, q]. blk rows and res rows are MR*NR floats apart. One vector of q per loop
+    iteration (a loop in IR, not unrolled: the unrolled form took seconds to compile)."""
     blk_i, res_i, shift_i, act = args
     v = Vec(builder)
     blk, res, shift = v.ptr(blk_i), v.ptr(res_i), v.ptr(shift_i)
     width = MR * NR
-    for q0 in range(0, width, LANES):
-        sh = v.splat(v.load_scalar(shift, q0 // NR))
-        m = [[v.load(blk, (t * a + bb) * width + q0) for bb in range(t)] for a in range(t)]
+
+    def body(q0):
+        sh = v.splat(v.load_scalar(shift, builder.sdiv(q0, v.i64(NR))))
+        m = [[v.load(blk, builder.add(q0, v.i64((t * a + bb) * width))) for bb in range(t)] for a in range(t)]
         cols = [at_fn(v, [m[a][bb] for a in range(t)]) for bb in range(t)]      # cols[b][k]
         for k in range(nout):
             y = at_fn(v, [cols[bb][k] for bb in range(t)])
             for l_ in range(nout):
-                v.store(v.activation(v.add(y[l_], sh), act), res, (k * nout + l_) * width + q0)
+                v.store(v.activation(v.add(y[l_], sh), act), res, builder.add(q0, v.i64((k * nout + l_) * width)))
+
+    loop(builder, v.i64(0), v.i64(width), LANES, body, "inv")
 
 
 @intrinsic
@@ -108,7 +112,7 @@ def padded_shape(c: int, out_h: int, out_w: int) -> tuple[int, int, int, int]:
     return c, 2 * th + 2, 1, 2 * tw + 2
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _transform_panel(xf, plane, wp, c, tiles_off, jn, vb):
     # vb: (16, C*NR): B^T d B for the NR tiles of a panel, in the micro-kernel's B-panel layout.
     # xf is the prepared input, flat; tiles_off[j] the offset of tile j's top-left input pixel.
@@ -278,7 +282,7 @@ def padded_shape4(c: int, out_h: int, out_w: int) -> tuple[int, int, int, int]:
     return c, 4 * th + 2, 1, 4 * tw + 2
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _bt6(d0, d1, d2, d3, d4, d5):
     # one column (or row) of B^T d
     f4 = np.float32(4.0)
@@ -292,7 +296,7 @@ def _bt6(d0, d1, d2, d3, d4, d5):
             f4 * d1 - f5 * d3 + d5)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _at6(m0, m1, m2, m3, m4, m5):
     # one column (or row) of A^T m
     a = m1 + m2
@@ -302,7 +306,7 @@ def _at6(m0, m1, m2, m3, m4, m5):
     return m0 + a + c, b + np.float32(2.0) * d, a + np.float32(4.0) * c, b + np.float32(8.0) * d + m5
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _transform_panel4(xf, plane, wp, c, tiles_off, jn, vb):
     # vb: (36, C*NR): B^T d B for the NR tiles of a panel (6x6 input windows at tiles_off[j]).
     for ch in range(c):
