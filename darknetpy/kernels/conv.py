@@ -43,7 +43,8 @@ def _prepare_input(x, pad, xs):
             iy = y - pad
             if iy < 0 or iy >= h:
                 for p in range(s):
-                    xs[ch, y, p, :] = np.float32(0.0)
+                    for j in range(wq):             # a loop, not xs[..., :] = 0: inside a parallel kernel
+                        xs[ch, y, p, j] = np.float32(0.0)   # an array expression becomes another parfor
                 continue
             src = x[ch, iy]
             if s == 2:
@@ -107,7 +108,9 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, res, o
     npan = (n + NR - 1) // NR
     nip = ap.shape[0]
     koff = np.empty(kdim, dtype=np.int64)         # k = (c, ky, kx) -> offset from the pixel's base
-    kpack = np.arange(kdim) * NR                   # the same for a packed B panel
+    kpack = np.empty(kdim, dtype=np.int64)        # the same for a packed B panel
+    for kk in range(kdim):
+        kpack[kk] = kk * NR
     k = 0
     for cc in range(c):
         for ky in range(size):

@@ -74,7 +74,8 @@ def _prepare_channel(x, ch, pad, dst5, dc):
             iy = i * s + py - pad
             if iy < 0 or iy >= h:
                 for px in range(s):
-                    dst5[dc, py, px, i, :] = np.float32(0.0)
+                    for j in range(wq):
+                        dst5[dc, py, px, i, j] = np.float32(0.0)
                 continue
             src = x[ch, iy]
             if s == 2:
