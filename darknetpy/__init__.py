@@ -24,6 +24,9 @@ _LAZY = {
     "read_weights": ("weights", "read_weights"),
     "save_weights": ("weights", "save_weights"),
     "fetch": ("fetch", "fetch"),
+    "to_onnx": ("onnx_export", "to_onnx"),
+    "export_onnx": ("onnx_export", "export_onnx"),
+    "check_n6": ("n6check", "check_n6"),
 }
 
 

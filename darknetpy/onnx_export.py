@@ -371,3 +371,24 @@ def _shortcut(b: _Builder, graph: L.Graph, layer: L.Shortcut, names, flat, base,
     if act != "linear":
         y = _activation(b, y, act, base, out)
     return y
+
+
+def to_onnx(net, path: str | os.PathLike | None = None, *, int8: bool = False, calibration=None,
+            method: str = "minmax", input_layout: str = "nchw-float", preprocess: str = "letterbox"):
+    """Export a darknetpy Network to ONNX: float, or QDQ int8 calibrated on ``calibration`` (a directory of
+    images, a list of paths or arrays, or an int N for N random inputs). Returns the onnx.ModelProto.
+
+    >>> net = darknetpy.load("cfg/tiny.cfg", "weights/tiny.weights")          # doctest: +SKIP
+    >>> darknetpy.to_onnx(net, "tiny.onnx")                                   # doctest: +SKIP
+    >>> darknetpy.to_onnx(net, "tiny_int8.onnx", int8=True, calibration="calib_images/")  # doctest: +SKIP
+    """
+    if not int8:
+        return export_onnx(net.graph, net.weights, path, input_layout=input_layout, preprocess=preprocess)
+    if calibration is None:
+        from .errors import QuantizeError
+        raise QuantizeError("an int8 export needs calibration data: a directory of representative images "
+                            "(or an int N for N random inputs, for a smoke test only)")
+    from .onnx_qdq import export_qdq
+    from .quant import quantize
+    qnet = quantize(net, calibration, method=method)
+    return export_qdq(qnet.qgraph, path, input_layout=input_layout)

@@ -1,0 +1,174 @@
+"""Check an ONNX model against what ST Edge AI Core documents for the STM32N6 Neural-ART NPU.
+
+The rules (``../shared/specs/stm32n6.md`` §2):
+
+* opset of the default domain in 7..20 (ONNX 1.15 operator subset);
+* static input and output shapes (no symbolic or unknown dimension; batch 1);
+* "8b/8b, ss/sa per-channel": every Conv/Gemm weight is an int8 initializer dequantised per output
+  channel (axis 0) with zero point 0 and values in [-127, 127]; biases int32 with zero point 0;
+* activations int8: every QuantizeLinear produces int8 (per-tensor, asymmetric allowed);
+* no float op between quantised ones ("mixed data operations (hybrid operator) are not supported"): a
+  compute node's float inputs come from DequantizeLinear and its outputs go to QuantizeLinear, except at
+  the model's edges (the float input's QuantizeLinear, a float Softmax/output after the last DQ);
+* operators in the set known to map to the NPU (conv, pooling, concat, add/mul, the fusable activations,
+  flatten/reshape, Q/DQ); others run on the MCU and are reported.
+
+``check_n6`` returns the violations; it never raises for a model that merely fails the rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Operators ST documents or demonstrates (model-zoo networks) on the Neural-ART NPU, for QDQ int8 models.
+NPU_OPS = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "Add", "Mul", "Relu", "LeakyRelu",
+           "Clip", "Sigmoid", "HardSwish", "Gemm", "MatMul", "Flatten", "Reshape", "Resize", "Slice",
+           "QuantizeLinear", "DequantizeLinear", "Softmax", "Identity"}
+# Ops that only move or reshape data: they may sit between quantised ops in float form.
+LAYOUT_OPS = {"Flatten", "Reshape", "Identity", "Slice", "Concat", "MaxPool"}
+COMPUTE_OPS = NPU_OPS - {"QuantizeLinear", "DequantizeLinear"} - LAYOUT_OPS
+WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
+
+
+@dataclass(frozen=True)
+class Violation:
+    node: str          # node name (or "model" / the tensor name for graph-level rules)
+    rule: str          # short rule id
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.node}: {self.message} [{self.rule}]"
+
+
+def check_n6(model) -> list[Violation]:
+    """All violations of the N6 rules in ``model`` (an onnx.ModelProto or a path)."""
+    import onnx
+    from onnx import numpy_helper
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    g = model.graph
+    out: list[Violation] = []
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or not 7 <= opset <= 20:
+        out.append(Violation("model", "opset", f"default-domain opset {opset} is outside 7..20"))
+    for vi in list(g.input) + list(g.output):
+        dims = vi.type.tensor_type.shape.dim
+        if not dims or any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
+            shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+            out.append(Violation(vi.name, "static-shape", f"shape {shape} is not static"))
+        elif dims[0].dim_value != 1:
+            out.append(Violation(vi.name, "static-shape", f"batch {dims[0].dim_value}: ST treats it as 1"))
+
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_inputs = {i.name for i in g.input}
+    graph_outputs = {o.name for o in g.output}
+
+    def arr(name):
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    def attr(node, name, default=None):
+        for a in node.attribute:
+            if a.name == name:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    for n in g.node:
+        name = n.name or f"{n.op_type}({','.join(n.output)})"
+        if n.domain not in ("", "ai.onnx"):
+            out.append(Violation(name, "domain", f"operator {n.domain}.{n.op_type} is not a standard ONNX op"))
+            continue
+        if n.op_type not in NPU_OPS:
+            out.append(Violation(name, "npu-op", f"{n.op_type} is not among the operators known to map to the NPU "
+                                               "(it would run on the MCU)"))
+        if n.op_type == "QuantizeLinear":
+            zp = arr(n.input[2]) if len(n.input) > 2 else None
+            if zp is None or zp.dtype != np.int8:
+                out.append(Violation(name, "int8-activations",
+                                     f"quantises to {zp.dtype if zp is not None else 'uint8 (no zero point)'}, not int8"))
+            sc = arr(n.input[1])
+            if sc is not None and sc.size != 1:
+                out.append(Violation(name, "per-tensor-activations", "activation scale is not per-tensor"))
+        if n.op_type in WEIGHTED_OPS:
+            _check_weight(n, name, producer, arr, attr, out, is_gemm=n.op_type != "Conv")
+        if n.op_type in COMPUTE_OPS:
+            for i in n.input[:1] if n.op_type in WEIGHTED_OPS else n.input:
+                if not i or i in inits:
+                    continue
+                src = producer.get(i)
+                if i in graph_inputs:
+                    out.append(Violation(name, "float-input", f"reads the float graph input {i!r} directly "
+                                                              "(quantise it first)"))
+                elif src is not None and src.op_type not in ("DequantizeLinear",) and src.op_type not in LAYOUT_OPS:
+                    out.append(Violation(name, "hybrid", f"input {i!r} comes from {src.op_type} "
+                                                         f"{src.name!r}, not from DequantizeLinear (a float op "
+                                                         "between quantised ones)"))
+            for o in n.output:
+                if o in graph_outputs:
+                    continue
+                nxt = consumers.get(o, [])
+                bad = [c for c in nxt if c.op_type not in ("QuantizeLinear",) and c.op_type not in LAYOUT_OPS]
+                if bad and not _final_float_tail(o, consumers, graph_outputs):
+                    out.append(Violation(name, "hybrid", f"output {o!r} feeds {bad[0].op_type} {bad[0].name!r} "
+                                                         "in float (no QuantizeLinear after it)"))
+    return out
+
+
+def _final_float_tail(tensor: str, consumers, graph_outputs) -> bool:
+    """True when a float tensor only flows to the graph output through layout ops / Softmax (the float
+    output ST's recipe allows)."""
+    seen = set()
+    todo = [tensor]
+    while todo:
+        t = todo.pop()
+        if t in graph_outputs:
+            continue
+        for c in consumers.get(t, []):
+            if c.op_type not in LAYOUT_OPS | {"Softmax"}:
+                return False
+            for o in c.output:
+                if o not in seen:
+                    seen.add(o)
+                    todo.append(o)
+    return True
+
+
+def _check_weight(n, name, producer, arr, attr, out, is_gemm: bool) -> None:
+    if len(n.input) < 2:
+        return
+    w = n.input[1]
+    dq = producer.get(w)
+    if dq is None or dq.op_type != "DequantizeLinear":
+        out.append(Violation(name, "int8-weights", f"weight {w!r} is float, not an int8 initializer dequantised "
+                                                   "per channel"))
+        return
+    q = arr(dq.input[0])
+    if q is None or q.dtype != np.int8:
+        out.append(Violation(name, "int8-weights", f"weight {dq.input[0]!r} is not an int8 initializer"))
+    elif q.size and (q.min() < -127 or q.max() > 127):
+        out.append(Violation(name, "int8-weights", f"weight {dq.input[0]!r} uses -128 (symmetric range is "
+                                                   "[-127, 127])"))
+    scale = arr(dq.input[1])
+    zp = arr(dq.input[2]) if len(dq.input) > 2 else None
+    axis = attr(dq, "axis", 1)
+    n_out = q.shape[0] if q is not None and q.ndim else 0
+    if scale is None or scale.size != n_out or (scale.size > 1 and axis != 0):
+        out.append(Violation(name, "per-channel", f"weight scale of {dq.name!r} is not per output channel "
+                                                  f"(axis {axis}, {None if scale is None else scale.size} scales for "
+                                                  f"{n_out} channels)"))
+    if zp is not None and np.any(zp != 0):
+        out.append(Violation(name, "symmetric-weights", f"weight zero point of {dq.name!r} is not 0"))
+    if len(n.input) > 2 and n.input[2]:
+        bdq = producer.get(n.input[2])
+        b = arr(bdq.input[0]) if bdq is not None and bdq.op_type == "DequantizeLinear" else None
+        if b is None or b.dtype != np.int32:
+            out.append(Violation(name, "int32-bias", f"bias {n.input[2]!r} is not an int32 initializer dequantised "
+                                                     "with zero point 0"))
