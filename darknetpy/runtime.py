@@ -73,6 +73,8 @@ class Plan:
                           and not exact] or [0])
         self._thread_scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, per_thread), dtype=np.float32)
         self.steps: list[Callable[[], None]] = [self._bind(layer, weights.params[layer.index]) for layer in graph]
+        # which kernels each step runs (steps with the same key call the same compiled functions)
+        self.kernel_keys: list[str] = [self._kernel_key(layer) for layer in graph]
         self.debug = os.environ.get("DARKNETPY_DEBUG", "") not in ("", "0")
 
     # -- buffers ---------------------------------------------------------------------------------
@@ -259,6 +261,21 @@ class Plan:
             for s, d in copies:
                 d[...] = s
         return run_route
+
+    def _kernel_key(self, layer: L.Layer) -> str:
+        if self.exact or not isinstance(layer, (L.Convolutional, L.MaxPool)):
+            return f"{layer.kind}:{'exact' if self.exact else 'fast'}"
+        if isinstance(layer, L.MaxPool):
+            return "maxpool2x2" if (layer.size, layer.stride, layer.padding // 2) == (2, 2, 0) else "maxpool"
+        if layer.quirk_1x1_no_subsample:
+            return "conv:exact"
+        variant = winograd_variant(layer)
+        if variant:
+            return f"conv:winograd{variant}"
+        kind = depthwise_kind(layer)
+        if kind:
+            return f"conv:{kind}"
+        return "conv:gemm"          # with or without prepare_input: the same GEMM specialisation
 
     def _scratch_shape(self, layer: L.Layer) -> tuple[int, ...]:
         """The prepared-input buffer (see kernels/conv.py) a fast convolution reads; (0,) when none."""
