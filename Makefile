@@ -25,5 +25,8 @@ weights: install                         ## download tiny.weights, dog.jpg, labe
 test: install                            ## run the whole test suite
 	$(PY) -m pytest -q
 
+bench: install                           ## darknetpy vs onnxruntime, interleaved, 1 and 2 threads (add ARGS=--json)
+	$(PY) benchmarks/bench.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
