@@ -27,6 +27,9 @@ _LAZY = {
     "to_onnx": ("onnx_export", "to_onnx"),
     "export_onnx": ("onnx_export", "export_onnx"),
     "check_n6": ("n6check", "check_n6"),
+    "quantize": ("quant", "quantize"),
+    "load_quantized": ("quant", "load_quantized"),
+    "QuantizedNetwork": ("quant", "QuantizedNetwork"),
 }
 
 

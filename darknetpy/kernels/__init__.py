@@ -7,6 +7,7 @@ elementwise.py  maxpool, softmax, shortcut, upsample, crop (exact at full speed)
 activation.py   darknet's activations, evaluated as darknet does (in double)
 depthwise.py    grouped and depthwise convolutions over whole output maps
 winograd.py     Winograd F(2x2,3x3) and F(4x4,3x3)
+int8.py         int8 engine: u8 x s8 GEMM with int32 accumulation, ONNX-exact requantisation
 vecir.py        helpers for writing explicit vector code as LLVM IR
 
 Compiled kernels are cached on disk (``cache=True``). numba invalidates a cached function only when

@@ -1,0 +1,103 @@
+"""``darknetpy quantize``: quantise a network to int8 and report what it costs, per layer and at the output.
+
+    darknetpy quantize CFG WEIGHTS --calib DIR [--method minmax|percentile|mse|auto] [--eval DIR]
+                       [--report] [--json] [--save OUT.npz] [--onnx OUT.onnx] [--bias-correction MODE]
+                       [--softmax int8|float] [--no-pair-safe] [--calib-random N] [--threads N]
+
+Calibration images are found recursively under DIR and preprocessed like darknet's classify (RGB, /255,
+letterbox to the network size). The report compares the int8 network (darknetpy's int8 engine, the same
+arithmetic onnxruntime applies to the QDQ export) with the float network on the --eval images, or on the
+calibration images when --eval is not given. Progress goes to stderr; results to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _positive(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .quant import CALIB_METHODS, SOFTMAX_MODES
+
+    p.add_argument("cfg", help="network .cfg")
+    p.add_argument("weights", help="network .weights")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--calib", metavar="DIR", help="directory of calibration images (searched recursively)")
+    src.add_argument("--calib-random", metavar="N", type=_positive,
+                     help="calibrate on N seeded random inputs instead (a smoke test: the ranges mean nothing)")
+    p.add_argument("--method", choices=CALIB_METHODS, default="minmax",
+                   help="activation range per tensor: minmax (ST's recipe, default), percentile, mse, or auto "
+                        "(per tensor the lowest-MSE of the three)")
+    p.add_argument("--percentile", type=float, default=99.99, help="the percentile method's upper percentile")
+    p.add_argument("--bias-correction", choices=("weight", "sequential"), default=None,
+                   help="correct conv/connected biases for the mean error quantisation causes (measured: "
+                        "helps mse calibration slightly, hurts minmax; off by default)")
+    p.add_argument("--softmax", choices=SOFTMAX_MODES, default="int8",
+                   help="a [softmax] output: int8 with ST's fixed scale 1/255 (default) or float")
+    p.add_argument("--no-pair-safe", dest="pair_safe", action="store_false",
+                   help="allow weights whose u8 x s8 pairs can saturate onnxruntime's AVX2 kernels "
+                        "(ST's plain recipe; see the README's int8 section)")
+    p.add_argument("--eval", metavar="DIR", help="evaluate on these images (default: the calibration images)")
+    p.add_argument("--report", action="store_true", help="print the per-layer table (SQNR, cosine, max error)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with everything")
+    p.add_argument("--save", metavar="OUT", help="write the int8 graph (.npz) for darknetpy.load_quantized")
+    p.add_argument("--onnx", metavar="OUT", help="also write the QDQ ONNX model (onnx_qdq.export_qdq)")
+    p.add_argument("--threads", type=_positive, default=None, help="threads for the kernels (default: all cores)")
+
+
+def run(args) -> int:
+    from .network import load, set_threads
+    from .quant import compare, find_images, print_progress, quantize
+
+    set_threads(args.threads)
+    net = load(args.cfg, args.weights)
+    if args.calib is not None:
+        calib = find_images(args.calib, what="calibration")
+    else:
+        calib = args.calib_random
+    evalset = find_images(args.eval, what="evaluation") if args.eval else calib
+    n_calib = len(calib) if isinstance(calib, list) else calib
+    quiet = args.json
+    qnet = quantize(net, calib, method=args.method, softmax=args.softmax, pair_safe=args.pair_safe,
+                    bias_correction=args.bias_correction or False, percentile=args.percentile,
+                    progress=None if quiet else print_progress("calibrating"))
+    if args.save:
+        qnet.save(args.save)
+    if args.onnx:
+        from .onnx_qdq import export_qdq
+        export_qdq(qnet.qgraph, args.onnx)
+    report = compare(net, qnet, evalset, progress=None if quiet else print_progress("evaluating "))
+    name = os.path.basename(args.cfg)
+    if args.json:
+        d = report.to_dict()
+        d.update({"cfg": args.cfg, "weights": args.weights, "method": args.method, "calibration_images": n_calib,
+                  "evaluated_on": "eval" if args.eval else "calibration", "saved": args.save, "onnx": args.onnx})
+        print(json.dumps(d, allow_nan=True))
+        return 0
+    print(f"{name}: int8 ({args.method} calibration on {n_calib} "
+          f"{'image' if args.calib else 'random input'}{'s' if n_calib != 1 else ''}"
+          f"{', bias correction ' + args.bias_correction if args.bias_correction else ''}"
+          f"{'' if args.pair_safe else ', pair_safe off'})")
+    if args.report:
+        print(report.table())
+    worst = min(report.layers, key=lambda e: e.sqnr_db, default=None)
+    if worst is not None:
+        print(f"lowest SQNR: {worst.name} {worst.sqnr_db:.2f} dB (cosine {worst.cosine:.6f})")
+    print(report.summary() + (" (evaluation images)" if args.eval else " (calibration images)"))
+    if args.save:
+        print(f"saved the int8 graph to {args.save}", file=sys.stderr)
+    if args.onnx:
+        print(f"wrote the QDQ model {args.onnx}", file=sys.stderr)
+    return 0
