@@ -920,3 +920,95 @@ def test_loopback_is_not_mistaken_for_a_board(capsys):
     rc, out, err, elapsed = run_cli(capsys, "--port", "loop://", "--timeout", TIMEOUT)
     assert rc in (11, 12) and "CMD_SYNC" in err
     assert elapsed < TIMEOUT + SLACK
+
+
+# =============================================================================================
+# io mode against darknetpy's int8 engine
+# =============================================================================================
+
+SMALL_CFG = """[net]
+width=16
+height=16
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+filters=10
+size=1
+stride=1
+pad=1
+activation=linear
+
+[avgpool]
+
+[softmax]
+"""
+
+
+@pytest.mark.parametrize("reference", ["int8-graph", "cfg-calib"])
+def test_io_mode_compares_with_the_int8_engine(make_board, capsys, tmp_path, reference):
+    """The "board" runs the int8 model darknetpy exported (its output is the int8 graph evaluated on the
+    exact bytes it received); board-run --int8-graph / --cfg --weights --calib must report full agreement."""
+    from PIL import Image
+
+    import darknetpy
+    from darknetpy.quant import quantize
+    from darknetpy.weights import save_weights
+
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL_CFG)
+    net = darknetpy.load(cfg)                                  # seeded random weights
+    weights = tmp_path / "small.weights"
+    save_weights(weights, net.graph, net.weights)
+    rng = np.random.default_rng(5)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 256, (20 + k, 24, 3), dtype=np.uint8)).save(calib / f"c{k}.png")
+    picture = tmp_path / "input.png"
+    Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)).save(picture)
+    qnet = quantize(net, str(calib))
+    graph = tmp_path / "small_int8.npz"
+    qnet.save(graph)
+    qp = qnet.qgraph[qnet.qgraph.output_index].out
+
+    def outputs(in0: bytes):
+        x = np.frombuffer(in0, np.uint8).reshape(16, 16, 3).transpose(2, 0, 1).astype(np.float32) / 255
+        return [np.asarray(qnet.predict(np.ascontiguousarray(x), raw=True), np.int8).tobytes()]
+
+    model = ModelSpec(name="small_int8", cycles=[1_000_000],
+                      inputs=[TensorSpec((1, 16, 16, 3), "uint8", 1 / 255, 0)],
+                      outputs=[TensorSpec((1, 10), "int8", float(qp.scale), int(qp.zero_point))],
+                      output_data=outputs)
+    board = make_board(models=[model])
+    ref = (["--int8-graph", graph] if reference == "int8-graph"
+           else ["--cfg", cfg, "--weights", weights, "--calib", calib])
+    code, out, err, _ = run_cli(capsys, "--port", board.port, "--mode", "io", "--runs", "1", "--input",
+                                picture, "--timeout", "5", "--json", *ref)
+    assert code == 0, err
+    c = json.loads(out)["int8_comparison"]
+    assert c["identical"] == 1.0 and c["max_steps"] == 0 and c["max_abs_diff"] < 1e-6, c   # f32 vs f64 scale
+    assert c["top1_match"] and c["top5_overlap"] == 5
+    # the text report says the same
+    code, out, err, _ = run_cli(capsys, "--port", board.port, "--mode", "io", "--runs", "1", "--input",
+                                picture, "--timeout", "5", *ref)
+    assert code == 0, err
+    assert re.search(r"^int8 .*top-5 overlap 5/5  identical 100\.00 % \(max 0 steps\)$", out, re.M), out
+
+
+def test_int8_comparison_needs_io_mode_and_an_image(capsys, tmp_path):
+    code, out, err, elapsed = run_cli(capsys, "--port", "loop://", "--int8-graph", tmp_path / "g.npz")
+    assert code != 0 and "needs --mode io and --input IMAGE" in err
+    code, out, err, elapsed = run_cli(capsys, "--port", "loop://", "--calib", tmp_path)
+    assert code != 0 and "--calib goes with --cfg/--weights" in err

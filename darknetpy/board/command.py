@@ -77,9 +77,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image fed to the model (letterboxed to the input size)")
     source.add_argument("--const", type=float, metavar="V",
                         help="fill the input with the raw element value V (default 0)")
-    parser.add_argument("--cfg", help="with --weights, --mode io and --input: compare the "
-                                      "board's output with darknetpy's int8 engine")
+    reference = parser.add_mutually_exclusive_group()
+    reference.add_argument("--int8-graph", metavar="FILE",
+                           help="with --mode io and --input: compare the board's output with darknetpy's "
+                                "int8 engine running this int8 graph (`darknetpy quantize --save`; the graph "
+                                "the board's model was exported from, so the two should agree exactly)")
+    reference.add_argument("--cfg", help="with --weights, --mode io and --input: compare with darknetpy's int8 "
+                                         "engine on a network quantised here (on --calib DIR, else on the input "
+                                         "image alone: scales then differ from the board's model)")
     parser.add_argument("--weights", help="darknet .weights matching --cfg")
+    parser.add_argument("--calib", metavar="DIR", help="calibration images for --cfg/--weights: the ones the "
+                                                       "board's model was exported with")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--trace", action="store_true",
                         help="log every packet in hex to stderr, with timestamps")
@@ -90,14 +98,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``board-run``: connect, describe the model, time ``--runs`` inferences, print."""
-    compare = bool(args.cfg or args.weights)
-    if compare and not (args.cfg and args.weights):
+    compare = bool(args.cfg or args.weights or args.int8_graph)
+    if (args.cfg or args.weights) and not (args.cfg and args.weights):
         raise UnsupportedError("--cfg and --weights go together")
+    if args.calib and not args.cfg:
+        raise UnsupportedError("--calib goes with --cfg/--weights")
     if compare and (args.mode != "io" or not args.input):
-        raise UnsupportedError("the int8 comparison (--cfg/--weights) needs --mode io and "
+        raise UnsupportedError("the int8 comparison (--int8-graph or --cfg/--weights) needs --mode io and "
                                "--input IMAGE: only io mode returns the output tensor")
-    if compare:
-        int8_engine()                 # fail before touching the board if it is not there
+    # build the reference before touching the board: a bad cfg, weights or graph file fails fast
+    qnet = int8_reference(args) if compare else None
     from .runner import BoardReport, BoardSession, const_input
     trace = sys.stderr if args.trace else None
     image: Optional[np.ndarray] = None
@@ -121,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     comparison = None
     if compare:
         assert image is not None
-        comparison = compare_with_int8_engine(args.cfg, args.weights, image, runs[-1].outputs)
+        comparison = compare_with_int8_engine(qnet, image, runs[-1].outputs)
     source = (f"image {args.input}" if args.input
               else f"const {0.0 if args.const is None else args.const:g}")
     if args.json:
@@ -223,44 +233,57 @@ def image_inputs(picture: np.ndarray, network: NetworkInfo) -> tuple[list[bytes]
 # int8 comparison
 # --------------------------------------------------------------------------------------------
 
-def int8_engine():
-    """``(darknetpy.load, darknetpy.quantize)``, or UnsupportedError while they do not exist."""
-    try:
-        from .. import load, quantize            # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise UnsupportedError("int8 comparison needs darknetpy's int8 engine "
-                               "(darknetpy.load and darknetpy.quantize), which this version does "
-                               "not provide yet; run without --cfg/--weights") from exc
-    return load, quantize
+def int8_reference(args: argparse.Namespace):
+    """The int8 network the board's output is compared with: ``--int8-graph`` loaded as saved, or
+    ``--cfg/--weights`` quantised here on ``--calib`` (else on the input image itself)."""
+    from ..quant import load_quantized, quantize
+
+    if args.int8_graph:
+        return load_quantized(args.int8_graph)
+    from ..network import load
+
+    net = load(args.cfg, args.weights)
+    if args.calib:
+        return quantize(net, args.calib)
+    from ..image import letterbox
+
+    c, h, w = net.input_shape
+    picture = load_picture(args.input)
+    return quantize(net, [letterbox(picture, w, h) if c == picture.shape[0] else picture])
 
 
-def compare_with_int8_engine(cfg: str, weights: str, image: np.ndarray,
-                             outputs: list[OutputTensor]) -> dict:
-    """Run darknetpy's int8 engine on the same (3, H, W) image and compare with the board's first
-    output: max/mean absolute difference and top-1/top-5 agreement.
-
-    Uses the planned API ``darknetpy.load(cfg, weights)``, ``darknetpy.quantize(net, images)``
-    and ``.predict(x)``; calibration uses this one image, so expect small differences from a
-    model quantized on a real calibration set.
-    """
+def compare_with_int8_engine(qnet, image: np.ndarray, outputs: list[OutputTensor]) -> dict:
+    """Run darknetpy's int8 engine on the same (3, H, W) image the board received and compare with the
+    board's first output (dequantised): max/mean absolute difference, top-1/top-5 agreement, and, for an
+    int8 output with the same scale and zero point, the share of identical values and the largest
+    difference in quantisation steps."""
     import numpy as np
 
-    load, quantize = int8_engine()
     if not outputs or outputs[0].data is None:
         raise UnsupportedError("the board returned no output data to compare")
-    net = load(cfg, weights)
-    reference = np.asarray(quantize(net, [image]).predict(image), dtype=np.float64).ravel()
+    if tuple(image.shape) != tuple(qnet.input_shape):
+        raise UnsupportedError(f"cannot compare: the board's input is {tuple(image.shape)} (C, H, W), "
+                               f"darknetpy's network takes {tuple(qnet.input_shape)}")
+    qp = qnet.qgraph[qnet.qgraph.output_index].out
+    raw = qnet.predict(np.ascontiguousarray(image, np.float32), raw=True)
+    reference = np.asarray(qp.dequantize(raw) if qp is not None else raw, np.float64).ravel()
     board = outputs[0].values().ravel()
     if reference.size != board.size:
         raise UnsupportedError(f"cannot compare: the board's output has {board.size} values, "
-                               f"darknetpy's {reference.size} (is --cfg the model on the board?)")
+                               f"darknetpy's {reference.size} (is it the model on the board?)")
     diff = np.abs(reference - board)
     top5_board = [int(i) for i in np.argsort(-board, kind="stable")[:5]]
     top5_ref = [int(i) for i in np.argsort(-reference, kind="stable")[:5]]
-    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            "top1_board": top5_board[0], "top1_int8": top5_ref[0],
-            "top1_match": top5_board[0] == top5_ref[0],
-            "top5_overlap": len(set(top5_board) & set(top5_ref))}
+    result = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+              "top1_board": top5_board[0], "top1_int8": top5_ref[0],
+              "top1_match": top5_board[0] == top5_ref[0],
+              "top5_overlap": len(set(top5_board) & set(top5_ref))}
+    info = outputs[0].info
+    if (qp is not None and info.dtype == "int8" and info.scale is not None
+            and np.float32(info.scale) == np.float32(qp.scale) and info.zero_point == qp.zero_point):
+        steps = np.abs(np.asarray(raw, np.int64).ravel() - outputs[0].data.astype(np.int64).ravel())
+        result.update(identical=float(np.mean(steps == 0)), max_steps=int(steps.max()))
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,7 +392,9 @@ def format_report(report: BoardReport, source: str, const: bool,
         c = comparison
         lines.append(f"int8     max |diff| {c['max_abs_diff']:.4g}  mean |diff| "
                      f"{c['mean_abs_diff']:.4g}  top-1 board {c['top1_board']} / darknetpy "
-                     f"{c['top1_int8']}  top-5 overlap {c['top5_overlap']}/5")
+                     f"{c['top1_int8']}  top-5 overlap {c['top5_overlap']}/5"
+                     + (f"  identical {100 * c['identical']:.2f} % (max {c['max_steps']} step"
+                        f"{'s' if c['max_steps'] != 1 else ''})" if "identical" in c else ""))
     for warning in report.warnings + [w for r in report.runs for w in r.warnings]:
         lines.append(f"warning  {warning}")
     return "\n".join(lines)
