@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/darknetpy
 
-.PHONY: demo install weights test bench clean
+.PHONY: demo install weights test bench bench-int8 clean
 
 demo: install weights                    ## set up, fetch, classify weights/dog.jpg
 	$(CLI) classify cfg/tiny.cfg weights/tiny.weights weights/dog.jpg
@@ -27,6 +27,9 @@ test: install                            ## run the whole test suite
 
 bench: install                           ## darknetpy vs onnxruntime, interleaved, 1 and 2 threads (add ARGS=--json)
 	$(PY) benchmarks/bench.py $(ARGS)
+
+bench-int8: install                      ## int8 engine vs onnxruntime on the same QDQ model, interleaved
+	$(PY) benchmarks/bench_int8.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -169,3 +169,24 @@ def test_export_cli_defaults_float(tmp_path, capsys, monkeypatch):
     assert main(["export", "--onnx"]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "tiny.onnx").is_file() and "wrote tiny.onnx" in out and "Conv 16" in out
+
+
+def test_export_cli_int8_onnx_as_users_type_it(tmp_path, capsys, monkeypatch):
+    """`darknetpy export --int8 --onnx`: cfg/tiny.cfg, the fetched tiny.weights, calibration on the sample photos
+    found beside them (said on stderr), tiny_int8.onnx written, check-n6 clean, stedgeai command printed."""
+    from PIL import Image
+
+    net = load(CFG / "tiny.cfg")
+    data = tmp_path / "data"
+    data.mkdir()
+    net.save_weights(data / "tiny.weights")
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(data / "dog.jpg")
+    monkeypatch.setenv("DARKNETPY_DATA", str(data))
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--int8", "--onnx"]) == 0
+    out, err = capsys.readouterr()
+    assert "calibrating on darknet's 1 sample photos" in err and "pass --calib DIR" in err
+    assert (tmp_path / "tiny_int8.onnx").is_file() and "wrote tiny_int8.onnx" in out
+    assert "stedgeai generate" in out and "--input-data-type uint8" in out and "--inputs-ch-position chlast" in out
+    assert check_n6(str(tmp_path / "tiny_int8.onnx")) == []
