@@ -134,7 +134,8 @@ def cmd_fetch(args) -> int:
 
 # -- parser ------------------------------------------------------------------------------------------
 
-def _threads(s: str) -> int:
+def positive_int(s: str) -> int:
+    """argparse type for counts (threads, images): an integer >= 1."""
     try:
         v = int(s)
     except ValueError:
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="one JSON object per image")
     c.add_argument("--preprocess", choices=("letterbox", "resize", "resize_min"), default="letterbox",
                    help="letterbox (today's darknet, default), resize (stretch), resize_min (2016 classify)")
-    c.add_argument("--threads", type=_threads, default=None, help="threads for the kernels (default: all cores)")
+    c.add_argument("--threads", type=positive_int, default=None, help="threads for the kernels (default: all cores)")
     c.add_argument("--exact", action="store_true", help="darknet's exact arithmetic (slower; also DARKNETPY_EXACT=1)")
     c.set_defaults(func=cmd_classify)
 

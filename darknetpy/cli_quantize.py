@@ -17,15 +17,7 @@ import json
 import os
 import sys
 
-
-def _positive(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return v
+from .cli import positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("weights", help="network .weights")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--calib", metavar="DIR", help="directory of calibration images (searched recursively)")
-    src.add_argument("--calib-random", metavar="N", type=_positive,
+    src.add_argument("--calib-random", metavar="N", type=positive_int,
                      help="calibrate on N seeded random inputs instead (a smoke test: the ranges mean nothing)")
     p.add_argument("--method", choices=CALIB_METHODS, default="minmax",
                    help="activation range per tensor: minmax (ST's recipe, default), percentile, mse, or auto "
@@ -54,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object with everything")
     p.add_argument("--save", metavar="OUT", help="write the int8 graph (.npz) for darknetpy.load_quantized")
     p.add_argument("--onnx", metavar="OUT", help="also write the QDQ ONNX model (onnx_qdq.export_qdq)")
-    p.add_argument("--threads", type=_positive, default=None, help="threads for the kernels (default: all cores)")
+    p.add_argument("--threads", type=positive_int, default=None, help="threads for the kernels (default: all cores)")
 
 
 def run(args) -> int:

@@ -48,3 +48,34 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     p = tmp_path / name
     p.write_text(text)
     return p
+
+
+def quantize_static_st(net, calib, tmp_path) -> Path:
+    """onnxruntime's quantize_static with ST's arguments (../shared/specs/stm32n6.md §2.2: quant_pre_process, then
+    MinMax, QDQ, per-channel symmetric int8 weights, asymmetric int8 activations) on darknetpy's float export of
+    ``net``, calibrated on the (C, H, W) arrays ``calib``. Returns the path of the quantised model."""
+    import warnings
+
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quant_pre_process, quantize_static)
+
+    from darknetpy.onnx_export import export_onnx
+
+    f, pre, q = tmp_path / "float.onnx", tmp_path / "float_pre.onnx", tmp_path / "float_st_int8.onnx"
+    export_onnx(net.graph, net.weights, f)
+    quant_pre_process(str(f), str(pre), skip_optimization=False, skip_symbolic_shape=True)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": c[None]} for c in calib])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(pre), str(q), Reader(), calibrate_method=CalibrationMethod.MinMax,
+                        quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QInt8,
+                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    return q

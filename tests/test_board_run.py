@@ -987,6 +987,7 @@ def test_io_mode_compares_with_the_int8_engine(make_board, capsys, tmp_path, ref
         x = np.frombuffer(in0, np.uint8).reshape(16, 16, 3).transpose(2, 0, 1).astype(np.float32) / 255
         return [np.asarray(qnet.predict(np.ascontiguousarray(x), raw=True), np.int8).tobytes()]
 
+    outputs(bytes(16 * 16 * 3))          # compile the int8 kernels now, not while the client waits for the board
     model = ModelSpec(name="small_int8", cycles=[1_000_000],
                       inputs=[TensorSpec((1, 16, 16, 3), "uint8", 1 / 255, 0)],
                       outputs=[TensorSpec((1, 10), "int8", float(qp.scale), int(qp.zero_point))],

@@ -205,29 +205,9 @@ def test_same_structure_as_quantize_static_with_st_arguments(exported, tmp_path)
     """onnxruntime's quantize_static with ST's arguments (stm32n6.md §2.2), on darknetpy's float export with the
     same calibration inputs, quantises the same tensors with the same dtypes, axes and zero-point layout. The
     scales differ (pair_safe weight scales; darknetpy's own calibration): printed, not hidden."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quant_pre_process, quantize_static)
-
-    from darknetpy.onnx_export import export_onnx
+    from conftest import quantize_static_st
     name, qnet, model, net, calib = exported
-    f, pre, q = tmp_path / "float.onnx", tmp_path / "pre.onnx", tmp_path / "st.onnx"
-    export_onnx(net.graph, net.weights, f)
-    quant_pre_process(str(f), str(pre), skip_optimization=False, skip_symbolic_shape=True)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"input": c[None]} for c in calib])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_static(str(pre), str(q), Reader(), calibrate_method=CalibrationMethod.MinMax,
-                        quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                        activation_type=QuantType.QInt8,
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
-    st = onnx.load(str(q))
+    st = onnx.load(str(quantize_static_st(net, calib, tmp_path)))
     ours, our_scales = _structure(model)
     theirs, their_scales = _structure(st)
     assert sorted(ours) == sorted(theirs), f"{name}: nodes differ: {set(ours) ^ set(theirs)}"

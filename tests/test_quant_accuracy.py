@@ -60,27 +60,11 @@ def _softmax(v: np.ndarray) -> np.ndarray:
 def _ort_quantize_static_kl(net, calib, evals, tmp_path, int8_allowed: bool) -> tuple[float, int]:
     """Mean KL and top-1 agreement of onnxruntime's quantize_static (ST's arguments) on darknetpy's float export."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quant_pre_process, quantize_static)
 
-    from darknetpy.onnx_export import export_onnx
+    from conftest import quantize_static_st
     from darknetpy.quant import kl_divergence
 
-    f, pre, q = tmp_path / "tiny.onnx", tmp_path / "tiny_pre.onnx", tmp_path / "tiny_st.onnx"
-    export_onnx(net.graph, net.weights, f)
-    quant_pre_process(str(f), str(pre), skip_optimization=False, skip_symbolic_shape=True)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"input": c[None]} for c in calib])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(str(pre), str(q), Reader(), calibrate_method=CalibrationMethod.MinMax,
-                    quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                    activation_type=QuantType.QInt8,
-                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    q = quantize_static_st(net, calib, tmp_path)
     m = onnx.load(str(q))
     softmax = next(n for n in m.graph.node if n.op_type == "Softmax")       # its input: the dequantised logits
     m.graph.output.append(onnx.helper.make_tensor_value_info(softmax.input[0], onnx.TensorProto.FLOAT, None))
