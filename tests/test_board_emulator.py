@@ -6,7 +6,6 @@ tests check the emulator against the spec (../shared/specs/stm32n6.md §3), not 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import select
 import socket
@@ -14,7 +13,6 @@ import struct
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,19 +23,9 @@ import termios  # noqa: E402  (POSIX only)
 import tty  # noqa: E402
 
 
-def _load_emulator():
-    """Import tests/board_emulator.py by path (works whether or not tests/ is a package)."""
-    name = "board_emulator"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("board_emulator.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_board_emulator  # noqa: E402
 
-
-emu = _load_emulator()
+emu = load_board_emulator()
 BoardConfig, BoardEmulator, ModelSpec, TensorSpec, EpochSpec, Fault = (
     emu.BoardConfig, emu.BoardEmulator, emu.ModelSpec, emu.TensorSpec, emu.EpochSpec, emu.Fault)
 

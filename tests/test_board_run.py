@@ -10,7 +10,6 @@ client's own idea of what it sent.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -37,18 +36,9 @@ from darknetpy.errors import (BoardProtocolError, BoardRejected, BoardReset,  # 
                               BoardTimeout, PortError)
 
 
-def _load_emulator():
-    name = "board_emulator"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("board_emulator.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_board_emulator  # noqa: E402
 
-
-emu = _load_emulator()
+emu = load_board_emulator()
 BoardConfig, BoardEmulator, ModelSpec, TensorSpec, EpochSpec, Fault = (
     emu.BoardConfig, emu.BoardEmulator, emu.ModelSpec, emu.TensorSpec, emu.EpochSpec, emu.Fault)
 
@@ -1013,3 +1003,11 @@ def test_int8_comparison_needs_io_mode_and_an_image(capsys, tmp_path):
     assert code != 0 and "needs --mode io and --input IMAGE" in err
     code, out, err, elapsed = run_cli(capsys, "--port", "loop://", "--calib", tmp_path)
     assert code != 0 and "--calib goes with --cfg/--weights" in err
+    picture = tmp_path / "in.png"
+    from PIL import Image
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(picture)
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    for graph in (tmp_path / "missing.npz", tmp_path / "junk.npz"):      # before any port is opened
+        code, out, err, elapsed = run_cli(capsys, "--port", "loop://", "--mode", "io", "--input", picture,
+                                          "--int8-graph", graph)
+        assert code != 0 and f"{graph}: not a darknetpy int8 graph" in err, err
