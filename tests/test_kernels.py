@@ -72,6 +72,36 @@ CONV_CASES = [
 ]
 
 
+
+# Shapes where the weights outweigh the packed input, so conv_gemm takes the weight-stationary order
+# (every pixel panel packed first, filter panels outermost); asserted below so the case cannot drift.
+STATIONARY_CASES = [
+    (8, 5, 5, 40, 3, 1, 1, "linear", False),     # 2 pixel panels, the second partial
+    (16, 6, 6, 70, 1, 1, 0, "leaky", False),     # 1x1 flat: full panels read in place
+    (12, 7, 6, 33, 3, 2, 1, "logistic", False),  # stride 2, an activation the epilogue does not fuse
+    (16, 4, 8, 48, 1, 1, 0, "linear", True),     # with a fused residual
+]
+
+
+@pytest.mark.parametrize("c,h,w,m,k,stride,pad,act,with_res", STATIONARY_CASES)
+def test_conv_gemm_weight_stationary_matches_naive(c, h, w, m, k, stride, pad, act, with_res):
+    x = ints((c, h, w))
+    wt = ints((m, c, k, k))
+    shift = ints((m,))
+    ref = naive_conv(x, wt, 1, stride, pad) + shift[:, None, None]
+    res = ints(ref.shape) if with_res else None
+    if with_res:
+        ref = ref + res
+    ref = np.array([reference_activation(act, v) for v in ref.astype(np.float32).ravel()]).reshape(ref.shape)
+    assert kconv.gemm_scratch_size(c * k * k, m, ref.shape[1] * ref.shape[2]) > 0
+    xs = np.full(kconv.input_shape(c, h, w, pad, stride), 9.0, np.float32)
+    kconv.prepare_input(x, pad, xs)
+    if k == 1 and stride == 1 and pad == 0:
+        xs = x.reshape(c, h, 1, w)
+    out = np.full(ref.shape, np.nan, np.float32)
+    kconv.conv_gemm(xs, pack_a(wt.reshape(m, -1)), shift, CODE[act], k, stride, out, res)
+    np.testing.assert_allclose(out, ref, rtol=2e-7 if act != "linear" else 0, atol=0)
+
 @pytest.mark.parametrize("c,h,w,m,k,stride,pad,groups", CONV_CASES)
 def test_conv_exact_matches_naive(c, h, w, m, k, stride, pad, groups):
     x = ints((c, h, w))
@@ -133,10 +163,11 @@ def test_winograd_matches_naive(c, h, w, m, act):
 
 
 def test_pack_a_layout():
-    a = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+    rows = MR + 1                       # one full panel and one with a single row (MR is 6 or 8 by CPU)
+    a = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3) + 1
     ap = pack_a(a)
     assert ap.shape == (2, 3 * MR)
-    for i in range(7):
+    for i in range(rows):
         for k in range(3):
             assert ap[i // MR, k * MR + i % MR] == a[i, k]
     assert np.all(ap[1, [k * MR + r for k in range(3) for r in range(1, MR)]] == 0)

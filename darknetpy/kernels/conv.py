@@ -96,10 +96,77 @@ def prepare_input(x, pad: int, xs) -> None:
     _prepare_input(x, pad, xs)
 
 
+@njit(cache=True, inline="always")
+def _panel_source(xflat, koff, kpack, kdim, n0, jn, out_w, s, row, in_place_rows, bp):
+    """(address of B rows, address of their offsets) for the NR pixels from n0: read in place from the
+    prepared input when they are contiguous there (on one output row, or anywhere in the flat image for
+    a 1x1 stride-1 unpadded conv: in_place_rows) and K is small, else gathered into the packed panel bp."""
+    oy0 = n0 // out_w
+    if jn == NR and (in_place_rows or oy0 == (n0 + NR - 1) // out_w) and kdim < PACK_K:
+        b0 = n0 if in_place_rows else oy0 * s * row + n0 - oy0 * out_w
+        return xflat.ctypes.data + 4 * b0, koff.ctypes.data
+    # the panel's pixels as runs along output rows (contiguous in xs): copy each run row by row of B
+    j = 0
+    while j < jn:
+        n1 = n0 + j
+        oy = n1 // out_w
+        run = min(jn - j, (oy + 1) * out_w - n1)
+        src = oy * s * row + n1 - oy * out_w
+        for kk in range(kdim):
+            d = bp[kk * NR + j:kk * NR + j + run]
+            sv = xflat[src + koff[kk]:src + koff[kk] + run]
+            for t in range(run):
+                d[t] = sv[t]
+        j += run
+    if jn < NR:
+        for kk in range(kdim):
+            for t in range(jn, NR):
+                bp[kk * NR + t] = np.float32(0.0)
+    return bp.ctypes.data, kpack.ctypes.data
+
+
+@njit(cache=True, inline="always")
+def _tile(ap, ip, bsrc, boff, kdim, n0, jn, fused, act, shift, has_res, out2d, res2d, tile):
+    """One MR x NR block of out = act(A @ B + shift [+ res]) for filter panel ip and pixels n0..n0+jn."""
+    m, n = out2d.shape
+    i0 = ip * MR
+    if fused and jn == NR:
+        # bias, (residual,) activation and store in the micro-kernel's registers
+        microkernel_fused(ap.ctypes.data + 4 * ip * ap.shape[1], bsrc, boff, kdim,
+                          out2d.ctypes.data + 4 * (i0 * n + n0), n, shift.ctypes.data + 4 * i0, act, m - i0,
+                          res2d.ctypes.data + 4 * (i0 * n + n0) if has_res else 0)
+        return
+    microkernel_indirect(ap.ctypes.data + 4 * ip * ap.shape[1], bsrc, boff, kdim, tile.ctypes.data)
+    for r in range(min(MR, m - i0)):
+        sh = shift[i0 + r]
+        orow = out2d[i0 + r, n0:n0 + jn]
+        for j in range(jn):
+            orow[j] = tile[r * NR + j] + sh
+        if has_res:
+            rrow = res2d[i0 + r, n0:n0 + jn]
+            for j in range(jn):
+                orow[j] += rrow[j]
+        activate_block(orow, jn, act)
+
+
+@njit(cache=True)
+def _offsets(c, size, s, hp, row, wq):
+    """koff[k] for k = (c, ky, kx): offset of that tap from a pixel's base in the prepared input."""
+    koff = np.empty(c * size * size, dtype=np.int64)
+    k = 0
+    for cc in range(c):
+        for ky in range(size):
+            for kx in range(size):
+                koff[k] = cc * hp * row + ky * row + (kx % s) * wq + kx // s
+                k += 1
+    return koff
+
+
 @njit(cache=True, parallel=True, fastmath=True)
-def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, res, out):
+def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, a_stationary, bscratch, res, out):
     # res: a residual shaped like out added before the activation (a fused [shortcut]), or empty
     # xs: (C, Hp, S, Wq) prepared input (S == stride); out: (M, out_h, out_w)
+    # bscratch: (nthreads, >= K*npan*NR) when a_stationary, else unused
     m, out_h, out_w = out.shape
     n = out_h * out_w
     c, hp, s, wq = xs.shape
@@ -107,96 +174,89 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, res, o
     kdim = c * size * size
     npan = (n + NR - 1) // NR
     nip = ap.shape[0]
-    koff = np.empty(kdim, dtype=np.int64)         # k = (c, ky, kx) -> offset from the pixel's base
-    kpack = np.empty(kdim, dtype=np.int64)        # the same for a packed B panel
-    for kk in range(kdim):
-        kpack[kk] = kk * NR
-    k = 0
-    for cc in range(c):
-        for ky in range(size):
-            for kx in range(size):
-                koff[k] = cc * hp * row + ky * row + (kx % s) * wq + kx // s
-                k += 1
+    koff = _offsets(c, size, s, hp, row, wq)
+    kpack = np.arange(kdim) * NR                  # the same offsets for a packed B panel
+    xflat = xs.reshape(-1)
+    out2d = out.reshape(m, n)
+    fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
+    has_res = res.size == out.size
+    res2d = res.reshape(m, n) if has_res else out2d
+    if a_stationary:
+        # Weights larger than the whole (packed) input, which fits in L2: each thread packs every pixel
+        # panel once, then takes its share of filter panels and runs each against all pixel panels, so
+        # every weight is read from memory once (the other order re-reads all weights per pixel panel).
+        for th in prange(nthreads):
+            bpa = bscratch[th]
+            tile = np.empty(MR * NR, dtype=np.float32)
+            srcs = np.empty(npan, dtype=np.int64)
+            offs = np.empty(npan, dtype=np.int64)
+            for jp in range(npan):
+                bsrc, boff = _panel_source(xflat, koff, kpack, kdim, jp * NR, min(NR, n - jp * NR), out_w, s,
+                                           row, in_place_rows, bpa[jp * kdim * NR:(jp + 1) * kdim * NR])
+                srcs[jp] = bsrc
+                offs[jp] = boff
+            for ip in range(th * nip // nthreads, (th + 1) * nip // nthreads):
+                for jp in range(npan):
+                    _tile(ap, ip, srcs[jp], offs[jp], kdim, jp * NR, min(NR, n - jp * NR), fused, act, shift,
+                          has_res, out2d, res2d, tile)
+        return
     mchunks = 1                                   # split M too when pixel panels are few
     if npan < 8:
         mchunks = min(nip, (8 + npan - 1) // npan)
-    xflat = xs.reshape(-1)
-    out2d = out.reshape(m, n)
     nitems = npan * mchunks
-    fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
-    # raw addresses, so the inner loops do integer arithmetic instead of building array views
-    xaddr = xflat.ctypes.data
-    aaddr = ap.ctypes.data
-    astride = ap.shape[1]
-    oaddr = out2d.ctypes.data
-    saddr = shift.ctypes.data
-    has_res = res.size == out.size
-    res2d = res.reshape(m, n) if has_res else out2d
-    raddr = res2d.ctypes.data
     for th in prange(nthreads):
         bp = np.empty(kdim * NR, dtype=np.float32)
         tile = np.empty(MR * NR, dtype=np.float32)
-        base = np.empty(NR, dtype=np.int64)
         for item in range(th * nitems // nthreads, (th + 1) * nitems // nthreads):
             jp = item // mchunks
             mc = item % mchunks
             n0 = jp * NR
             jn = min(NR, n - n0)
-            # NR pixels read in place when contiguous in xs: on one output row, or (1x1, stride 1, no
-            # padding: in_place_rows) anywhere in the flat image; then only the first pixel's base matters
-            oy0 = n0 // out_w
-            in_place = (jn == NR and (in_place_rows or oy0 == (n0 + NR - 1) // out_w)
-                        and kdim < PACK_K)
-            if in_place:
-                base[0] = n0 if in_place_rows else oy0 * s * row + n0 - oy0 * out_w
-            else:
-                for j in range(jn):
-                    oy = (n0 + j) // out_w
-                    base[j] = oy * s * row + (n0 + j) - oy * out_w
-                for kk in range(kdim):
-                    for j in range(jn):
-                        bp[kk * NR + j] = xflat[base[j] + koff[kk]]
-                    for j in range(jn, NR):
-                        bp[kk * NR + j] = np.float32(0.0)
-            bsrc = xaddr + 4 * base[0] if in_place else bp.ctypes.data
-            boff = koff.ctypes.data if in_place else kpack.ctypes.data
+            bsrc, boff = _panel_source(xflat, koff, kpack, kdim, n0, jn, out_w, s, row, in_place_rows, bp)
             for ip in range(mc * nip // mchunks, (mc + 1) * nip // mchunks):
-                i0 = ip * MR
-                if fused and jn == NR:
-                    # bias, (residual,) activation and store in the micro-kernel's registers
-                    microkernel_fused(aaddr + 4 * ip * astride, bsrc, boff, kdim, oaddr + 4 * (i0 * n + n0), n,
-                                      saddr + 4 * i0, act, m - i0, raddr + 4 * (i0 * n + n0) if has_res else 0)
-                    continue
-                microkernel_indirect(aaddr + 4 * ip * astride, bsrc, boff, kdim, tile.ctypes.data)
-                for r in range(min(MR, m - i0)):
-                    sh = shift[i0 + r]
-                    orow = out2d[i0 + r, n0:n0 + jn]
-                    for j in range(jn):
-                        orow[j] = tile[r * NR + j] + sh
-                    if has_res:
-                        rrow = res2d[i0 + r, n0:n0 + jn]
-                        for j in range(jn):
-                            orow[j] += rrow[j]
-                    activate_block(orow, jn, act)
+                _tile(ap, ip, bsrc, boff, kdim, n0, jn, fused, act, shift, has_res, out2d, res2d, tile)
 
 
 _NO_RES = np.zeros(0, dtype=np.float32)
+_NO_SCRATCH = np.zeros((1, 1), dtype=np.float32)
 # From this many B rows on, B panels are packed instead of read in place: each in-place row sits in a
 # different channel plane and hundreds of planes thrash the TLB (measured: packing 10-20% faster at
 # K >= 384, slower below, where the copy is not amortised).
 PACK_K = 384
 
 
-def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None) -> None:
+def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bscratch=None) -> None:
     """groups=1 convolution: out = act(conv(x, W) + shift [+ res]). ``ap`` = gemm.pack_a(W.reshape(M, -1));
     ``xs`` = the prepared input (or x[:, :, None, :] for a 1x1, stride-1, unpadded conv); ``res`` a
-    residual shaped like ``out`` (a fused [shortcut])."""
+    residual shaped like ``out`` (a fused [shortcut]); ``bscratch`` an optional preallocated
+    (threads, gemm_scratch_size(...)) buffer for the weight-stationary order (allocated here if needed)."""
     c, hp, s, wq = xs.shape
-    flat_ok = size == 1 and stride == 1 and hp * wq == out.shape[1] * out.shape[2]
+    m, out_h, out_w = out.shape
+    flat_ok = size == 1 and stride == 1 and hp * wq == out_h * out_w
+    nt = numba.get_num_threads()
+    need = gemm_scratch_size(c * size * size, m, out_h * out_w)
+    if need and (bscratch is None or bscratch.shape[0] < nt or bscratch.shape[1] < need):
+        bscratch = np.empty((nt, need), dtype=np.float32)
     # The thread count is passed in: numba.get_num_threads() inside a kernel makes it uncacheable.
     # res always goes in as a flat array, so there is one compiled specialisation either way
-    _conv_gemm(xs, ap, shift, act, size, stride, flat_ok, numba.get_num_threads(),
+    _conv_gemm(xs, ap, shift, act, size, stride, flat_ok, nt, need > 0, _NO_SCRATCH if not need else bscratch,
                _NO_RES if res is None else res.reshape(-1), out)
+
+
+# The weight-stationary order pays when the weights outweigh the packed input and that input fits in a
+# core's L2 (measured on Tiny Darknet's 14x14 layers, 512 filters x K=576: 1.30 -> see the issue notes).
+_B_STATIONARY_MAX = 512 * 1024
+
+
+def gemm_scratch_size(kdim: int, m: int, n: int) -> int:
+    """Floats per thread the weight-stationary GEMM packs the whole input into; 0 when the usual
+    order (pixel panels outermost) is used."""
+    npan = -(-n // NR)
+    bbytes = 4 * kdim * npan * NR
+    abytes = 4 * kdim * (-(-m // MR)) * MR
+    if abytes > bbytes and bbytes <= _B_STATIONARY_MAX:
+        return kdim * npan * NR
+    return 0
 
 
 @njit(cache=True, parallel=True, fastmath=True)
