@@ -8,10 +8,11 @@ min and max per engine, the darknetpy/onnxruntime ratio of medians, and darknetp
 (2 x MACs / median).
 
 Threads: darknetpy's kernels use numba's pool (numba.set_num_threads), onnxruntime its intra-op pool
-(intra_op_num_threads); neither uses BLAS threads. onnxruntime's threads spin-wait after each run by
-default, which would steal a core from the darknetpy run that follows it in this interleaved loop, so
-spinning is turned off for both engines (``session.intra_op.allow_spinning=0``; numba's OpenMP pool
-already sleeps when idle with OMP_WAIT_POLICY=PASSIVE, set below). ``--spin`` keeps onnxruntime's default.
+(intra_op_num_threads); neither uses BLAS threads. Idle threads: darknetpy's OpenMP workers spin ~50-100 us
+after each parallel region and then sleep (its default, GOMP_SPINCOUNT=3000: see darknetpy/kernels), which
+covers the gaps inside one inference. onnxruntime's workers spin far longer by default -- long enough to
+take a core from the darknetpy run that follows in this interleaved loop (measured: darknetpy at 2 threads
+5.9 -> 16 ms) -- so its spinning is turned off (``session.intra_op.allow_spinning=0``; ``--spin`` keeps it).
 
     python benchmarks/bench.py [--runs 50] [--threads 1 2] [--nets tiny dla46_c ...] [--json] [--exact]
 """
@@ -27,8 +28,6 @@ import sys
 import time
 import warnings
 from pathlib import Path
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 

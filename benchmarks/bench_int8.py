@@ -10,9 +10,9 @@ onnxruntime is timed in its default configuration (``ort``: on x86 it rewrites i
 runs QLinearConv & co., falling back to float Conv/Add/Concat for tensors read by several nodes) and, with
 ``--all-int8``, also with ``session.qdqisint8allowed=1`` (``ort-s8``: every node an integer kernel, on x86
 the slow s8s8 path). Threads: numba's pool for darknetpy (numba.set_num_threads), the intra-op pool for
-onnxruntime; spinning is off for both (``session.intra_op.allow_spinning=0``, OMP_WAIT_POLICY=PASSIVE), so
-neither steals the core the other runs on next (``--spin`` keeps both defaults). Sleeping threads cost each
-parallel step ~13 us to wake (numba's OpenMP pool), which the engine's ~40 steps per inference pay too.
+onnxruntime. Idle threads as in ``benchmarks/bench.py``: darknetpy's default (workers spin ~50-100 us after
+each parallel region, then sleep), onnxruntime's spinning off (``session.intra_op.allow_spinning=0``: its
+long spin would take the core darknetpy runs on next); ``--spin`` keeps onnxruntime's default.
 
     python benchmarks/bench_int8.py [--runs 50] [--threads 1 2] [--nets tiny dla46_c ...] [--all-int8] [--spin]
                                     [--json]
@@ -146,11 +146,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--nets", nargs="+", default=NETS, choices=NETS)
     ap.add_argument("--all-int8", action="store_true", help="also time onnxruntime with session.qdqisint8allowed=1")
-    ap.add_argument("--spin", action="store_true", help="keep both thread pools' default spin-waiting")
+    ap.add_argument("--spin", action="store_true", help="keep onnxruntime's default spin-waiting")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    if not a.spin:          # before numba starts its OpenMP pool
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numba
     import onnxruntime as ort
 

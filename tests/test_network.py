@@ -159,3 +159,18 @@ def test_shortcut_fused_into_conv(tmp_path):
     exact = net.predict(x, exact=True)
     np.testing.assert_allclose(fused, unfused, rtol=0, atol=1e-5 * float(np.abs(unfused).max()))
     np.testing.assert_allclose(fused, exact, rtol=0, atol=1e-5 * float(np.abs(exact).max()))
+
+
+@pytest.mark.parametrize("env,expected", [({}, "3000"), ({"OMP_WAIT_POLICY": "PASSIVE"}, None),
+                                          ({"GOMP_SPINCOUNT": "17"}, "17")])
+def test_openmp_workers_spin_briefly_unless_the_user_chose(env, expected):
+    # darknetpy.kernels sets GOMP_SPINCOUNT before numba loads libgomp (see its _set_spin); a user's own
+    # OMP_WAIT_POLICY or GOMP_SPINCOUNT is left alone
+    import os
+    import subprocess
+    import sys
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = "import os, darknetpy.kernels; print(os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == str(expected)
