@@ -174,3 +174,30 @@ def test_openmp_workers_spin_briefly_unless_the_user_chose(env, expected):
     out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == str(expected)
+
+
+@pytest.mark.parametrize("cfg", ["inline", "tiny", "dla46_c", "dla46x_c", "dla60x_c", "hardnet39ds"])
+def test_shared_activation_memory_holds_no_stale_state(tmp_path, cfg):
+    # Plans place layer outputs whose lifetimes do not overlap in the same memory. A plan that ran once
+    # must give, bit for bit, what a fresh plan gives, and agree with the every-output-kept plan.
+    from pathlib import Path
+
+    from darknetpy.runtime import Plan
+    path = write(tmp_path, "n.cfg", CFG) if cfg == "inline" else Path(__file__).parent.parent / "cfg" / f"{cfg}.cfg"
+    net = darknetpy.load(path)
+    if cfg != "inline":
+        net = net.resized(64, 64)
+    rng = np.random.default_rng(5)
+    x1, x2 = (rng.random(net.input_shape, dtype=np.float32) for _ in range(2))
+    plan = net.plan()
+    plan.run(x1)
+    plan.run(x2)
+    out = net.graph.output_index
+    fresh = Plan(net.graph, net.weights)
+    fresh.run(x2)
+    assert np.array_equal(plan.outputs[out], fresh.outputs[out])
+    kept = net.predict(x2, all_layers=True)[out]
+    np.testing.assert_allclose(plan.outputs[out].reshape(kept.shape), kept, rtol=0,
+                               atol=1e-5 * float(np.abs(kept).max()))
+    arena = plan.outputs[0].base
+    assert arena is not None and arena.nbytes < sum(o.nbytes for o in plan.outputs if o.base is arena)
