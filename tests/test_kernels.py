@@ -162,6 +162,59 @@ def test_winograd_matches_naive(c, h, w, m, act):
         assert np.array_equal(out, ref)
 
 
+@pytest.mark.parametrize("f4", [False, True])
+@pytest.mark.parametrize("c,h,w,m,threads", [
+    (8, 20, 20, 17, 2),      # 2 tile panels (F4) / 7 (F2): one block per thread
+    (130, 18, 18, 9, 1),     # transformed input of one panel > the block budget: one panel per block
+    (12, 6, 6, 40, 2),       # a single tile panel: the threads split the filter panels instead
+    (16, 13, 9, 8, 2),       # odd edges: partial tiles on the right and bottom
+])
+def test_winograd_blocks_and_thread_splits_match_naive(c, h, w, m, threads, f4):
+    import numba
+
+    from darknetpy.kernels import winograd as kw
+    rng = np.random.default_rng(c * h + m)
+    x = rng.standard_normal((c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((m, c, 3, 3)).astype(np.float32)
+    shift = rng.standard_normal(m).astype(np.float32)
+    ref = naive_conv(x.astype(np.float64), wt.astype(np.float64), 1, 1, 1) + shift[:, None, None]
+    out = np.full(ref.shape, np.nan, np.float32)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        if f4:
+            xp = np.full(kw.padded_shape4(c, h, w), 5.0, np.float32)
+            kw.conv3x3_winograd4(x, xp, kw.transform_weights4(wt), shift, CODE["linear"], 1, out)
+        else:
+            xp = np.full(kw.padded_shape(c, h, w), 5.0, np.float32)
+            kw.conv3x3_winograd(x, xp, kw.transform_weights(wt), shift, CODE["linear"], 1, out)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("jn", [1, 2, 3, 4, 5, 16])
+def test_microkernel_cols_equals_the_full_kernel_on_its_columns(jn):
+    from numba import njit
+
+    from darknetpy.kernels.gemm import microkernel, microkernel_cols
+
+    @njit
+    def both(ap, bp, k, t_full, t_cols, jn):
+        microkernel(ap.ctypes.data, bp.ctypes.data, k, t_full.ctypes.data)
+        microkernel_cols(ap.ctypes.data, bp.ctypes.data, k, t_cols.ctypes.data, jn)
+
+    rng = np.random.default_rng(jn)
+    k = 37
+    ap = rng.standard_normal(k * MR).astype(np.float32)
+    bp = rng.standard_normal(k * NR).astype(np.float32)
+    full, cols = np.zeros(MR * NR, np.float32), np.full(MR * NR, np.nan, np.float32)
+    both(ap, bp, k, full, cols, jn)
+    assert np.array_equal(cols.reshape(MR, NR)[:, :jn], full.reshape(MR, NR)[:, :jn])
+    ref = ap.reshape(k, MR).T.astype(np.float64) @ bp.reshape(k, NR).astype(np.float64)
+    np.testing.assert_allclose(full.reshape(MR, NR), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_pack_a_layout():
     rows = MR + 1                       # one full panel and one with a single row (MR is 6 or 8 by CPU)
     a = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3) + 1

@@ -229,6 +229,85 @@ def microkernel_fused(typingctx, ap, base, koff, k, c, ldc, shift, act, rows, re
     return sig, codegen
 
 
+def _codegen_narrow(builder, ap_i, bp_i, k_i, t_i, ncols):
+    """tile[r*NR + j] = sum_k ap[k*MR + r] * bp[k*NR + j] for j < ncols only: a nearly empty last panel.
+
+    Vectorised over the MR rows instead of the NR columns: per k, one <MR x float> load of A and ncols
+    broadcasts of B. For 1 column that is 1 FMA instead of the full kernel's MR*NR/LANES."""
+    f32 = ir.FloatType()
+    vt = ir.VectorType(f32, MR)
+    i64 = ir.IntType(64)
+    i32 = ir.IntType(32)
+    a = builder.inttoptr(ap_i, f32.as_pointer())
+    b = builder.inttoptr(bp_i, f32.as_pointer())
+    t = builder.inttoptr(t_i, f32.as_pointer())
+    zero = ir.Constant(vt, [0.0] * MR)
+    undef = ir.Constant(vt, ir.Undefined)
+    bcast = ir.Constant(ir.VectorType(i32, MR), [0] * MR)
+    pre = builder.block
+    loop = builder.function.append_basic_block("nk.loop")
+    done = builder.function.append_basic_block("nk.done")
+    builder.cbranch(builder.icmp_signed(">", k_i, ir.Constant(i64, 0)), loop, done)
+    builder.position_at_end(loop)
+    kk = builder.phi(i64)
+    acc = [builder.phi(vt) for _ in range(ncols)]
+    av = builder.load(builder.bitcast(builder.gep(a, [builder.mul(kk, ir.Constant(i64, MR))]), vt.as_pointer()),
+                      align=4)
+    kb = builder.mul(kk, ir.Constant(i64, NR))
+    new = []
+    for j in range(ncols):
+        s = builder.load(builder.gep(b, [builder.add(kb, ir.Constant(i64, j))]))
+        sv = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, bcast)
+        new.append(builder.fadd(acc[j], builder.fmul(av, sv, flags=("contract",)), flags=("contract",)))
+    k1 = builder.add(kk, ir.Constant(i64, 1))
+    latch = builder.block
+    builder.cbranch(builder.icmp_signed("<", k1, k_i), loop, done)
+    kk.add_incoming(ir.Constant(i64, 0), pre)
+    kk.add_incoming(k1, latch)
+    for p_, n in zip(acc, new):
+        p_.add_incoming(zero, pre)
+        p_.add_incoming(n, latch)
+    builder.position_at_end(done)
+    res = []
+    for n in new:
+        phi = builder.phi(vt)
+        phi.add_incoming(zero, pre)
+        phi.add_incoming(n, latch)
+        res.append(phi)
+    for j, v in enumerate(res):
+        for r in range(MR):
+            builder.store(builder.extract_element(v, ir.Constant(i32, r)),
+                          builder.gep(t, [ir.Constant(i64, r * NR + j)]))
+
+
+def _narrow_intrinsic(ncols):
+    @intrinsic
+    def narrow(typingctx, ap, bp, k, tile):
+        def codegen(context, builder, signature, args):
+            _codegen_narrow(builder, *args, ncols)
+            return context.get_dummy_value()
+        return types.void(types.intp, types.intp, types.intp, types.intp), codegen
+    return narrow
+
+
+_narrow1, _narrow2, _narrow4 = _narrow_intrinsic(1), _narrow_intrinsic(2), _narrow_intrinsic(4)
+
+
+@njit(cache=True, inline="always")
+def microkernel_cols(ap, bp, k, tile, jn):
+    """``microkernel`` for a packed B panel of which only the first jn columns matter (the rest of the
+    tile is left undefined): columns 1, 2 and 3-4 get the row-vectorised kernel, more the full one.
+    Same k order and fused multiply-adds, so the same values as the full kernel."""
+    if jn == 1:
+        _narrow1(ap, bp, k, tile)
+    elif jn == 2:
+        _narrow2(ap, bp, k, tile)
+    elif jn <= 4:
+        _narrow4(ap, bp, k, tile)
+    else:
+        microkernel(ap, bp, k, tile)
+
+
 def pack_a(a: np.ndarray) -> np.ndarray:
     """(M, K) float32 -> (ceil(M/MR), K*MR) row panels, zero-padded. Done once per weight matrix."""
     m, k = a.shape

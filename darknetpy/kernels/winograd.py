@@ -32,7 +32,7 @@ from numba.extending import intrinsic
 
 from .activation import activate_block
 from .conv import prepare_input
-from .gemm import FUSED_ACTS, MR, NR, microkernel, pack_a
+from .gemm import FUSED_ACTS, MR, NR, microkernel_cols, pack_a
 from .vecir import LANES, Vec, loop
 
 def _at6_v(v: Vec, m):
@@ -159,99 +159,6 @@ def _transform_panel(xf, plane, wp, c, tiles_off, jn, vb):
             vb[15, q] = r31 - r33
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def _winograd(xp, up, shift, act, th, tw, nthreads, out):
-    # One work item = one tile panel (NR tiles) x a range of filter panels: transform the input panel,
-    # run 16 micro-kernels per filter panel into an L1-resident block, transform back, store.
-    m, out_h, out_w = out.shape
-    c, hp, _, wp = xp.shape
-    plane = hp * wp
-    nip = up.shape[0]
-    ntile = th * tw
-    npan = (ntile + NR - 1) // NR
-    mchunks = 1
-    if npan < 8:
-        mchunks = min(nip, (8 + npan - 1) // npan)
-    xf = xp.reshape(-1)
-    of = out.reshape(-1)
-    oplane = out_h * out_w
-    nitems = npan * mchunks
-    fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
-    for th_ in prange(nthreads):
-        vb = np.empty((16, c * NR), dtype=np.float32)
-        blk = np.empty((16, MR * NR), dtype=np.float32)
-        res = np.empty((4, MR * NR), dtype=np.float32)
-        shv = np.empty(MR, dtype=np.float32)
-        tin = np.empty(NR, dtype=np.int64)      # tile j: offset of its 4x4 input window in a plane
-        tout = np.empty(NR, dtype=np.int64)     # tile j: offset of its 2x2 output block in a plane
-        right = np.empty(NR, dtype=np.bool_)
-        below = np.empty(NR, dtype=np.bool_)
-        seg_lo = np.empty(NR, dtype=np.int64)
-        seg_hi = np.empty(NR, dtype=np.int64)
-        nseg = 0
-        last_tp = -1
-        for item in range(th_ * nitems // nthreads, (th_ + 1) * nitems // nthreads):
-            tp = item // mchunks
-            mc = item % mchunks
-            jn = min(NR, ntile - tp * NR)
-            if tp != last_tp:
-                for j in range(jn):
-                    t = tp * NR + j
-                    y0 = 2 * (t // tw)
-                    x0 = 2 * (t % tw)
-                    tin[j] = y0 * wp + x0
-                    tout[j] = y0 * out_w + x0
-                    right[j] = x0 + 1 < out_w
-                    below[j] = y0 + 1 < out_h
-                # runs of tiles on the same tile row: [seg_lo, seg_hi)
-                nseg = 0
-                for j in range(jn):
-                    if j == 0 or (tp * NR + j) % tw == 0:
-                        seg_lo[nseg] = j
-                        nseg += 1
-                    seg_hi[nseg - 1] = j + 1
-                _transform_panel(xf, plane, wp, c, tin, jn, vb)
-                last_tp = tp
-            for ip in range(mc * nip // mchunks, (mc + 1) * nip // mchunks):
-                for xi in range(16):
-                    microkernel(up[ip, xi].ctypes.data, vb[xi].ctypes.data, c, blk[xi].ctypes.data)
-                i0 = ip * MR
-                rows = min(MR, m - i0)
-                # A^T m A for every (row, tile) of the block at once: vectorises along the block
-                for r in range(MR):
-                    shv[r] = shift[i0 + r] if r < rows else np.float32(0.0)
-                _inverse2(blk.ctypes.data, res.ctypes.data, shv.ctypes.data, act if fused else 0)
-                if not fused:
-                    activate_block(res.reshape(-1), 4 * MR * NR, act)
-                # Store: the panel's tiles as runs along tile rows. An interior run writes two output rows
-                # as interleaved stride-2 stores, which vectorise; tiles on an odd right/bottom edge are
-                # written one by one with their checks.
-                for sg in range(nseg):
-                    j0, j1 = seg_lo[sg], seg_hi[sg]
-                    full = below[j0] and right[j1 - 1]
-                    for r in range(rows):
-                        ob = (i0 + r) * oplane + tout[j0]
-                        qb = r * NR
-                        if full:
-                            for j in range(j1 - j0):
-                                q = qb + j0 + j
-                                of[ob + 2 * j] = res[0, q]
-                                of[ob + 2 * j + 1] = res[1, q]
-                                of[ob + out_w + 2 * j] = res[2, q]
-                                of[ob + out_w + 2 * j + 1] = res[3, q]
-                        else:
-                            for j in range(j0, j1):
-                                q = qb + j
-                                o = (i0 + r) * oplane + tout[j]
-                                of[o] = res[0, q]
-                                if right[j]:
-                                    of[o + 1] = res[1, q]
-                                if below[j]:
-                                    of[o + out_w] = res[2, q]
-                                    if right[j]:
-                                        of[o + out_w + 1] = res[3, q]
-
-
 # -- F(4x4, 3x3): 6x6 input tiles, 36 GEMMs, 4x fewer multiplications ---------------------------------
 #
 #   B^T = [4  0 -5  0  1  0]   G = [ 1/4     0     0 ]   A^T = [1  1  1  1  1  0]
@@ -351,88 +258,127 @@ def _transform_panel4(xf, plane, wp, c, tiles_off, jn, vb):
             vb[30, q], vb[31, q], vb[32, q], vb[33, q], vb[34, q], vb[35, q] = v[0], v[1], v[2], v[3], v[4], v[5]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def _winograd4(xp, up, shift, act, th, tw, nthreads, out):
-    # Same structure as _winograd, with 36 micro-kernels per filter panel and 4x4 output tiles.
-    m, out_h, out_w = out.shape
-    c, hp, _, wp = xp.shape
-    plane = hp * wp
-    nip = up.shape[0]
-    ntile = th * tw
-    npan = (ntile + NR - 1) // NR
-    mchunks = 1
-    if npan < 8:
-        mchunks = min(nip, (8 + npan - 1) // npan)
-    xf = xp.reshape(-1)
-    of = out.reshape(-1)
+# Tile panels whose transformed input (V) a thread keeps while it runs every filter panel over them:
+# U (the transformed weights) is then read once per block of panels instead of once per panel. U is often
+# larger than L2 (Tiny Darknet's 28x28 F(4x4) layers: 1.2 MB), V of a block stays under ~256 KB.
+_V_BLOCK_BYTES = 256 * 1024
+
+
+@njit(cache=True, inline="always")
+def _thread_body(th_, nthreads, xf, plane, wp, c, up, shift, act, tw, ntile, out_w, out_h, of, f4):
+    # One thread's share: a range of tile panels (all filter panels), or with fewer tile panels than
+    # threads, every tile panel and a range of filter panels. Panels are taken in blocks: transform the
+    # block's input tiles, then for each filter panel run the nx micro-kernels per tile panel into an
+    # L1-resident block, transform back (+ shift, activation), store.
+    nx = 36 if f4 else 16                  # Winograd points: (t+2)^2 for t x t output tiles
+    t = 4 if f4 else 2
+    m = shift.shape[0]
     oplane = out_h * out_w
-    nitems = npan * mchunks
+    nip = up.shape[0]
+    npan = (ntile + NR - 1) // NR
+    if npan >= nthreads:
+        tp_lo, tp_hi = th_ * npan // nthreads, (th_ + 1) * npan // nthreads
+        ip_lo, ip_hi = 0, nip
+    else:
+        tp_lo, tp_hi = 0, npan
+        ip_lo, ip_hi = th_ * nip // nthreads, (th_ + 1) * nip // nthreads
     fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
-    for th_ in prange(nthreads):
-        vb = np.empty((36, c * NR), dtype=np.float32)
-        blk = np.empty((36, MR * NR), dtype=np.float32)
-        res = np.empty((16, MR * NR), dtype=np.float32)
-        shv = np.empty(MR, dtype=np.float32)
-        tin = np.empty(NR, dtype=np.int64)
-        tout = np.empty(NR, dtype=np.int64)
-        vrows = np.empty(NR, dtype=np.int64)
-        vcols = np.empty(NR, dtype=np.int64)
-        seg_lo = np.empty(NR, dtype=np.int64)
-        seg_hi = np.empty(NR, dtype=np.int64)
-        nseg = 0
-        last_tp = -1
-        for item in range(th_ * nitems // nthreads, (th_ + 1) * nitems // nthreads):
-            tp = item // mchunks
-            mc = item % mchunks
+    bsize = max(1, _V_BLOCK_BYTES // (nx * c * NR * 4))
+    vbs = np.empty((min(bsize, max(1, tp_hi - tp_lo)), nx, c * NR), dtype=np.float32)
+    nb = vbs.shape[0]
+    blk = np.empty((nx, MR * NR), dtype=np.float32)
+    res = np.empty((t * t, MR * NR), dtype=np.float32)
+    shv = np.empty(MR, dtype=np.float32)
+    tin = np.empty(NR, dtype=np.int64)
+    tout = np.empty((nb, NR), dtype=np.int64)      # tile j of a panel: offset of its output block
+    vrows = np.empty((nb, NR), dtype=np.int64)     # its valid rows and columns (t, fewer on an edge)
+    vcols = np.empty((nb, NR), dtype=np.int64)
+    seg_lo = np.empty((nb, NR), dtype=np.int64)    # runs of the panel's tiles along one tile row
+    seg_hi = np.empty((nb, NR), dtype=np.int64)
+    nseg = np.zeros(nb, dtype=np.int64)
+    for b0 in range(tp_lo, tp_hi, nb):
+        b1 = min(tp_hi, b0 + nb)
+        for tp in range(b0, b1):
+            pb = tp - b0
             jn = min(NR, ntile - tp * NR)
-            if tp != last_tp:
-                nseg = 0
-                for j in range(jn):
-                    t = tp * NR + j
-                    y0 = 4 * (t // tw)
-                    x0 = 4 * (t % tw)
-                    tin[j] = y0 * wp + x0
-                    tout[j] = y0 * out_w + x0
-                    vrows[j] = min(4, out_h - y0)
-                    vcols[j] = min(4, out_w - x0)
-                    if j == 0 or t % tw == 0:
-                        seg_lo[nseg] = j
-                        nseg += 1
-                    seg_hi[nseg - 1] = j + 1
-                _transform_panel4(xf, plane, wp, c, tin, jn, vb)
-                last_tp = tp
-            for ip in range(mc * nip // mchunks, (mc + 1) * nip // mchunks):
-                for xi in range(36):
-                    microkernel(up[ip, xi].ctypes.data, vb[xi].ctypes.data, c, blk[xi].ctypes.data)
-                i0 = ip * MR
-                rows = min(MR, m - i0)
-                for r in range(MR):
-                    shv[r] = shift[i0 + r] if r < rows else np.float32(0.0)
-                _inverse4(blk.ctypes.data, res.ctypes.data, shv.ctypes.data, act if fused else 0)
+            ns = 0
+            for j in range(jn):
+                tt = tp * NR + j
+                y0 = t * (tt // tw)
+                x0 = t * (tt % tw)
+                tin[j] = y0 * wp + x0
+                tout[pb, j] = y0 * out_w + x0
+                vrows[pb, j] = min(t, out_h - y0)
+                vcols[pb, j] = min(t, out_w - x0)
+                if j == 0 or tt % tw == 0:
+                    seg_lo[pb, ns] = j
+                    ns += 1
+                seg_hi[pb, ns - 1] = j + 1
+            nseg[pb] = ns
+            if f4:
+                _transform_panel4(xf, plane, wp, c, tin, jn, vbs[pb])
+            else:
+                _transform_panel(xf, plane, wp, c, tin, jn, vbs[pb])
+        for ip in range(ip_lo, ip_hi):
+            i0 = ip * MR
+            rows = min(MR, m - i0)
+            for r in range(MR):
+                shv[r] = shift[i0 + r] if r < rows else np.float32(0.0)
+            for tp in range(b0, b1):
+                pb = tp - b0
+                jn = min(NR, ntile - tp * NR)
+                vb = vbs[pb]
+                for xi in range(nx):
+                    microkernel_cols(up[ip, xi].ctypes.data, vb[xi].ctypes.data, c, blk[xi].ctypes.data, jn)
+                # A^T m A for every (row, tile) of the block at once: vectorises along the block
+                if f4:
+                    _inverse4(blk.ctypes.data, res.ctypes.data, shv.ctypes.data, act if fused else 0)
+                else:
+                    _inverse2(blk.ctypes.data, res.ctypes.data, shv.ctypes.data, act if fused else 0)
                 if not fused:
-                    activate_block(res.reshape(-1), 16 * MR * NR, act)
-                for sg in range(nseg):
-                    j0, j1 = seg_lo[sg], seg_hi[sg]
-                    full = vrows[j0] == 4 and vcols[j1 - 1] == 4
+                    activate_block(res.reshape(-1), t * t * MR * NR, act)
+                # Store the panel's tiles as runs along tile rows; whole tiles row by row (vectorised),
+                # tiles on a right/bottom edge element by element.
+                for sg in range(nseg[pb]):
+                    j0, j1 = seg_lo[pb, sg], seg_hi[pb, sg]
+                    full = vrows[pb, j0] == t and vcols[pb, j1 - 1] == t
                     for r in range(rows):
-                        ob = (i0 + r) * oplane + tout[j0]
+                        ob = (i0 + r) * oplane + tout[pb, j0]
                         qb = r * NR + j0
                         if full:
-                            for dy in range(4):
+                            for dy in range(t):
                                 orow = ob + dy * out_w
                                 for j in range(j1 - j0):
                                     q = qb + j
-                                    of[orow + 4 * j] = res[4 * dy, q]
-                                    of[orow + 4 * j + 1] = res[4 * dy + 1, q]
-                                    of[orow + 4 * j + 2] = res[4 * dy + 2, q]
-                                    of[orow + 4 * j + 3] = res[4 * dy + 3, q]
+                                    for dx in range(t):
+                                        of[orow + t * j + dx] = res[t * dy + dx, q]
                         else:
                             for j in range(j0, j1):
                                 q = r * NR + j
-                                o = (i0 + r) * oplane + tout[j]
-                                for dy in range(vrows[j]):
-                                    for dx in range(vcols[j]):
-                                        of[o + dy * out_w + dx] = res[4 * dy + dx, q]
+                                o = (i0 + r) * oplane + tout[pb, j]
+                                for dy in range(vrows[pb, j]):
+                                    for dx in range(vcols[pb, j]):
+                                        of[o + dy * out_w + dx] = res[t * dy + dx, q]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _winograd(xp, up, shift, act, th, tw, nthreads, out):
+    m, out_h, out_w = out.shape
+    c, hp, _, wp = xp.shape
+    xf = xp.reshape(-1)
+    of = out.reshape(-1)
+    for th_ in prange(nthreads):
+        _thread_body(th_, nthreads, xf, hp * wp, wp, c, up, shift, act, tw, th * tw, out_w, out_h, of, False)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _winograd4(xp, up, shift, act, th, tw, nthreads, out):
+    m, out_h, out_w = out.shape
+    c, hp, _, wp = xp.shape
+    xf = xp.reshape(-1)
+    of = out.reshape(-1)
+    for th_ in prange(nthreads):
+        _thread_body(th_, nthreads, xf, hp * wp, wp, c, up, shift, act, tw, th * tw, out_w, out_h, of, True)
 
 
 def conv3x3_winograd4(x, xp, up, shift, act: int, pad: int, out) -> None:
