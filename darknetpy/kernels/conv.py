@@ -96,7 +96,7 @@ def prepare_input(x, pad: int, xs) -> None:
     _prepare_input(x, pad, xs)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _panel_source(xflat, koff, kpack, kdim, n0, jn, out_w, s, row, in_place_rows, bp):
     """(address of B rows, address of their offsets) for the NR pixels from n0: read in place from the
     prepared input when they are contiguous there (on one output row, or anywhere in the flat image for
@@ -181,40 +181,44 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, a_stat
     fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
     has_res = res.size == out.size
     res2d = res.reshape(m, n) if has_res else out2d
-    if a_stationary:
-        # Weights larger than the whole (packed) input, which fits in L2: each thread packs every pixel
-        # panel once, then takes its share of filter panels and runs each against all pixel panels, so
-        # every weight is read from memory once (the other order re-reads all weights per pixel panel).
-        for th in prange(nthreads):
-            bpa = bscratch[th]
-            tile = np.empty(MR * NR, dtype=np.float32)
-            srcs = np.empty(npan, dtype=np.int64)
-            offs = np.empty(npan, dtype=np.int64)
-            for jp in range(npan):
-                bsrc, boff = _panel_source(xflat, koff, kpack, kdim, jp * NR, min(NR, n - jp * NR), out_w, s,
-                                           row, in_place_rows, bpa[jp * kdim * NR:(jp + 1) * kdim * NR])
-                srcs[jp] = bsrc
-                offs[jp] = boff
-            for ip in range(th * nip // nthreads, (th + 1) * nip // nthreads):
-                for jp in range(npan):
-                    _tile(ap, ip, srcs[jp], offs[jp], kdim, jp * NR, min(NR, n - jp * NR), fused, act, shift,
-                          has_res, out2d, res2d, tile)
-        return
     mchunks = 1                                   # split M too when pixel panels are few
     if npan < 8:
         mchunks = min(nip, (8 + npan - 1) // npan)
     nitems = npan * mchunks
     for th in prange(nthreads):
-        bp = np.empty(kdim * NR, dtype=np.float32)
         tile = np.empty(MR * NR, dtype=np.float32)
-        for item in range(th * nitems // nthreads, (th + 1) * nitems // nthreads):
-            jp = item // mchunks
-            mc = item % mchunks
-            n0 = jp * NR
-            jn = min(NR, n - n0)
-            bsrc, boff = _panel_source(xflat, koff, kpack, kdim, n0, jn, out_w, s, row, in_place_rows, bp)
-            for ip in range(mc * nip // mchunks, (mc + 1) * nip // mchunks):
-                _tile(ap, ip, bsrc, boff, kdim, n0, jn, fused, act, shift, has_res, out2d, res2d, tile)
+        bp = np.empty(kdim * NR, dtype=np.float32)
+        srcs = np.empty(npan, dtype=np.int64)
+        offs = np.empty(npan, dtype=np.int64)
+        if a_stationary:
+            # Weights larger than the whole (packed) input, which fits in L2: each thread packs every
+            # pixel panel once, then takes its share of filter panels (outer loop) and runs each against
+            # all pixel panels (inner), so every weight is read from memory once (the other order
+            # re-reads all weights for each pixel panel).
+            bpa = bscratch[th]
+            for jp in range(npan):
+                srcs[jp], offs[jp] = _panel_source(xflat, koff, kpack, kdim, jp * NR, min(NR, n - jp * NR), out_w,
+                                                   s, row, in_place_rows, bpa[jp * kdim * NR:(jp + 1) * kdim * NR])
+            o_lo, o_hi = th * nip // nthreads, (th + 1) * nip // nthreads
+        else:
+            # items = (pixel panel, range of filter panels): pack the panel, run the filter panels on it
+            o_lo, o_hi = th * nitems // nthreads, (th + 1) * nitems // nthreads
+        for o in range(o_lo, o_hi):
+            if a_stationary:
+                i_lo, i_hi = 0, npan
+            else:
+                jp = o // mchunks
+                mc = o % mchunks
+                srcs[0], offs[0] = _panel_source(xflat, koff, kpack, kdim, jp * NR, min(NR, n - jp * NR), out_w,
+                                                 s, row, in_place_rows, bp)
+                i_lo, i_hi = mc * nip // mchunks, (mc + 1) * nip // mchunks
+            for i in range(i_lo, i_hi):
+                if a_stationary:
+                    ip, jp, q = o, i, i
+                else:
+                    ip, q = i, 0
+                _tile(ap, ip, srcs[q], offs[q], kdim, jp * NR, min(NR, n - jp * NR), fused, act, shift, has_res,
+                      out2d, res2d, tile)
 
 
 _NO_RES = np.zeros(0, dtype=np.float32)
