@@ -70,10 +70,10 @@ def cmd_classify(args) -> int:
         raise UnsupportedError(f"{args.cfg}: classify feeds RGB images, but the network takes {c} channels")
     labels = _load_labels(args.names, net.classes)
     # Build the plan (weights packed, transforms precomputed) before timing, and on a cold kernel cache
-    # let a helper process compile from the other end of the network in parallel (warmup.py).
+    # share the compiling with a helper process that starts from the other end of the network (warmup.py).
     from . import warmup
     helper = warmup.start(net.graph, exact=net.exact) if args.preprocess != "resize_min" else None
-    net.plan()
+    warmup.cooperate(helper, net.plan())
     sized = {(w, h): net}
     for path in args.images:
         img = load_image(path)

@@ -201,3 +201,75 @@ def test_shared_activation_memory_holds_no_stale_state(tmp_path, cfg):
                                atol=1e-5 * float(np.abs(kept).max()))
     arena = plan.outputs[0].base
     assert arena is not None and arena.nbytes < sum(o.nbytes for o in plan.outputs if o.base is arena)
+
+
+# -- cold-cache compiling shared with a helper process (darknetpy/warmup.py) -----------------------------
+
+def _recording_plan(tmp_path):
+    net = darknetpy.load(write(tmp_path, "n.cfg", CFG))
+    plan = net.plan()
+    calls = []
+    plan.steps = [(lambda i=i: calls.append(i)) for i in range(len(plan.steps))]
+    return plan, calls
+
+
+def test_cooperate_leaves_the_helpers_kernels_to_it_and_waits_for_them(tmp_path):
+    import threading
+
+    from darknetpy import warmup
+    plan, calls = _recording_plan(tmp_path)
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    keys = warmup._first_uses(plan)
+    theirs_key, theirs_step = keys[1]
+    (claims / f"{warmup._slug(theirs_key)}.claim").touch()            # the helper is compiling this one
+    done = claims / f"{warmup._slug(theirs_key)}.done"
+    seen = []
+    plan.steps[theirs_step] = lambda: seen.append(done.exists())
+    threading.Timer(0.3, done.touch).start()
+    warmup.cooperate(warmup.Helper(None, claims), plan)
+    assert seen == [True]                               # run (loaded from the cache) only once it was done
+    assert sorted(calls) == sorted(i for k, i in keys if k != theirs_key)
+    assert all((claims / f"{warmup._slug(k)}.done").exists() for k, _ in keys)
+
+
+def test_cooperate_compiles_a_dead_helpers_kernels_itself(tmp_path):
+    from darknetpy import warmup
+    plan, calls = _recording_plan(tmp_path)
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    for key, _ in warmup._first_uses(plan):
+        (claims / f"{warmup._slug(key)}.claim").touch()                # all claimed, none ever done
+
+    class Dead:
+        def poll(self):
+            return 1
+    warmup.cooperate(warmup.Helper(Dead(), claims), plan, wait_s=30)
+    assert sorted(calls) == sorted(i for _, i in warmup._first_uses(plan))
+
+
+def test_classify_on_a_cold_cache_shares_the_compiling_and_cleans_up(tmp_path):
+    # the real thing: a fresh kernel cache, the helper process started by classify
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+    cfg = write(tmp_path, "c.cfg", "[net]\nheight=8\nwidth=8\nchannels=3\n[convolutional]\nfilters=4\nsize=1\n"
+                                   "activation=leaky\n[avgpool]\n[softmax]\n")
+    Image.new("RGB", (8, 8), (200, 30, 90)).save(tmp_path / "a.png")
+    from darknetpy.graph import load_graph
+    from darknetpy.weights import random_params, weights_to_bytes
+    g = load_graph(cfg)
+    (tmp_path / "c.weights").write_bytes(weights_to_bytes(g, random_params(g, seed=3)))
+    env = {**__import__("os").environ, "DARKNETPY_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("NUMBA_CACHE_DIR", None)
+    env.pop("DARKNETPY_PARALLEL_COMPILE", None)
+    cmd = [sys.executable, "-m", "darknetpy.cli", "classify", str(cfg), str(tmp_path / "c.weights"), "--json",
+           str(tmp_path / "a.png")]
+    cold = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert cold.returncode == 0, cold.stderr
+    compiled = list((tmp_path / "cache").glob("*/compiled/*"))
+    assert [p.name.count(".claims.") for p in compiled] == [0]        # the marker, and no claims left
+    warm = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert json.loads(warm.stdout)["top"] == json.loads(cold.stdout)["top"]

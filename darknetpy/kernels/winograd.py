@@ -265,6 +265,18 @@ _V_BLOCK_BYTES = 256 * 1024
 
 
 @njit(cache=True, inline="always")
+def _store_full(of, res, ob, qb, ntiles, out_w, t):
+    # ntiles whole t x t tiles side by side from output offset ob: t output rows, each the tiles' rows
+    # interleaved; t is a constant at each (inlined) call, so the inner loops unroll and vectorise
+    for dy in range(t):
+        orow = ob + dy * out_w
+        for j in range(ntiles):
+            q = qb + j
+            for dx in range(t):
+                of[orow + t * j + dx] = res[t * dy + dx, q]
+
+
+@njit(cache=True, inline="always")
 def _thread_body(th_, nthreads, xf, plane, wp, c, up, shift, act, tw, ntile, out_w, out_h, of, f4):
     # One thread's share: a range of tile panels (all filter panels), or with fewer tile panels than
     # threads, every tile panel and a range of filter panels. Panels are taken in blocks: transform the
@@ -345,13 +357,10 @@ def _thread_body(th_, nthreads, xf, plane, wp, c, up, shift, act, tw, ntile, out
                     for r in range(rows):
                         ob = (i0 + r) * oplane + tout[pb, j0]
                         qb = r * NR + j0
-                        if full:
-                            for dy in range(t):
-                                orow = ob + dy * out_w
-                                for j in range(j1 - j0):
-                                    q = qb + j
-                                    for dx in range(t):
-                                        of[orow + t * j + dx] = res[t * dy + dx, q]
+                        if full and f4:
+                            _store_full(of, res, ob, qb, j1 - j0, out_w, 4)
+                        elif full:
+                            _store_full(of, res, ob, qb, j1 - j0, out_w, 2)
                         else:
                             for j in range(j0, j1):
                                 q = r * NR + j
@@ -362,30 +371,23 @@ def _thread_body(th_, nthreads, xf, plane, wp, c, up, shift, act, tw, ntile, out
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _winograd(xp, up, shift, act, th, tw, nthreads, out):
+def _winograd(xp, up, shift, act, th, tw, nthreads, f4, out):
+    # f4: F(4x4,3x3), else F(2x2,3x3). The thread body is an ordinary call (once per thread), not inlined
+    # into the parallel loop, and serves both variants: one compiled kernel instead of two (a cold start
+    # compiled the pair for ~13 s); the inner loops branch on f4 outside their bodies.
     m, out_h, out_w = out.shape
     c, hp, _, wp = xp.shape
     xf = xp.reshape(-1)
     of = out.reshape(-1)
     for th_ in prange(nthreads):
-        _thread_body(th_, nthreads, xf, hp * wp, wp, c, up, shift, act, tw, th * tw, out_w, out_h, of, False)
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def _winograd4(xp, up, shift, act, th, tw, nthreads, out):
-    m, out_h, out_w = out.shape
-    c, hp, _, wp = xp.shape
-    xf = xp.reshape(-1)
-    of = out.reshape(-1)
-    for th_ in prange(nthreads):
-        _thread_body(th_, nthreads, xf, hp * wp, wp, c, up, shift, act, tw, th * tw, out_w, out_h, of, True)
+        _thread_body(th_, nthreads, xf, hp * wp, wp, c, up, shift, act, tw, th * tw, out_w, out_h, of, f4)
 
 
 def conv3x3_winograd4(x, xp, up, shift, act: int, pad: int, out) -> None:
     """3x3 stride-1 conv with F(4x4,3x3): ``xp`` of ``padded_shape4``, ``up`` from ``transform_weights4``."""
     th, tw, _ = tiles4(out.shape[1], out.shape[2])
     prepare_input(x, pad, xp)
-    _winograd4(xp, up, shift, act, th, tw, numba.get_num_threads(), out)
+    _winograd(xp, up, shift, act, th, tw, numba.get_num_threads(), True, out)
 
 
 def conv3x3_winograd(x, xp, up, shift, act: int, pad: int, out) -> None:
@@ -394,4 +396,4 @@ def conv3x3_winograd(x, xp, up, shift, act: int, pad: int, out) -> None:
     th, tw, _ = tiles(out.shape[1], out.shape[2])
     prepare_input(x, pad, xp)
     # the thread count is passed in: numba.get_num_threads() inside a kernel makes it uncacheable
-    _winograd(xp, up, shift, act, th, tw, numba.get_num_threads(), out)
+    _winograd(xp, up, shift, act, th, tw, numba.get_num_threads(), False, out)
