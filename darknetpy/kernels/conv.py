@@ -97,12 +97,12 @@ def prepare_input(x, pad: int, xs) -> None:
 
 
 @njit(cache=True)
-def _panel_source(xflat, koff, kpack, kdim, n0, jn, out_w, s, row, in_place_rows, bp):
+def _panel_source(xflat, koff, kpack, kdim, n0, jn, out_w, s, row, in_place_rows, in_place_ok, bp):
     """(address of B rows, address of their offsets) for the NR pixels from n0: read in place from the
     prepared input when they are contiguous there (on one output row, or anywhere in the flat image for
     a 1x1 stride-1 unpadded conv: in_place_rows) and K is small, else gathered into the packed panel bp."""
     oy0 = n0 // out_w
-    if jn == NR and (in_place_rows or oy0 == (n0 + NR - 1) // out_w) and kdim < PACK_K:
+    if jn == NR and (in_place_rows or oy0 == (n0 + NR - 1) // out_w) and in_place_ok:
         b0 = n0 if in_place_rows else oy0 * s * row + n0 - oy0 * out_w
         return xflat.ctypes.data + 4 * b0, koff.ctypes.data
     # the panel's pixels as runs along output rows (contiguous in xs): copy each run row by row of B
@@ -163,7 +163,8 @@ def _offsets(c, size, s, hp, row, wq):
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, a_stationary, bscratch, res, out):
+def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, in_place_ok, nthreads, a_stationary, bscratch, res,
+               out):
     # res: a residual shaped like out added before the activation (a fused [shortcut]), or empty
     # xs: (C, Hp, S, Wq) prepared input (S == stride); out: (M, out_h, out_w)
     # bscratch: (nthreads, >= K*npan*NR) when a_stationary, else unused
@@ -198,7 +199,8 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, a_stat
             bpa = bscratch[th]
             for jp in range(npan):
                 srcs[jp], offs[jp] = _panel_source(xflat, koff, kpack, kdim, jp * NR, min(NR, n - jp * NR), out_w,
-                                                   s, row, in_place_rows, bpa[jp * kdim * NR:(jp + 1) * kdim * NR])
+                                                   s, row, in_place_rows, in_place_ok,
+                                                   bpa[jp * kdim * NR:(jp + 1) * kdim * NR])
             o_lo, o_hi = th * nip // nthreads, (th + 1) * nip // nthreads
         else:
             # items = (pixel panel, range of filter panels): pack the panel, run the filter panels on it
@@ -210,7 +212,7 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, nthreads, a_stat
                 jp = o // mchunks
                 mc = o % mchunks
                 srcs[0], offs[0] = _panel_source(xflat, koff, kpack, kdim, jp * NR, min(NR, n - jp * NR), out_w,
-                                                 s, row, in_place_rows, bp)
+                                                 s, row, in_place_rows, in_place_ok, bp)
                 i_lo, i_hi = mc * nip // mchunks, (mc + 1) * nip // mchunks
             for i in range(i_lo, i_hi):
                 if a_stationary:
@@ -227,6 +229,7 @@ _NO_SCRATCH = np.zeros((1, 1), dtype=np.float32)
 # different channel plane and hundreds of planes thrash the TLB (measured: packing 10-20% faster at
 # K >= 384, slower below, where the copy is not amortised).
 PACK_K = 384
+IN_PLACE_BYTES = 1 << 20
 
 
 def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bscratch=None) -> None:
@@ -243,7 +246,9 @@ def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bs
         bscratch = np.empty((nt, need), dtype=np.float32)
     # The thread count is passed in: numba.get_num_threads() inside a kernel makes it uncacheable.
     # res always goes in as a flat array, so there is one compiled specialisation either way
-    _conv_gemm(xs, ap, shift, act, size, stride, flat_ok, nt, need > 0, _NO_SCRATCH if not need else bscratch,
+    # B rows read in place from many channel planes thrash the TLB once the input is large
+    in_place_ok = c * size * size < PACK_K or xs.nbytes <= IN_PLACE_BYTES
+    _conv_gemm(xs, ap, shift, act, size, stride, flat_ok, in_place_ok, nt, need > 0, _NO_SCRATCH if not need else bscratch,
                _NO_RES if res is None else res.reshape(-1), out)
 
 
