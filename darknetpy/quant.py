@@ -646,7 +646,6 @@ def build_qgraph(graph: L.Graph, weights: Weights, calibration, *, method: str |
     rng = np.random.default_rng(1234)
     out_stats = [TensorStats(rng) for _ in fgraph]
     pre_stats = {i: TensorStats(rng) for i in rec.leaky}
-    in_means: list[np.ndarray] = []
     first = True
     done = 0
     for x in inputs:

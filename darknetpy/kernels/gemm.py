@@ -26,6 +26,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from .vecir import count_loop
+
 
 
 def _wide_vectors() -> bool:
@@ -75,46 +77,26 @@ def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=No
     halves = NR // _LANES
     nacc = MR * halves
 
-    pre = builder.block
-    loop = builder.function.append_basic_block("mk.loop")
-    done = builder.function.append_basic_block("mk.done")
-    builder.cbranch(builder.icmp_signed(">", k_i, ir.Constant(i64, 0)), loop, done)
-
-    builder.position_at_end(loop)
-    kk = builder.phi(i64)
-    acc = [builder.phi(vt) for _ in range(nacc)]
-    if koff is None:
-        kb = builder.mul(kk, ir.Constant(i64, NR))
-    else:
-        kb = builder.load(builder.gep(koff, [kk]))
-    bv = []
-    for h in range(halves):
-        p = builder.gep(b, [builder.add(kb, ir.Constant(i64, h * _LANES))])
-        bv.append(builder.load(builder.bitcast(p, vt.as_pointer()), align=4))
-    ka = builder.mul(kk, ir.Constant(i64, MR))
-    new = []
-    for r in range(MR):
-        s = builder.load(builder.gep(a, [builder.add(ka, ir.Constant(i64, r))]))
-        av = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, bcast)
+    def step(kk, acc):
+        if koff is None:
+            kb = builder.mul(kk, ir.Constant(i64, NR))
+        else:
+            kb = builder.load(builder.gep(koff, [kk]))
+        bv = []
         for h in range(halves):
-            prod = builder.fmul(av, bv[h], flags=("contract",))
-            new.append(builder.fadd(acc[r * halves + h], prod, flags=("contract",)))
-    k1 = builder.add(kk, ir.Constant(i64, 1))
-    latch = builder.block
-    builder.cbranch(builder.icmp_signed("<", k1, k_i), loop, done)
-    kk.add_incoming(ir.Constant(i64, 0), pre)
-    kk.add_incoming(k1, latch)
-    for p, n in zip(acc, new):
-        p.add_incoming(zero, pre)
-        p.add_incoming(n, latch)
+            p = builder.gep(b, [builder.add(kb, ir.Constant(i64, h * _LANES))])
+            bv.append(builder.load(builder.bitcast(p, vt.as_pointer()), align=4))
+        ka = builder.mul(kk, ir.Constant(i64, MR))
+        new = []
+        for r in range(MR):
+            s = builder.load(builder.gep(a, [builder.add(ka, ir.Constant(i64, r))]))
+            av = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, bcast)
+            for h in range(halves):
+                prod = builder.fmul(av, bv[h], flags=("contract",))
+                new.append(builder.fadd(acc[r * halves + h], prod, flags=("contract",)))
+        return new
 
-    builder.position_at_end(done)
-    res = []
-    for n in new:
-        phi = builder.phi(vt)
-        phi.add_incoming(zero, pre)
-        phi.add_incoming(n, latch)
-        res.append(phi)
+    res = count_loop(builder, k_i, [zero] * nacc, step, "mk")
     if epilogue is None:
         for i, v in enumerate(res):
             r, h = divmod(i, halves)
@@ -244,36 +226,18 @@ def _codegen_narrow(builder, ap_i, bp_i, k_i, t_i, ncols):
     zero = ir.Constant(vt, [0.0] * MR)
     undef = ir.Constant(vt, ir.Undefined)
     bcast = ir.Constant(ir.VectorType(i32, MR), [0] * MR)
-    pre = builder.block
-    loop = builder.function.append_basic_block("nk.loop")
-    done = builder.function.append_basic_block("nk.done")
-    builder.cbranch(builder.icmp_signed(">", k_i, ir.Constant(i64, 0)), loop, done)
-    builder.position_at_end(loop)
-    kk = builder.phi(i64)
-    acc = [builder.phi(vt) for _ in range(ncols)]
-    av = builder.load(builder.bitcast(builder.gep(a, [builder.mul(kk, ir.Constant(i64, MR))]), vt.as_pointer()),
-                      align=4)
-    kb = builder.mul(kk, ir.Constant(i64, NR))
-    new = []
-    for j in range(ncols):
-        s = builder.load(builder.gep(b, [builder.add(kb, ir.Constant(i64, j))]))
-        sv = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, bcast)
-        new.append(builder.fadd(acc[j], builder.fmul(av, sv, flags=("contract",)), flags=("contract",)))
-    k1 = builder.add(kk, ir.Constant(i64, 1))
-    latch = builder.block
-    builder.cbranch(builder.icmp_signed("<", k1, k_i), loop, done)
-    kk.add_incoming(ir.Constant(i64, 0), pre)
-    kk.add_incoming(k1, latch)
-    for p_, n in zip(acc, new):
-        p_.add_incoming(zero, pre)
-        p_.add_incoming(n, latch)
-    builder.position_at_end(done)
-    res = []
-    for n in new:
-        phi = builder.phi(vt)
-        phi.add_incoming(zero, pre)
-        phi.add_incoming(n, latch)
-        res.append(phi)
+    def step(kk, acc):
+        av = builder.load(builder.bitcast(builder.gep(a, [builder.mul(kk, ir.Constant(i64, MR))]),
+                                          vt.as_pointer()), align=4)
+        kb = builder.mul(kk, ir.Constant(i64, NR))
+        new = []
+        for j in range(ncols):
+            s = builder.load(builder.gep(b, [builder.add(kb, ir.Constant(i64, j))]))
+            sv = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, bcast)
+            new.append(builder.fadd(acc[j], builder.fmul(av, sv, flags=("contract",)), flags=("contract",)))
+        return new
+
+    res = count_loop(builder, k_i, [zero] * ncols, step, "nk")
     for j, v in enumerate(res):
         for r in range(MR):
             builder.store(builder.extract_element(v, ir.Constant(i32, r)),

@@ -47,6 +47,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from .vecir import count_loop
+
 MR = 4            # output channels per micro-tile (8 int32 accumulators of 8 lanes)
 NR = 16           # output pixels per micro-tile (2 x 32 bytes of interleaved uint8 input per quad)
 
@@ -129,46 +131,26 @@ def _codegen_microkernel(builder, ap_i, base_i, koff_i, k_i, t_i, ones_i, epilog
     bcast = ir.Constant(_vec(_i32, 8), [0] * 8)
     nacc = MR * 2
 
-    pre = builder.block
-    loop = builder.function.append_basic_block("q8.loop")
-    done = builder.function.append_basic_block("q8.done")
-    builder.cbranch(builder.icmp_signed(">", k_i, ir.Constant(_i64, 0)), loop, done)
-
-    builder.position_at_end(loop)
-    kk = builder.phi(_i64)
-    acc = [builder.phi(v8) for _ in range(nacc)]
-    if koff is None:
-        kb = builder.mul(kk, ir.Constant(_i64, 4 * NR))
-    else:
-        kb = builder.load(builder.gep(koff, [kk]))
-    b = []
-    for h in range(2):
-        p = builder.gep(base, [builder.add(kb, ir.Constant(_i64, 32 * h))])
-        b.append(builder.load(builder.bitcast(p, u8v.as_pointer()), align=1))
-    ka = builder.mul(kk, ir.Constant(_i64, MR))
-    new = []
-    for r in range(MR):
-        wv = builder.load(builder.gep(ap, [builder.add(ka, ir.Constant(_i64, r))]), align=1)
-        wb = builder.bitcast(builder.shuffle_vector(builder.insert_element(undef, wv, ir.Constant(_i32, 0)),
-                                                    undef, bcast), u8v)
+    def step(kk, acc):
+        if koff is None:
+            kb = builder.mul(kk, ir.Constant(_i64, 4 * NR))
+        else:
+            kb = builder.load(builder.gep(koff, [kk]))
+        b = []
         for h in range(2):
-            new.append(builder.add(acc[r * 2 + h], _madd_quads(builder, b[h], wb, ones)))
-    k1 = builder.add(kk, ir.Constant(_i64, 1))
-    latch = builder.block
-    builder.cbranch(builder.icmp_signed("<", k1, k_i), loop, done)
-    kk.add_incoming(ir.Constant(_i64, 0), pre)
-    kk.add_incoming(k1, latch)
-    for p_, n_ in zip(acc, new):
-        p_.add_incoming(zero, pre)
-        p_.add_incoming(n_, latch)
+            p = builder.gep(base, [builder.add(kb, ir.Constant(_i64, 32 * h))])
+            b.append(builder.load(builder.bitcast(p, u8v.as_pointer()), align=1))
+        ka = builder.mul(kk, ir.Constant(_i64, MR))
+        new = []
+        for r in range(MR):
+            wv = builder.load(builder.gep(ap, [builder.add(ka, ir.Constant(_i64, r))]), align=1)
+            wb = builder.bitcast(builder.shuffle_vector(builder.insert_element(undef, wv, ir.Constant(_i32, 0)),
+                                                        undef, bcast), u8v)
+            for h in range(2):
+                new.append(builder.add(acc[r * 2 + h], _madd_quads(builder, b[h], wb, ones)))
+        return new
 
-    builder.position_at_end(done)
-    res = []
-    for n_ in new:                                  # all phis first: LLVM wants them at the block's top
-        phi = builder.phi(v8)
-        phi.add_incoming(zero, pre)
-        phi.add_incoming(n_, latch)
-        res.append(phi)
+    res = count_loop(builder, k_i, [zero] * nacc, step, "q8")
     if epilogue is not None:
         _codegen_epilogue(builder, res, t_i, *epilogue)
         return

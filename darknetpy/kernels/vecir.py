@@ -121,3 +121,33 @@ def loop_carry(builder: ir.IRBuilder, start, stop, step: int, init: list, body, 
     builder.branch(head)
     builder.position_at_end(done)
     return carried
+
+
+def count_loop(builder: ir.IRBuilder, k, init: list, body, name: str) -> list:
+    """``for kk in range(k): vals = body(kk, vals)`` (k an i64 value, vals SSA values), emitted bottom-tested
+    and entered only when k > 0 -- the shape of the GEMM micro-kernels' K loops, which keeps their
+    accumulators in registers; returns the final values (``init`` when k <= 0)."""
+    pre = builder.block
+    body_bb = builder.function.append_basic_block(f"{name}.loop")
+    done = builder.function.append_basic_block(f"{name}.done")
+    builder.cbranch(builder.icmp_signed(">", k, ir.Constant(_i64, 0)), body_bb, done)
+    builder.position_at_end(body_bb)
+    kk = builder.phi(_i64)
+    carried = [builder.phi(v.type) for v in init]
+    new = body(kk, carried)
+    k1 = builder.add(kk, ir.Constant(_i64, 1))
+    latch = builder.block
+    builder.cbranch(builder.icmp_signed("<", k1, k), body_bb, done)
+    kk.add_incoming(ir.Constant(_i64, 0), pre)
+    kk.add_incoming(k1, latch)
+    for phi, v0, v in zip(carried, init, new):
+        phi.add_incoming(v0, pre)
+        phi.add_incoming(v, latch)
+    builder.position_at_end(done)
+    out = []
+    for v0, v in zip(init, new):                # all phis first: LLVM wants them at the block's top
+        phi = builder.phi(v0.type)
+        phi.add_incoming(v0, pre)
+        phi.add_incoming(v, latch)
+        out.append(phi)
+    return out

@@ -32,7 +32,7 @@ from numba.extending import intrinsic
 
 from .activation import activate_block
 from .conv import prepare_input
-from .gemm import FUSED_ACTS, MR, NR, microkernel_cols, pack_a
+from .gemm import MR, NR, microkernel_cols, pack_a
 from .vecir import LANES, Vec, loop
 
 def _at6_v(v: Vec, m):
