@@ -254,10 +254,10 @@ class Plan:
         variant = winograd_variant(layer)
         if variant == 4:
             up = kwino.transform_weights4(w)
-            return lambda: kwino.conv3x3_winograd4(x, xs, up, shift, a, pad, out)
+            return lambda: kwino.conv3x3_winograd4(x, up, shift, a, pad, out)
         if variant == 2:
             up = kwino.transform_weights(w)
-            return lambda: kwino.conv3x3_winograd(x, xs, up, shift, a, pad, out)
+            return lambda: kwino.conv3x3_winograd(x, up, shift, a, pad, out)
         if layer.groups == 1:
             ap = pack_a(w.reshape(layer.filters, -1))
             res = None
@@ -340,11 +340,8 @@ class Plan:
         """The prepared-input buffer (see kernels/conv.py) a fast convolution reads; (0,) when none."""
         if self.exact or not isinstance(layer, L.Convolutional) or layer.quirk_1x1_no_subsample:
             return (0,)
-        variant = winograd_variant(layer)
-        if variant == 4:
-            return kwino.padded_shape4(layer.c, layer.out_h, layer.out_w)
-        if variant == 2:
-            return kwino.padded_shape(layer.c, layer.out_h, layer.out_w)
+        if winograd_variant(layer):
+            return (0,)                  # Winograd reads its input where it is (kernels/winograd.py)
         if depthwise_kind(layer) == "hwc":
             return (layer.h + 2, layer.w + 2, layer.c)
         if layer.groups > 1 or (layer.size == 1 and layer.stride == 1 and not layer.padding):

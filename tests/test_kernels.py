@@ -154,8 +154,7 @@ def test_winograd_matches_naive(c, h, w, m, act):
     ref = naive_conv(x, wt, 1, 1, 1) + shift[:, None, None]
     ref = np.array([reference_activation(act, v) for v in ref.astype(np.float32).ravel()]).reshape(ref.shape)
     out = np.full(ref.shape, np.nan, np.float32)
-    xp = np.full(kw.padded_shape(c, h, w), 5.0, np.float32)
-    kw.conv3x3_winograd(x, xp, kw.transform_weights(wt), shift, CODE[act], 1, out)
+    kw.conv3x3_winograd(x, kw.transform_weights(wt), shift, CODE[act], 1, out)
     if act == "leaky":      # the fast path's leaky is float32(0.1)*x: within one ulp of darknet's
         np.testing.assert_allclose(out, ref, rtol=2e-7, atol=0)
     else:
@@ -183,11 +182,9 @@ def test_winograd_blocks_and_thread_splits_match_naive(c, h, w, m, threads, f4):
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
         if f4:
-            xp = np.full(kw.padded_shape4(c, h, w), 5.0, np.float32)
-            kw.conv3x3_winograd4(x, xp, kw.transform_weights4(wt), shift, CODE["linear"], 1, out)
+            kw.conv3x3_winograd4(x, kw.transform_weights4(wt), shift, CODE["linear"], 1, out)
         else:
-            xp = np.full(kw.padded_shape(c, h, w), 5.0, np.float32)
-            kw.conv3x3_winograd(x, xp, kw.transform_weights(wt), shift, CODE["linear"], 1, out)
+            kw.conv3x3_winograd(x, kw.transform_weights(wt), shift, CODE["linear"], 1, out)
     finally:
         numba.set_num_threads(before)
     np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
