@@ -315,6 +315,10 @@ def _thread_body(th_, nthreads, xf, h, w, pad, c, up, shift, act, tw, ntile, out
     edge = np.zeros(NR, dtype=np.bool_)
     soff = np.empty(NR, dtype=np.int64)
     stage = np.empty(c * NR * sw * sw, dtype=np.float32)
+    # the two passes' "want" flags as runtime booleans: literal True/False arguments would compile each
+    # transform twice (numba specialises on literal arguments)
+    outer = nb > 0
+    inner = not outer
     for b0 in range(tp_lo, tp_hi, nb):
         b1 = min(tp_hi, b0 + nb)
         for tp in range(b0, b1):
@@ -347,11 +351,11 @@ def _thread_body(th_, nthreads, xf, h, w, pad, c, up, shift, act, tw, ntile, out
                 seg_hi[pb, ns - 1] = j + 1
             nseg[pb] = ns
             if f4:
-                _transform_panel4(xf, plane, w, c, tin, jn, vbs[pb], edge, False)
-                _transform_panel4(stage, NR * sw * sw, sw, c, soff, jn, vbs[pb], edge, True)
+                _transform_panel4(xf, plane, w, c, tin, jn, vbs[pb], edge, inner)
+                _transform_panel4(stage, NR * sw * sw, sw, c, soff, jn, vbs[pb], edge, outer)
             else:
-                _transform_panel(xf, plane, w, c, tin, jn, vbs[pb], edge, False)
-                _transform_panel(stage, NR * sw * sw, sw, c, soff, jn, vbs[pb], edge, True)
+                _transform_panel(xf, plane, w, c, tin, jn, vbs[pb], edge, inner)
+                _transform_panel(stage, NR * sw * sw, sw, c, soff, jn, vbs[pb], edge, outer)
         for ip in range(ip_lo, ip_hi):
             i0 = ip * MR
             rows = min(MR, m - i0)
