@@ -73,7 +73,13 @@ def cmd_classify(args) -> int:
     # share the compiling with a helper process that starts from the other end of the network (warmup.py).
     from . import warmup
     helper = warmup.start(net.graph, exact=net.exact) if args.preprocess != "resize_min" else None
-    warmup.cooperate(helper, net.plan())
+    ok = False
+    try:
+        warmup.cooperate(helper, net.plan())     # with a helper, every kernel is compiled (or loaded) here
+        ok = True
+    finally:
+        if helper is not None:                   # stop it and remove the claims, whatever happened
+            warmup.finish(helper, net.graph, exact=net.exact, mark=ok)
     sized = {(w, h): net}
     for path in args.images:
         img = load_image(path)
@@ -84,9 +90,8 @@ def cmd_classify(args) -> int:
         t = time.perf_counter()
         probs = sized[key].predict(x).reshape(-1)
         dt = time.perf_counter() - t
-        if helper is not None or path == args.images[0]:
-            warmup.finish(helper, net.graph, exact=net.exact)
-            helper = None
+        if path == args.images[0]:               # the plan has run: mark it compiled
+            warmup.finish(None, net.graph, exact=net.exact)
         if not np.all(np.isfinite(probs)):
             warnings.warn(f"{path}: the network output contains NaN or infinity")
         top = _top_k(probs, min(args.top, probs.size))

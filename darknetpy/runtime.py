@@ -113,11 +113,12 @@ class Plan:
             if o == -1:
                 self.outputs[i] = self.input.reshape(layer.out_shape)
                 continue
+            if isinstance(layer, L.Dropout):           # its input's view (maybe a route's channel slice)
+                self.outputs[i] = self.outputs[i - 1].reshape(layer.out_shape)
+                continue
             size = int(np.prod(g[o].out_shape))
             buf = arena[offset[o]:offset[o] + size].reshape(g[o].out_shape)
-            if isinstance(layer, L.Dropout):
-                buf = buf.reshape(layer.out_shape)
-            elif i in slot:
+            if i in slot:
                 c0 = slot[i][1]
                 buf = buf[c0:c0 + layer.out_c]
             self.outputs[i] = buf

@@ -114,8 +114,8 @@ def cooperate(helper: Helper | None, plan, *, wait_s: float = 600.0) -> None:
             _done(helper.claims, key)
         else:
             theirs.append((key, i))
+    deadline = time.monotonic() + wait_s       # one bound for all the waiting, however many kernels
     for key, i in theirs:
-        deadline = time.monotonic() + wait_s
         while not (helper.claims / f"{_slug(key)}.done").exists():
             if (helper.proc is not None and helper.proc.poll() is not None) or time.monotonic() > deadline:
                 break               # the helper is gone (or stuck): compile it here
@@ -123,9 +123,10 @@ def cooperate(helper: Helper | None, plan, *, wait_s: float = 600.0) -> None:
         plan.steps[i]()
 
 
-def finish(helper: Helper | None, graph: L.Graph, *, exact: bool, keep_all: bool = False) -> None:
-    """After the main process has run the plan once: stop the helper (its remaining work is moot),
-    remove the claims and mark the plan as compiled."""
+def finish(helper: Helper | None, graph: L.Graph, *, exact: bool, keep_all: bool = False,
+           mark: bool = True) -> None:
+    """Stop the helper (its remaining work is moot) and remove the claims; with ``mark`` (the plan's
+    kernels are all compiled: after ``cooperate``, or once the plan has run) record the plan as compiled."""
     if helper is not None:
         proc = helper.proc
         if proc is not None:
@@ -136,6 +137,8 @@ def finish(helper: Helper | None, graph: L.Graph, *, exact: bool, keep_all: bool
             except subprocess.TimeoutExpired:
                 proc.kill()
         _remove(helper.claims)
+    if not mark:
+        return
     marker = _marker(graph, exact, keep_all)
     if marker is not None:
         try:

@@ -176,16 +176,38 @@ def test_openmp_workers_spin_briefly_unless_the_user_chose(env, expected):
     assert out == str(expected)
 
 
-@pytest.mark.parametrize("cfg", ["inline", "tiny", "dla46_c", "dla46x_c", "dla60x_c", "hardnet39ds"])
+# a [dropout] whose input writes into a channel slice of a later route (its output is that slice)
+DROPOUT_OF_ROUTE_SLICE = """[net]
+height=8
+width=8
+channels=3
+[convolutional]
+filters=4
+size=1
+activation=leaky
+[dropout]
+[convolutional]
+filters=4
+size=1
+activation=leaky
+[route]
+layers=-1,-3
+[avgpool]
+"""
+
+
+@pytest.mark.parametrize("cfg", ["inline", "dropout_of_route_slice", "tiny", "dla46_c", "dla46x_c", "dla60x_c",
+                                 "hardnet39ds"])
 def test_shared_activation_memory_holds_no_stale_state(tmp_path, cfg):
     # Plans place layer outputs whose lifetimes do not overlap in the same memory. A plan that ran once
     # must give, bit for bit, what a fresh plan gives, and agree with the every-output-kept plan.
     from pathlib import Path
 
     from darknetpy.runtime import Plan
-    path = write(tmp_path, "n.cfg", CFG) if cfg == "inline" else Path(__file__).parent.parent / "cfg" / f"{cfg}.cfg"
+    inline = {"inline": CFG, "dropout_of_route_slice": DROPOUT_OF_ROUTE_SLICE}
+    path = write(tmp_path, "n.cfg", inline[cfg]) if cfg in inline else Path(__file__).parent.parent / "cfg" / f"{cfg}.cfg"
     net = darknetpy.load(path)
-    if cfg != "inline":
+    if cfg not in inline:
         net = net.resized(64, 64)
     rng = np.random.default_rng(5)
     x1, x2 = (rng.random(net.input_shape, dtype=np.float32) for _ in range(2))
@@ -196,9 +218,13 @@ def test_shared_activation_memory_holds_no_stale_state(tmp_path, cfg):
     fresh = Plan(net.graph, net.weights)
     fresh.run(x2)
     assert np.array_equal(plan.outputs[out], fresh.outputs[out])
-    kept = net.predict(x2, all_layers=True)[out]
+    kept_all = net.predict(x2, all_layers=True)
+    kept = kept_all[out]
     np.testing.assert_allclose(plan.outputs[out].reshape(kept.shape), kept, rtol=0,
                                atol=1e-5 * float(np.abs(kept).max()))
+    for layer in net.graph:          # a [dropout] is its input, wherever that input lives
+        if layer.kind == "dropout" and layer.index > 0:
+            assert np.array_equal(kept_all[layer.index], kept_all[layer.index - 1].reshape(layer.out_shape))
     arena = plan.outputs[0].base
     assert arena is not None and arena.nbytes < sum(o.nbytes for o in plan.outputs if o.base is arena)
 
@@ -267,6 +293,13 @@ def test_classify_on_a_cold_cache_shares_the_compiling_and_cleans_up(tmp_path):
     env.pop("DARKNETPY_PARALLEL_COMPILE", None)
     cmd = [sys.executable, "-m", "darknetpy.cli", "classify", str(cfg), str(tmp_path / "c.weights"), "--json",
            str(tmp_path / "a.png")]
+    # a bad image on a cold cache: its own error and exit code, and the helper's claims cleaned up
+    bad = subprocess.run(cmd[:-1] + [str(tmp_path / "missing.png")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 5 and "missing.png" in bad.stderr and "Traceback" not in bad.stderr
+    assert not list((tmp_path / "cache").glob("*/compiled/*.claims.*"))
+    import shutil
+    shutil.rmtree(tmp_path / "cache")
     cold = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert cold.returncode == 0, cold.stderr
     compiled = list((tmp_path / "cache").glob("*/compiled/*"))
