@@ -72,7 +72,8 @@ class Plan:
         per_thread = max([kdw.scratch_size(l_.c, l_.h, l_.w, l_.groups, l_.padding, l_.stride, l_.size)
                           if l_.groups > 1 else
                           kconv.gemm_scratch_size(l_.c * l_.size * l_.size, l_.filters, l_.out_h * l_.out_w)
-                          for l_ in graph if isinstance(l_, L.Convolutional) and not exact] or [0])
+                          for l_ in graph if isinstance(l_, L.Convolutional) and not exact
+                          and not l_.quirk_1x1_no_subsample and not winograd_variant(l_)] or [0])
         self._thread_scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, per_thread), dtype=np.float32)
         self.steps: list[Callable[[], None]] = [self._bind(layer, weights.params[layer.index]) for layer in graph]
         # which kernels each step runs (steps with the same key call the same compiled functions)

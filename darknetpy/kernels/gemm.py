@@ -57,23 +57,32 @@ _LINEAR, _RELU, _LEAKY, _RELU6 = 0, 3, 11, 14
 FUSED_ACTS = (_LINEAR, _RELU, _LEAKY, _RELU6)
 
 
+_F32 = ir.FloatType()
+_I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
+
+
+def _splat(builder, s, lanes: int):
+    """A float scalar in every lane of a <lanes x float> vector (one broadcast instruction)."""
+    vt = ir.VectorType(_F32, lanes)
+    undef = ir.Constant(vt, ir.Undefined)
+    mask = ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes)
+    return builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(_I32, 0)), undef, mask)
+
+
 def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=None):
     """Emit the MR x NR micro-kernel. B row k is at bp + k*NR, or at bp + koff[k] when koff is given.
 
     Without ``epilogue`` the tile goes to t[r*NR + j]. With ``epilogue = (ldc, shift_ptr, act)`` row r is
     written to t + r*ldc as act(acc + shift[r]) for the activations of ``FUSED_ACTS``.
     """
-    f32 = ir.FloatType()
+    f32, i64 = _F32, _I64
     vt = ir.VectorType(f32, _LANES)
-    i64 = ir.IntType(64)
-    i32 = ir.IntType(32)
     a = builder.inttoptr(ap_i, f32.as_pointer())
     b = builder.inttoptr(bp_i, f32.as_pointer())
     t = builder.inttoptr(t_i, f32.as_pointer())
     koff = builder.inttoptr(koff_i, i64.as_pointer()) if koff_i is not None else None
     zero = ir.Constant(vt, [0.0] * _LANES)
-    undef = ir.Constant(vt, ir.Undefined)
-    bcast = ir.Constant(ir.VectorType(i32, _LANES), [0] * _LANES)
     halves = NR // _LANES
     nacc = MR * halves
 
@@ -90,7 +99,7 @@ def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=No
         new = []
         for r in range(MR):
             s = builder.load(builder.gep(a, [builder.add(ka, ir.Constant(i64, r))]))
-            av = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, bcast)
+            av = _splat(builder, s, _LANES)
             for h in range(halves):
                 prod = builder.fmul(av, bv[h], flags=("contract",))
                 new.append(builder.fadd(acc[r * halves + h], prod, flags=("contract",)))
@@ -114,12 +123,8 @@ def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=No
 
 def _codegen_epilogue(builder, res, t, ldc, shift_i, act, rows, resid):
     """act(acc + shift [+ resid]) for rows < ``rows``, stored to t + r*ldc."""
-    f32 = ir.FloatType()
+    f32, i64 = _F32, _I64
     vt = ir.VectorType(f32, _LANES)
-    i64 = ir.IntType(64)
-    i32 = ir.IntType(32)
-    undef = ir.Constant(vt, ir.Undefined)
-    bcast = ir.Constant(ir.VectorType(i32, _LANES), [0] * _LANES)
     halves = NR // _LANES
     shift = builder.inttoptr(shift_i, f32.as_pointer())
     zero_v = ir.Constant(vt, [0.0] * _LANES)
@@ -145,7 +150,7 @@ def _codegen_epilogue(builder, res, t, ldc, shift_i, act, rows, resid):
             builder.cbranch(keep, store_bb, end_bb)
             builder.position_at_end(store_bb)
         sr = builder.load(builder.gep(shift, [ir.Constant(i64, r)]))
-        sv = builder.shuffle_vector(builder.insert_element(undef, sr, ir.Constant(i32, 0)), undef, bcast)
+        sv = _splat(builder, sr, _LANES)
         y = builder.fadd(v, sv)
         off = builder.add(builder.mul(ldc, ir.Constant(i64, r)), ir.Constant(i64, h * _LANES))
         if resid is not None:   # a fused [shortcut]: + the residual tile, same layout as the output
@@ -216,16 +221,12 @@ def _codegen_narrow(builder, ap_i, bp_i, k_i, t_i, ncols):
 
     Vectorised over the MR rows instead of the NR columns: per k, one <MR x float> load of A and ncols
     broadcasts of B. For 1 column that is 1 FMA instead of the full kernel's MR*NR/LANES."""
-    f32 = ir.FloatType()
+    f32, i64, i32 = _F32, _I64, _I32
     vt = ir.VectorType(f32, MR)
-    i64 = ir.IntType(64)
-    i32 = ir.IntType(32)
     a = builder.inttoptr(ap_i, f32.as_pointer())
     b = builder.inttoptr(bp_i, f32.as_pointer())
     t = builder.inttoptr(t_i, f32.as_pointer())
     zero = ir.Constant(vt, [0.0] * MR)
-    undef = ir.Constant(vt, ir.Undefined)
-    bcast = ir.Constant(ir.VectorType(i32, MR), [0] * MR)
     def step(kk, acc):
         av = builder.load(builder.bitcast(builder.gep(a, [builder.mul(kk, ir.Constant(i64, MR))]),
                                           vt.as_pointer()), align=4)
@@ -233,7 +234,7 @@ def _codegen_narrow(builder, ap_i, bp_i, k_i, t_i, ncols):
         new = []
         for j in range(ncols):
             s = builder.load(builder.gep(b, [builder.add(kb, ir.Constant(i64, j))]))
-            sv = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, bcast)
+            sv = _splat(builder, s, MR)
             new.append(builder.fadd(acc[j], builder.fmul(av, sv, flags=("contract",)), flags=("contract",)))
         return new
 
