@@ -59,7 +59,7 @@ def bench_network(name: str, threads: list[int], runs: int, warmup: int, spin: b
     import onnxruntime as ort
 
     import darknetpy
-    from darknetpy.onnx_export import export_onnx
+    from darknetpy.export.onnx_float import export_onnx
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

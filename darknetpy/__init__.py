@@ -24,12 +24,12 @@ _LAZY = {
     "read_weights": ("weights", "read_weights"),
     "save_weights": ("weights", "save_weights"),
     "fetch": ("fetch", "fetch"),
-    "to_onnx": ("onnx_export", "to_onnx"),
-    "export_onnx": ("onnx_export", "export_onnx"),
-    "check_n6": ("n6check", "check_n6"),
-    "quantize": ("quant", "quantize"),
-    "load_quantized": ("quant", "load_quantized"),
-    "QuantizedNetwork": ("quant", "QuantizedNetwork"),
+    "to_onnx": ("export.onnx_float", "to_onnx"),
+    "export_onnx": ("export.onnx_float", "export_onnx"),
+    "check_n6": ("export.n6check", "check_n6"),
+    "quantize": ("int8.quant", "quantize"),
+    "load_quantized": ("int8.quant", "load_quantized"),
+    "QuantizedNetwork": ("int8.quant", "QuantizedNetwork"),
 }
 
 

@@ -24,10 +24,20 @@ CFG = REPO / "cfg"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"reference data folder {SHARED} does not exist")
 
 
-def conformance_cases() -> list[str]:
+def _case_dirs() -> list[str]:
     if not CONFORMANCE.is_dir():
         return []
     return sorted(p.name for p in CONFORMANCE.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def conformance_cases() -> list[str]:
+    """The classification cases (every folder but the ``det_*`` detection ones)."""
+    return [n for n in _case_dirs() if not n.startswith("det_")]
+
+
+def detection_cases() -> list[str]:
+    """The ``det_*`` cases: darknet's detection path (../shared/specs/detection.md)."""
+    return [n for n in _case_dirs() if n.startswith("det_")]
 
 
 @pytest.fixture
@@ -59,7 +69,7 @@ def quantize_static_st(net, calib, tmp_path) -> Path:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
 
-    from darknetpy.onnx_export import export_onnx
+    from darknetpy.export.onnx_float import export_onnx
 
     f, pre, q = tmp_path / "float.onnx", tmp_path / "float_pre.onnx", tmp_path / "float_st_int8.onnx"
     export_onnx(net.graph, net.weights, f)

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import DarknetpyError, ExportError, QuantizeError
+from ..errors import DarknetpyError, ExportError, QuantizeError
 
 STEDGEAI = ("stedgeai generate --model {model} --target stm32n6 --st-neural-art default@user_neuralart.json"
             "{io}")
@@ -38,7 +38,7 @@ def add_arguments(p) -> None:
 
 
 def _default_cfg() -> Path:
-    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):     # cwd, then this checkout
         p = base / "cfg" / "tiny.cfg"
         if p.is_file():
             return p
@@ -47,7 +47,7 @@ def _default_cfg() -> Path:
 
 def _default_calibration(weights: str | None):
     """darknet's sample photos next to the fetched weights, if present: (directory, count) or None."""
-    from .fetch import ASSETS, data_dirs
+    from ..fetch import ASSETS, data_dirs
 
     photos = [n for n in ASSETS if n.endswith(".jpg")]
     dirs = ([Path(weights).resolve().parent] if weights else []) + data_dirs()
@@ -61,10 +61,10 @@ def _default_calibration(weights: str | None):
 def run(args) -> int:
     import onnx
 
-    from . import load
-    from .fetch import find_data
-    from .n6check import check_n6
-    from .onnx_export import to_onnx
+    from .. import load
+    from ..fetch import find_data
+    from ..export.n6check import check_n6
+    from ..export.onnx_float import to_onnx
 
     cfg = Path(args.cfg) if args.cfg else _default_cfg()
     weights = args.weights

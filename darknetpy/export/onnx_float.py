@@ -31,11 +31,11 @@ import os
 
 import numpy as np
 
-from . import __version__
-from . import layers as L
-from .errors import ExportError, UnsupportedError
-from .passes import fold_batchnorm
-from .weights import Weights
+from .. import __version__
+from .. import layers as L
+from ..errors import ExportError, UnsupportedError
+from ..passes import fold_batchnorm
+from ..weights import Weights
 
 OPSET = 17
 IR_VERSION = 8
@@ -385,10 +385,10 @@ def to_onnx(net, path: str | os.PathLike | None = None, *, int8: bool = False, c
     if not int8:
         return export_onnx(net.graph, net.weights, path, input_layout=input_layout, preprocess=preprocess)
     if calibration is None:
-        from .errors import QuantizeError
+        from ..errors import QuantizeError
         raise QuantizeError("an int8 export needs calibration data: a directory of representative images "
                             "(or an int N for N random inputs, for a smoke test only)")
     from .onnx_qdq import export_qdq
-    from .quant import quantize
+    from ..int8.quant import quantize
     qnet = quantize(net, calibration, method=method)
     return export_qdq(qnet.qgraph, path, input_layout=input_layout)

@@ -23,7 +23,7 @@ from ..errors import BoardRejected, UnsupportedError
 if TYPE_CHECKING:                  # the runner (pyserial) and numpy load only when a command runs
     import numpy as np
 
-    from .runner import BoardReport, NetworkInfo, OutputTensor, RunResult, TensorInfo
+    from ..board.runner import BoardReport, NetworkInfo, OutputTensor, RunResult, TensorInfo
 
 # Plain copies of runner.DEFAULT_BAUD / DEFAULT_TIMEOUT / MODE_PARAMS, so that building the
 # ``darknetpy`` parser does not import pyserial (tests/test_board_run.py checks they agree).
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                                "--input IMAGE: only io mode returns the output tensor")
     # build the reference before touching the board: a bad cfg, weights or graph file fails fast
     qnet = int8_reference(args) if compare else None
-    from .runner import BoardReport, BoardSession, const_input
+    from ..board.runner import BoardReport, BoardSession, const_input
     trace = sys.stderr if args.trace else None
     image: Optional[np.ndarray] = None
     # decode the image before touching the board: a bad file fails fast, with the port untouched
@@ -236,7 +236,7 @@ def image_inputs(picture: np.ndarray, network: NetworkInfo) -> tuple[list[bytes]
 def int8_reference(args: argparse.Namespace):
     """The int8 network the board's output is compared with: ``--int8-graph`` loaded as saved, or
     ``--cfg/--weights`` quantised here on ``--calib`` (else on the input image itself)."""
-    from ..quant import load_quantized, quantize
+    from ..int8.quant import load_quantized, quantize
 
     if args.int8_graph:
         return load_quantized(args.int8_graph)

@@ -60,11 +60,11 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import __version__
-from . import layers as L
-from .errors import DarknetpyError, QuantizeError, UnsupportedError
-from .passes import fold_batchnorm
-from .weights import Weights
+from .. import __version__
+from .. import layers as L
+from ..errors import DarknetpyError, QuantizeError, UnsupportedError
+from ..passes import fold_batchnorm
+from ..weights import Weights
 
 INPUT_SCALE = float(np.float32(1.0 / 255.0))     # 0.003921569: QuantizeLinear(1/255, -128) on [0, 1] images
 INPUT_ZERO_POINT = -128
@@ -579,7 +579,7 @@ def find_images(directory: str | os.PathLike, *, what: str = "calibration") -> l
 
 
 def _load_many(paths: list[str], w: int, h: int, c: int) -> Iterator[np.ndarray]:
-    from .image import letterbox, load_image
+    from ..image import letterbox, load_image
 
     for p in paths:
         img = load_image(p)
@@ -593,8 +593,8 @@ class _FloatRecorder:
     each layer's output and, for leaky layers, the output before the activation."""
 
     def __init__(self, graph: L.Graph, weights: Weights):
-        from .kernels.activation import activate
-        from .runtime import Plan
+        from ..kernels.activation import activate
+        from ..runtime import Plan
 
         self.leaky = [i for i, lay in enumerate(graph) if getattr(lay, "activation", "") == "leaky"
                       and isinstance(lay, (L.Convolutional, L.Connected, L.Shortcut))]
@@ -756,7 +756,7 @@ def _input_means(qg: QGraph, rec: "_FloatRecorder", inputs: Iterable[np.ndarray]
                  float_side: bool) -> tuple[dict, dict]:
     """Per target layer, the mean over the calibration set of every (channel, tap) input value it reads:
     from the int8 network (dequantised) and, if ``float_side``, from the float network."""
-    from .int8_runtime import Int8Plan
+    from .engine import Int8Plan
 
     plan = Int8Plan(qg)
     sums_f = {ql.index: 0.0 for ql in targets}
@@ -855,7 +855,7 @@ class QuantizedNetwork:
         return self.qgraph.graph.net.in_shape
 
     def plan(self):
-        from .int8_runtime import Int8Plan
+        from .engine import Int8Plan
 
         if self._plan is None:
             self._plan = Int8Plan(self.qgraph)
@@ -894,7 +894,7 @@ class QuantizedNetwork:
 
     def export_onnx(self, path: str | os.PathLike | None = None, **kw):
         """The QDQ ONNX model of this network (see onnx_qdq.export_qdq)."""
-        from .onnx_qdq import export_qdq
+        from ..export.onnx_qdq import export_qdq
 
         return export_qdq(self.qgraph, path, **kw)
 

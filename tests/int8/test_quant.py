@@ -14,7 +14,7 @@ from darknetpy.cli import main
 from darknetpy.errors import QuantizeError, UnsupportedError
 from darknetpy.graph import graph_from_text
 from darknetpy.network import Network
-from darknetpy.quant import (PAIR_LIMIT, QGraph, QParams, build_qgraph, compare, load_quantized, qparams_from_range,
+from darknetpy.int8.quant import (PAIR_LIMIT, QGraph, QParams, build_qgraph, compare, load_quantized, qparams_from_range,
                              quad_layout, pair_layout, quantize, quantize_bias, quantize_weights, saturation_free)
 from darknetpy.weights import Header, Weights, random_params
 
@@ -306,7 +306,7 @@ def test_cli_missing_calibration_argument(tmp_path, capsys):
 
 def test_lazy_export_and_int8_runtime_domain():
     import darknetpy
-    from darknetpy.int8_runtime import Int8Plan
+    from darknetpy.int8.engine import Int8Plan
     q = getattr(darknetpy, "quantize", None)
     if q is not None:                             # wired by the lead (darknetpy/__init__.py _LAZY)
         assert q is quantize

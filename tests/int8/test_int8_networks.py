@@ -47,8 +47,8 @@ def _photo(name: str):
 @pytest.fixture(scope="module", params=NETS)
 def case(request):
     import darknetpy
-    from darknetpy.onnx_qdq import export_qdq
-    from darknetpy.quant import quantize
+    from darknetpy.export.onnx_qdq import export_qdq
+    from darknetpy.int8.quant import quantize
 
     name = request.param
     with warnings.catch_warnings():
@@ -84,7 +84,7 @@ def _logits_model(model: bytes, qg) -> bytes:
 
 def _compare(qnet, model, inputs, domain, int8_allowed):
     """Per input: (fraction identical, max step difference, same top-1) for the output and the logits."""
-    from darknetpy.int8_runtime import Int8Plan
+    from darknetpy.int8.engine import Int8Plan
 
     qg = qnet.qgraph
     last = qg.output_index

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CFG, CONFORMANCE, conformance_cases, rel_err
+from conftest import CFG, CONFORMANCE, conformance_cases, detection_cases, rel_err
 from darknetpy import layers as L
 from darknetpy.errors import CfgError
 from darknetpy.graph import load_graph
@@ -96,6 +96,20 @@ def test_rejected_quirks(name):
     for part in REJECTED[name]:
         assert part in msg, msg
     assert re.match(r".*net\.cfg:\d+: ", msg), "the error names file and line"
+
+
+@pytest.mark.parametrize("name", detection_cases() or [pytest.param("none", marks=pytest.mark.skip(
+    reason=f"no det_* cases at {CONFORMANCE}"))])
+def test_detection_cases_refused_until_supported(name):
+    """Detection layers are issue #14; until then every det_* cfg must be refused at parse time with one
+    clear error naming the file, the line and the section (never a wrong answer or a traceback).
+    Replace this test with the layer-by-layer comparison when the detection layers land."""
+    cfg = CONFORMANCE / name / "net.cfg"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(CfgError) as e:
+            load_graph(cfg)
+    assert re.search(r"net\.cfg:\d+: layer \d+ \[(region|yolo|reorg|detection)\]: darknetpy does not support", str(e.value))
 
 
 @pytest.mark.parametrize("name", _cases("meta.txt"))

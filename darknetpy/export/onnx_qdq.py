@@ -34,11 +34,11 @@ import os
 
 import numpy as np
 
-from . import __version__
-from . import layers as L
-from .errors import ExportError
-from .onnx_export import INPUT_LAYOUTS, IR_VERSION, OPSET, _metadata, save_model
-from .quant import QGraph, QParams
+from .. import __version__
+from .. import layers as L
+from ..errors import ExportError
+from .onnx_float import INPUT_LAYOUTS, IR_VERSION, OPSET, _metadata, save_model
+from ..int8.quant import QGraph, QParams
 
 
 class _Builder:

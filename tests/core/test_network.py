@@ -205,7 +205,7 @@ def test_shared_activation_memory_holds_no_stale_state(tmp_path, cfg):
 
     from darknetpy.runtime import Plan
     inline = {"inline": CFG, "dropout_of_route_slice": DROPOUT_OF_ROUTE_SLICE}
-    path = write(tmp_path, "n.cfg", inline[cfg]) if cfg in inline else Path(__file__).parent.parent / "cfg" / f"{cfg}.cfg"
+    path = write(tmp_path, "n.cfg", inline[cfg]) if cfg in inline else Path(__file__).resolve().parents[2] / "cfg" / f"{cfg}.cfg"
     net = darknetpy.load(path)
     if cfg not in inline:
         net = net.resized(64, 64)

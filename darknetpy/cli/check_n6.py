@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from .errors import ExportError
+from ..errors import ExportError
 
 
 def add_arguments(p) -> None:
@@ -16,7 +16,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import onnx
 
-    from .n6check import check_n6
+    from ..export.n6check import check_n6
 
     if not os.path.isfile(args.model):
         raise ExportError(f"{args.model}: no such ONNX file")

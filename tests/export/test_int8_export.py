@@ -22,8 +22,8 @@ NETS = ["tiny", "dla46_c", "dla46x_c", "dla60x_c", "hardnet39ds"]
 @pytest.fixture(scope="module", params=NETS)
 def exported(request):
     import darknetpy
-    from darknetpy.onnx_qdq import export_qdq
-    from darknetpy.quant import quantize
+    from darknetpy.export.onnx_qdq import export_qdq
+    from darknetpy.int8.quant import quantize
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -123,7 +123,7 @@ def test_export_runs_in_onnxruntime_like_the_engine(exported):
     so.add_session_config_entry("session.qdqisint8allowed", "1")
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).random((3, 224, 224), dtype=f32)
-    from darknetpy.int8_runtime import Int8Plan
+    from darknetpy.int8.engine import Int8Plan
     plan = Int8Plan(qnet.qgraph, domain="int8")
     plan.run(x)
     qg = qnet.qgraph
@@ -133,8 +133,8 @@ def test_export_runs_in_onnxruntime_like_the_engine(exported):
 
 def test_nhwc_uint8_input_layout(tmp_path):
     import darknetpy
-    from darknetpy.onnx_qdq import export_qdq
-    from darknetpy.quant import quantize
+    from darknetpy.export.onnx_qdq import export_qdq
+    from darknetpy.int8.quant import quantize
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -158,7 +158,7 @@ def test_nhwc_uint8_input_layout(tmp_path):
 
 
 def test_passes_check_n6(exported):
-    from darknetpy.n6check import check_n6
+    from darknetpy.export.n6check import check_n6
     name, qnet, model = exported[:3]
     assert [str(v) for v in check_n6(model)] == []
 
@@ -236,7 +236,7 @@ def test_same_structure_as_quantize_static_with_st_arguments(exported, tmp_path)
           f"of {g.size} channels, max ratio {g.max():.3f} (pair_safe)")
     assert (g >= 1 - 1e-6).all()           # pair_safe only ever grows a scale
     # without pair_safe the weight scales are quantize_static's (max|w|/127 per output channel)
-    from darknetpy.quant import quantize
+    from darknetpy.int8.quant import quantize
     plain = {ql.index: ql.weight_scale for ql in quantize(net, calib, pair_safe=False).qgraph if ql.weight is not None}
     for wi in w_ours:
         node = wi.name[: -len("_W_scale")]

@@ -14,9 +14,9 @@ from conftest import ARCH, CFG, CONFORMANCE, DARKNET, conformance_cases, rel_err
 from darknetpy.cli import main
 from darknetpy.errors import ExportError, QuantizeError, UnsupportedError
 from darknetpy.graph import load_graph
-from darknetpy.n6check import check_n6
+from darknetpy.export.n6check import check_n6
 from darknetpy.network import Network, load
-from darknetpy.onnx_export import export_onnx, to_onnx
+from darknetpy.export.onnx_float import export_onnx, to_onnx
 from darknetpy.weights import read_weights
 
 

@@ -14,8 +14,8 @@ import sys
 import time
 import warnings
 
-from . import __version__
-from .errors import DarknetpyError, UnsupportedError
+from .. import __version__
+from ..errors import DarknetpyError, UnsupportedError
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
@@ -26,7 +26,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
 
 def _load_labels(path: str | None, classes: int) -> list[str] | None:
     """Label names for ``classes`` outputs: --names, else the fetched ImageNet list for 1000 classes."""
-    from .fetch import find_data
+    from ..fetch import find_data
 
     if path is None:
         if classes != 1000:
@@ -57,8 +57,8 @@ def _top_k(probs, k: int):
 def cmd_classify(args) -> int:
     import numpy as np
 
-    from .image import load_image, preprocess
-    from .network import load, set_threads
+    from ..image import load_image, preprocess
+    from ..network import load, set_threads
 
     set_threads(args.threads)
     net = load(args.cfg, args.weights, exact=args.exact or None)
@@ -71,7 +71,7 @@ def cmd_classify(args) -> int:
     labels = _load_labels(args.names, net.classes)
     # Build the plan (weights packed, transforms precomputed) before timing, and on a cold kernel cache
     # share the compiling with a helper process that starts from the other end of the network (warmup.py).
-    from . import warmup
+    from .. import warmup
     helper = warmup.start(net.graph, exact=net.exact) if args.preprocess != "resize_min" else None
     ok = False
     try:
@@ -111,8 +111,8 @@ def cmd_classify(args) -> int:
 # -- summary -----------------------------------------------------------------------------------------
 
 def cmd_summary(args) -> int:
-    from .graph import load_graph
-    from .summary import summary_dict, summary_table
+    from ..graph import load_graph
+    from ..summary import summary_dict, summary_table
 
     graph = load_graph(args.cfg)
     if args.json:
@@ -125,7 +125,7 @@ def cmd_summary(args) -> int:
 # -- fetch -------------------------------------------------------------------------------------------
 
 def cmd_fetch(args) -> int:
-    from .fetch import ASSETS, DEFAULT_ASSETS, default_dest, fetch
+    from ..fetch import ASSETS, DEFAULT_ASSETS, default_dest, fetch
 
     names = list(ASSETS) if args.all else (args.files or list(DEFAULT_ASSETS))
     dest = args.dest or default_dest()
@@ -151,10 +151,10 @@ def positive_int(s: str) -> int:
 
 
 EXTRA_COMMANDS = (
-    ("quantize", ".cli_quantize", "quantize a network to int8 and report the accuracy cost per layer"),
-    ("export", ".cli_export", "export ONNX (float or QDQ int8) for onnxruntime and ST Edge AI Core"),
-    ("check-n6", ".cli_check_n6", "check an ONNX model against the STM32N6 NPU constraints"),
-    ("board-run", ".board.command", "run the deployed network on an STM32N6 board over a serial port"),
+    ("quantize", ".quantize", "quantize a network to int8 and report the accuracy cost per layer"),
+    ("export", ".export", "export ONNX (float or QDQ int8) for onnxruntime and ST Edge AI Core"),
+    ("check-n6", ".check_n6", "check an ONNX model against the STM32N6 NPU constraints"),
+    ("board-run", ".board_run", "run the deployed network on an STM32N6 board over a serial port"),
 )
 
 

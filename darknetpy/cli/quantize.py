@@ -17,11 +17,11 @@ import json
 import os
 import sys
 
-from .cli import positive_int
+from .main import positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .quant import CALIB_METHODS, SOFTMAX_MODES
+    from ..int8.quant import CALIB_METHODS, SOFTMAX_MODES
 
     p.add_argument("cfg", help="network .cfg")
     p.add_argument("weights", help="network .weights")
@@ -50,8 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .network import load, set_threads
-    from .quant import compare, find_images, print_progress, quantize
+    from ..network import load, set_threads
+    from ..int8.quant import compare, find_images, print_progress, quantize
 
     set_threads(args.threads)
     net = load(args.cfg, args.weights)
@@ -68,7 +68,7 @@ def run(args) -> int:
     if args.save:
         qnet.save(args.save)
     if args.onnx:
-        from .onnx_qdq import export_qdq
+        from ..export.onnx_qdq import export_qdq
         export_qdq(qnet.qgraph, args.onnx)
     report = compare(net, qnet, evalset, progress=None if quiet else print_progress("evaluating "))
     name = os.path.basename(args.cfg)

@@ -30,7 +30,8 @@ if not hasattr(os, "openpty"):
 import serial  # noqa: E402
 
 from darknetpy import cli  # noqa: E402
-from darknetpy.board import command, runner  # noqa: E402
+from darknetpy.board import runner  # noqa: E402
+from darknetpy.cli import board_run as command  # noqa: E402
 from darknetpy.board.runner import BoardSession, benchmark  # noqa: E402
 from darknetpy.errors import (BoardProtocolError, BoardRejected, BoardReset,  # noqa: E402
                               BoardTimeout, PortError)
@@ -893,7 +894,7 @@ def test_building_the_parser_does_not_import_pyserial():
     code = ("import sys; from darknetpy.cli import build_parser; build_parser(); "
             "print(sorted(m for m in ('serial', 'darknetpy.board.runner') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=Path(__file__).resolve().parent.parent)
+                            cwd=Path(__file__).resolve().parents[2])
     assert result.stdout.strip() == "[]"
 
 
@@ -953,7 +954,7 @@ def test_io_mode_compares_with_the_int8_engine(make_board, capsys, tmp_path, ref
     from PIL import Image
 
     import darknetpy
-    from darknetpy.quant import quantize
+    from darknetpy.int8.quant import quantize
     from darknetpy.weights import save_weights
 
     cfg = tmp_path / "small.cfg"

@@ -31,8 +31,8 @@ from typing import Callable
 import numba
 import numpy as np
 
-from . import layers as L
-from .kernels import int8 as k8
+from .. import layers as L
+from ..kernels import int8 as k8
 from .quant import LEAKY_ALPHA, QGraph, QLayer, QParams, saturation_free
 
 # The integer domain onnxruntime evaluates QLinearAdd in (the only kernel whose float32 rounding depends on
