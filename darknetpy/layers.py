@@ -258,6 +258,27 @@ LAYER_CLASSES = (Convolutional, Connected, MaxPool, AvgPool, Softmax, Cost, Rout
                  Dropout, Local, Crop, BatchNorm, Activation)
 
 
+# -- dispatch tables ---------------------------------------------------------------------------------------
+# Every stage that treats layer kinds differently (summary, weights, the float and exact plans, the int8
+# graph and engine, the two ONNX exporters, the N6 check) does it through ONE dict: layer class -> entry.
+# A kind the stage cannot handle maps to ``Refuse("why not")`` instead of being left out, so that
+# tests/core/test_layout.py can assert that every kind above has an entry in every table: a new kind
+# cannot be half-added.
+
+@dataclass(frozen=True)
+class Refuse:
+    """A dispatch-table entry for a layer kind a stage does not support; ``why`` says why, in a phrase
+    that the stage puts into its error message."""
+
+    why: str
+
+
+def dispatch(table: dict, layer: Layer):
+    """The table's entry for ``layer``'s kind (a function, or a ``Refuse``). KeyError only for a kind
+    that is missing from the table, which the layout test rules out."""
+    return table[type(layer)]
+
+
 @dataclass(frozen=True)
 class NetInfo:
     """The [net] section's inference-relevant values."""
