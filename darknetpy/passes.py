@@ -21,12 +21,19 @@ BN_EPS = 1e-6                      # darknet CPU: sqrt(var) + .000001f (float32 
 
 
 def bn_scale_shift(p: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(s, shift) per output channel so that BN(z) + bias == z*s + shift; (1, biases) without BN."""
+    """(scale, shift) per output channel so that BN(z) + bias == z*scale + shift, with darknet's CPU formula
+    (normalize_cpu: (z - mean) / (sqrt(var) + .000001f), in double here as darknet's float math rounds it the
+    same way). (1, biases) without batch norm. A standalone [batchnorm] has no biases: shift = -mean*scale.
+
+    The one batch-norm folding formula of darknetpy: the fast plan, the int8 graph and both ONNX exporters
+    use it, so all of them fold identically.
+    """
     if "scales" not in p:
         return np.ones(n, np.float32), np.asarray(p["biases"], np.float32).copy()
     eps = np.float64(np.float32(BN_EPS))
     s = p["scales"].astype(np.float64) / (np.sqrt(p["rolling_variance"].astype(np.float64)) + eps)
-    shift = p["biases"].astype(np.float64) - p["rolling_mean"].astype(np.float64) * s
+    bias = p["biases"].astype(np.float64) if "biases" in p else np.zeros(n, np.float64)
+    shift = bias - p["rolling_mean"].astype(np.float64) * s
     return s.astype(np.float32), shift.astype(np.float32)
 
 
