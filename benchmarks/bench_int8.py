@@ -80,7 +80,7 @@ def bench_network(name: str, threads: list[int], runs: int, warmup: int, all_int
     import darknetpy
     from darknetpy.int8.engine import Int8Plan
     from darknetpy.export.onnx_qdq import export_qdq
-    from darknetpy.int8.quant import quantize
+    from darknetpy.int8 import quantize
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

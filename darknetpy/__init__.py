@@ -24,12 +24,12 @@ _LAZY = {
     "read_weights": ("weights", "read_weights"),
     "save_weights": ("weights", "save_weights"),
     "fetch": ("fetch", "fetch"),
-    "to_onnx": ("export.onnx_float", "to_onnx"),
+    "to_onnx": ("export", "to_onnx"),
     "export_onnx": ("export.onnx_float", "export_onnx"),
     "check_n6": ("export.n6check", "check_n6"),
-    "quantize": ("int8.quant", "quantize"),
-    "load_quantized": ("int8.quant", "load_quantized"),
-    "QuantizedNetwork": ("int8.quant", "QuantizedNetwork"),
+    "quantize": ("int8.network", "quantize"),
+    "load_quantized": ("int8.network", "load_quantized"),
+    "QuantizedNetwork": ("int8.network", "QuantizedNetwork"),
 }
 
 

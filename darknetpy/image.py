@@ -23,6 +23,32 @@ import numpy as np
 from .errors import ImageError
 
 PREPROCESS = ("letterbox", "resize", "resize_min")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def find_images(directory: str | os.PathLike, *, what: str = "image") -> list[str]:
+    """Image files under ``directory`` (recursively, sorted by path), by extension (``IMAGE_EXTENSIONS``).
+
+    The one place darknetpy looks for images in a folder (calibration, evaluation, board inputs). ``what``
+    names the folder's purpose in the ImageError raised when it is missing, unreadable or has no images.
+    """
+    d = os.fspath(directory)
+    if not os.path.exists(d):
+        raise ImageError(f"{what} directory {d}: does not exist")
+    if not os.path.isdir(d):
+        raise ImageError(f"{what} directory {d}: is not a directory")
+    found: list[str] = []
+    errors: list[OSError] = []
+    for root, dirs, files in os.walk(d, onerror=errors.append):
+        dirs.sort()
+        found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if errors and not found:
+        e = errors[0]
+        raise ImageError(f"{what} directory {d}: cannot read it: {e.strerror or e}")
+    if not found:
+        raise ImageError(f"{what} directory {d}: no images found (looked recursively for "
+                         f"{', '.join(IMAGE_EXTENSIONS)})")
+    return found
 
 
 def load_image_u8(path: str | os.PathLike) -> np.ndarray:

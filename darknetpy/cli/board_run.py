@@ -236,7 +236,7 @@ def image_inputs(picture: np.ndarray, network: NetworkInfo) -> tuple[list[bytes]
 def int8_reference(args: argparse.Namespace):
     """The int8 network the board's output is compared with: ``--int8-graph`` loaded as saved, or
     ``--cfg/--weights`` quantised here on ``--calib`` (else on the input image itself)."""
-    from ..int8.quant import load_quantized, quantize
+    from ..int8 import load_quantized, quantize
 
     if args.int8_graph:
         return load_quantized(args.int8_graph)

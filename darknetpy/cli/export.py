@@ -64,7 +64,7 @@ def run(args) -> int:
     from .. import load
     from ..fetch import find_data
     from ..export.n6check import check_n6
-    from ..export.onnx_float import to_onnx
+    from ..export import to_onnx
 
     cfg = Path(args.cfg) if args.cfg else _default_cfg()
     weights = args.weights

@@ -17,11 +17,12 @@ import json
 import os
 import sys
 
-from .main import positive_int
+from .args import positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..int8.quant import CALIB_METHODS, SOFTMAX_MODES
+    from ..int8.calibrate import CALIB_METHODS
+    from ..int8.qgraph import SOFTMAX_MODES
 
     p.add_argument("cfg", help="network .cfg")
     p.add_argument("weights", help="network .weights")
@@ -45,32 +46,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", action="store_true", help="print the per-layer table (SQNR, cosine, max error)")
     p.add_argument("--json", action="store_true", help="print one JSON object with everything")
     p.add_argument("--save", metavar="OUT", help="write the int8 graph (.npz) for darknetpy.load_quantized")
-    p.add_argument("--onnx", metavar="OUT", help="also write the QDQ ONNX model (onnx_qdq.export_qdq)")
+    p.add_argument("--onnx", metavar="OUT", help="also write the QDQ ONNX model (darknetpy.export.onnx_qdq)")
     p.add_argument("--threads", type=positive_int, default=None, help="threads for the kernels (default: all cores)")
 
 
 def run(args) -> int:
     from ..network import load, set_threads
-    from ..int8.quant import compare, find_images, print_progress, quantize
+    from ..int8 import quantize
+    from ..int8.calibrate import image_folder
+    from ..int8.report import compare
+    from .progress import progress_bar
 
     set_threads(args.threads)
     net = load(args.cfg, args.weights)
     if args.calib is not None:
-        calib = find_images(args.calib, what="calibration")
+        calib = image_folder(args.calib, what="calibration")
     else:
         calib = args.calib_random
-    evalset = find_images(args.eval, what="evaluation") if args.eval else calib
+    evalset = image_folder(args.eval, what="evaluation") if args.eval else calib
     n_calib = len(calib) if isinstance(calib, list) else calib
     quiet = args.json
     qnet = quantize(net, calib, method=args.method, softmax=args.softmax, pair_safe=args.pair_safe,
                     bias_correction=args.bias_correction or False, percentile=args.percentile,
-                    progress=None if quiet else print_progress("calibrating"))
+                    progress=None if quiet else progress_bar("calibrating"))
     if args.save:
         qnet.save(args.save)
     if args.onnx:
         from ..export.onnx_qdq import export_qdq
         export_qdq(qnet.qgraph, args.onnx)
-    report = compare(net, qnet, evalset, progress=None if quiet else print_progress("evaluating "))
+    report = compare(net, qnet, evalset, progress=None if quiet else progress_bar("evaluating"))
     name = os.path.basename(args.cfg)
     if args.json:
         d = report.to_dict()

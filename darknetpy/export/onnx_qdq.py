@@ -1,9 +1,9 @@
 """int8 graph -> QDQ ONNX for onnxruntime and ST Edge AI Core (``../shared/specs/stm32n6.md`` §1.4, §2.2).
 
-The model is exactly the ``QGraph`` (quant.py): every scale, zero point, int8 weight and int32 bias comes
+The model is exactly the ``QGraph`` (darknetpy/int8/qgraph.py): every scale, zero point, int8 weight and int32 bias comes
 from it, so onnxruntime, the STM32N6 and darknetpy's int8 engine compute the same thing. The layout is the
 one onnxruntime's ``quantize_static`` produces with ST's arguments (QDQ, per-channel symmetric int8 weights,
-asymmetric int8 activations), with the layer -> ops mapping of ``onnx_export``:
+asymmetric int8 activations), with the layer -> ops mapping of ``onnx_float``, one table (``QDQ_EXPORT``):
 
 ==============  ==========================================================================================
 input           float NCHW ``input`` -> QuantizeLinear(1/255, -128) -> DequantizeLinear
@@ -34,43 +34,10 @@ import os
 
 import numpy as np
 
-from .. import __version__
 from .. import layers as L
 from ..errors import ExportError
-from .onnx_float import INPUT_LAYOUTS, IR_VERSION, OPSET, _metadata, save_model
-from ..int8.quant import QGraph, QParams
-
-
-class _Builder:
-    """Nodes and initializers with unique names; one (scale, zero point) initializer pair per QParams user."""
-
-    def __init__(self):
-        from onnx import helper, numpy_helper
-        self.helper = helper
-        self.numpy_helper = numpy_helper
-        self.nodes = []
-        self.inits = []
-        self._names: set[str] = set()
-
-    def const(self, name: str, value: np.ndarray) -> str:
-        if name not in self._names:
-            self.inits.append(self.numpy_helper.from_array(np.asarray(value), name))
-            self._names.add(name)
-        return name
-
-    def node(self, op: str, inputs: list[str], name: str, out: str | None = None, **attrs) -> str:
-        out = out or name
-        self.nodes.append(self.helper.make_node(op, inputs, [out], name=name, **attrs))
-        return out
-
-    def qparams(self, base: str, qp: QParams) -> tuple[str, str]:
-        return (self.const(f"{base}_scale", np.array(qp.scale, np.float32)),
-                self.const(f"{base}_zero_point", np.array(qp.zero_point, np.int8)))
-
-    def qdq(self, x: str, params: tuple[str, str], base: str, out: str | None = None) -> str:
-        """x (float) -> QuantizeLinear -> DequantizeLinear; returns the float name (``out`` if given)."""
-        q = self.node("QuantizeLinear", [x, *params], f"{base}_QuantizeLinear", f"{base}_quantized")
-        return self.node("DequantizeLinear", [q, *params], f"{base}_DequantizeLinear", out or f"{base}_dq")
+from ..int8.qgraph import QGraph
+from .common import Builder, add_metadata, check_input_layout, check_model, model_name, save_model
 
 
 def export_qdq(qgraph: QGraph, path: str | os.PathLike | None = None, *, input_layout: str = "nchw-float",
@@ -80,14 +47,12 @@ def export_qdq(qgraph: QGraph, path: str | os.PathLike | None = None, *, input_l
     ``input_layout``: ``"nchw-float"`` (ST's: float (1,C,H,W) in [0, 1], the default) or ``"nhwc-uint8"``
     (the model-zoo interface: uint8 (1,H,W,C) pixels).
     """
-    import onnx
     from onnx import TensorProto, helper
 
-    if input_layout not in INPUT_LAYOUTS:
-        raise ExportError(f"unknown input layout {input_layout!r}; choose from {', '.join(INPUT_LAYOUTS)}")
+    check_input_layout(input_layout)
     graph = qgraph.graph
     c, h, w = graph.net.c, graph.net.h, graph.net.w
-    b = _Builder()
+    b = Builder()
     qin = b.qparams("input", qgraph.input)
     if input_layout == "nhwc-uint8":
         inp = helper.make_tensor_value_info("input", TensorProto.UINT8, [1, h, w, c])
@@ -105,128 +70,162 @@ def export_qdq(qgraph: QGraph, path: str | os.PathLike | None = None, *, input_l
     flat: dict[int, bool] = {-1: False}
     last = qgraph.output_index
     for ql in qgraph.layers[: last + 1]:
-        _emit(b, qgraph, ql, names, params, flat, ql.index == last)
+        e = _QLayer(b, qgraph, ql, names, params, flat, ql.index == last)
+        entry = _alias if ql.alias else L.dispatch(QDQ_EXPORT, ql.layer)
+        if isinstance(entry, L.Refuse):
+            raise ExportError(f"{graph.path}: {ql.layer.describe()}: {entry.why}")
+        entry(e, ql)
 
     o = graph.output_layer
     out_shape = [1, o.out_c, o.out_h, o.out_w] if o.spatial and not flat[last] else [1, o.outputs]
     if names[last] != "output":
         names[last] = b.node("Identity", [names[last]], "output_identity", "output")
     outp = helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)
-    name = (os.path.splitext(os.path.basename(graph.path))[0] or "darknet") + "_int8"
-    g = helper.make_graph(b.nodes, name, [inp], [outp], b.inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="darknetpy",
-                              producer_version=__version__)
-    model.ir_version = IR_VERSION
-    _metadata(model, graph, preprocess, input_layout)
+    model = b.model(model_name(graph, "_int8"), [inp], [outp])
     info = qgraph.info
-    e = model.metadata_props.add()
-    e.key = "quantization"
-    e.value = (f"int8 QDQ by darknetpy: weights per-channel symmetric int8, activations per-tensor asymmetric "
-               f"int8; calibration {info.get('method', '?')} on {info.get('calibration_images', '?')} input(s); "
-               f"pair_safe={info.get('pair_safe', '?')}; softmax output {qgraph.softmax}")
+    add_metadata(model, graph, preprocess, input_layout, quantization=(
+        f"int8 QDQ by darknetpy: weights per-channel symmetric int8, activations per-tensor asymmetric "
+        f"int8; calibration {info.get('method', '?')} on {info.get('calibration_images', '?')} input(s); "
+        f"pair_safe={info.get('pair_safe', '?')}; softmax output {qgraph.softmax}"))
     if check:
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except Exception as ex:  # onnx raises ValidationError / InferenceError
-            raise ExportError(f"the exported int8 model fails onnx.checker: {ex}") from None
+        check_model(model, "int8 model")
     if path is not None:
         save_model(model, path)
     return model
 
 
-def _emit(b: _Builder, qg: QGraph, ql, names: dict, params: dict, flat: dict, is_last: bool) -> None:
-    lay = ql.layer
+class _QLayer:
+    """What an emitter needs about the int8 layer being exported; it records the layer's dequantised output
+    name, its (scale, zero point) initializers and its flatness in ``names``/``params``/``flat``."""
+
+    def __init__(self, b: Builder, qg: QGraph, ql, names: dict, params: dict, flat: dict, is_last: bool):
+        self.b, self.qg, self.ql, self.names, self.params, self.flat = b, qg, ql, names, params, flat
+        self.i = ql.index
+        self.base = f"l{ql.index}_{ql.layer.kind}"
+        self.out_name = "output" if is_last else f"l{ql.index}"
+        self.is_last = is_last
+
+    def own(self) -> tuple[str, str]:
+        return self.b.qparams(f"l{self.i}", self.ql.out)
+
+    def spatial(self, j: int) -> str:
+        """Layer j's output as (1, C, H, W) of this layer's input (a flat tensor is reshaped and re-QDQ'd)."""
+        b, lay = self.b, self.ql.layer
+        if not self.flat[j]:
+            return self.names[j]
+        shape = b.const(f"{self.base}_inshape", np.array([1, lay.c, lay.h, lay.w], np.int64))
+        r = b.node("Reshape", [self.names[j], shape], f"{self.base}_unflatten")
+        return b.qdq(r, self.params[j], f"{self.base}_unflatten")
+
+    def flatten(self, j: int, tag: str) -> str:
+        if self.flat[j]:
+            return self.names[j]
+        f = self.b.node("Flatten", [self.names[j]], f"{self.base}_{tag}", axis=1)
+        return self.b.qdq(f, self.params[j], f"{self.base}_{tag}")
+
+    def finish(self, y: str) -> None:
+        """Q -> DQ of a float result (with the leaky step when there is one); records the output."""
+        b, ql, i = self.b, self.ql, self.i
+        if ql.act == "leaky":
+            pre = b.qparams(f"{self.base}_pre", ql.pre)
+            d = b.qdq(y, pre, f"{self.base}_pre")
+            y = b.node("LeakyRelu", [d], f"{self.base}_leaky", f"{self.base}_leaky_out", alpha=0.1)
+        p = self.own()
+        self.names[i], self.params[i] = b.qdq(y, p, f"l{i}", self.out_name), p
+
+
+def _alias(e: _QLayer, ql) -> None:
+    """A layer that computes nothing (dropout, cost, one-input route): its output is its input."""
+    j = ql.src[0]
     i = ql.index
-    base = f"l{i}_{lay.kind}"
-    out_name = "output" if is_last else f"l{i}"
+    e.names[i], e.params[i], e.flat[i] = e.names[j], e.params[j], e.flat[j]
+    if e.is_last:
+        e.names[i] = e.b.node("Identity", [e.names[j]], e.base, e.out_name)
 
-    def own() -> tuple[str, str]:
-        return b.qparams(f"l{i}", ql.out)
 
-    def spatial(j: int) -> str:
-        if not flat[j]:
-            return names[j]
-        shape = b.const(f"{base}_inshape", np.array([1, lay.c, lay.h, lay.w], np.int64))
-        r = b.node("Reshape", [names[j], shape], f"{base}_unflatten")
-        return b.qdq(r, params[j], f"{base}_unflatten")
+def _weighted(e: _QLayer, ql) -> None:
+    """Conv or Gemm over DequantizeLinear'd int8 weights (axis 0) and int32 biases (scale s_x * s_w)."""
+    b, base, lay, j = e.b, e.base, ql.layer, ql.src[0]
+    wname = b.const(f"{base}_W_quantized", ql.weight)
+    ws = b.const(f"{base}_W_scale", ql.weight_scale.astype(np.float32))
+    wz = b.const(f"{base}_W_zero_point", np.zeros(ql.weight.shape[0], np.int8))
+    wdq = b.node("DequantizeLinear", [wname, ws, wz], f"{base}_W_DequantizeLinear", f"{base}_W", axis=0)
+    sx = np.float32(e.qg.tensor_qparams(j).scale)
+    bscale = (sx * ql.weight_scale.astype(np.float32)).astype(np.float32)
+    bname = b.const(f"{base}_B_quantized", ql.bias)
+    bs = b.const(f"{base}_B_scale", bscale)
+    bz = b.const(f"{base}_B_zero_point", np.zeros(ql.bias.shape[0], np.int32))
+    bdq = b.node("DequantizeLinear", [bname, bs, bz], f"{base}_B_DequantizeLinear", f"{base}_B", axis=0)
+    if isinstance(lay, L.Convolutional):
+        y = b.node("Conv", [e.spatial(j), wdq, bdq], base, f"{base}_out", group=lay.groups,
+                   kernel_shape=[lay.size, lay.size], strides=[lay.stride, lay.stride], pads=[lay.padding] * 4)
+        e.flat[e.i] = False
+    else:
+        y = b.node("Gemm", [e.flatten(j, "flatten"), wdq, bdq], base, f"{base}_out", transB=1)
+        e.flat[e.i] = True
+    e.finish(y)
 
-    def flatten(j: int, tag: str) -> str:
-        if flat[j]:
-            return names[j]
-        f = b.node("Flatten", [names[j]], f"{base}_{tag}", axis=1)
-        return b.qdq(f, params[j], f"{base}_{tag}")
 
-    def finish(y: str, qp_pre, act: str) -> tuple[str, tuple[str, str]]:
-        """Q -> DQ of a float result, and the leaky step when there is one."""
-        if act == "leaky":
-            pre = b.qparams(f"{base}_pre", qp_pre)
-            d = b.qdq(y, pre, f"{base}_pre")
-            lk = b.node("LeakyRelu", [d], f"{base}_leaky", f"{base}_leaky_out", alpha=0.1)
-            p = own()
-            return b.qdq(lk, p, f"l{i}", out_name), p
-        p = own()
-        return b.qdq(y, p, f"l{i}", out_name), p
+def _maxpool(e: _QLayer, ql) -> None:
+    lay, j = ql.layer, ql.src[0]
+    before = lay.padding // 2
+    after = lay.padding - before
+    y = e.b.node("MaxPool", [e.spatial(j)], e.base, f"{e.base}_out", kernel_shape=[lay.size] * 2,
+                 strides=[lay.stride] * 2, pads=[before, before, after, after])
+    e.names[e.i] = e.b.qdq(y, e.params[j], f"l{e.i}", e.out_name)      # a max keeps its input's scale
+    e.params[e.i], e.flat[e.i] = e.params[j], False
 
-    if ql.alias:
-        j = ql.src[0]
-        names[i], params[i], flat[i] = names[j], params[j], flat[j]
-        if is_last:
-            names[i] = b.node("Identity", [names[j]], base, out_name)
-        return
-    if isinstance(lay, (L.Convolutional, L.Connected)):
-        j = ql.src[0]
-        wname = b.const(f"{base}_W_quantized", ql.weight)
-        ws = b.const(f"{base}_W_scale", ql.weight_scale.astype(np.float32))
-        wz = b.const(f"{base}_W_zero_point", np.zeros(ql.weight.shape[0], np.int8))
-        wdq = b.node("DequantizeLinear", [wname, ws, wz], f"{base}_W_DequantizeLinear", f"{base}_W", axis=0)
-        sx = np.float32(qg.tensor_qparams(j).scale)
-        bscale = (sx * ql.weight_scale.astype(np.float32)).astype(np.float32)
-        bname = b.const(f"{base}_B_quantized", ql.bias)
-        bs = b.const(f"{base}_B_scale", bscale)
-        bz = b.const(f"{base}_B_zero_point", np.zeros(ql.bias.shape[0], np.int32))
-        bdq = b.node("DequantizeLinear", [bname, bs, bz], f"{base}_B_DequantizeLinear", f"{base}_B", axis=0)
-        if isinstance(lay, L.Convolutional):
-            y = b.node("Conv", [spatial(j), wdq, bdq], base, f"{base}_out", group=lay.groups,
-                       kernel_shape=[lay.size, lay.size], strides=[lay.stride, lay.stride], pads=[lay.padding] * 4)
-            flat[i] = False
-        else:
-            y = b.node("Gemm", [flatten(j, "flatten"), wdq, bdq], base, f"{base}_out", transB=1)
-            flat[i] = True
-        names[i], params[i] = finish(y, ql.pre, ql.act)
-        return
-    if isinstance(lay, L.MaxPool):
-        j = ql.src[0]
-        before = lay.padding // 2
-        after = lay.padding - before
-        y = b.node("MaxPool", [spatial(j)], base, f"{base}_out", kernel_shape=[lay.size] * 2,
-                   strides=[lay.stride] * 2, pads=[before, before, after, after])
-        names[i] = b.qdq(y, params[j], f"l{i}", out_name)
-        params[i], flat[i] = params[j], False
-        return
-    if isinstance(lay, L.AvgPool):
-        y = b.node("GlobalAveragePool", [spatial(ql.src[0])], base, f"{base}_out")
-        p = own()
-        names[i], params[i], flat[i] = b.qdq(y, p, f"l{i}", out_name), p, False
-        return
-    if isinstance(lay, L.Route):
-        y = b.node("Concat", [spatial(j) for j in lay.layers], base, f"{base}_out", axis=1)
-        p = own()
-        names[i], params[i], flat[i] = b.qdq(y, p, f"l{i}", out_name), p, False
-        return
-    if isinstance(lay, L.Shortcut):
-        y = b.node("Add", [spatial(ql.src[0]), spatial(ql.src[1])], f"{base}_add", f"{base}_out")
-        names[i], params[i] = finish(y, ql.pre, ql.act)
-        flat[i] = False
-        return
-    if isinstance(lay, L.Softmax):
-        v = flatten(ql.src[0], "flatten")
-        if ql.out is None:
-            names[i] = b.node("Softmax", [v], base, out_name, axis=-1)
-            params[i] = params[ql.src[0]]
-        else:
-            y = b.node("Softmax", [v], base, f"{base}_out", axis=-1)
-            p = own()
-            names[i], params[i] = b.qdq(y, p, f"l{i}", out_name), p
-        flat[i] = True
-        return
-    raise ExportError(f"{qg.graph.path}: {lay.describe()} has no QDQ export")
+
+def _avgpool(e: _QLayer, ql) -> None:
+    y = e.b.node("GlobalAveragePool", [e.spatial(ql.src[0])], e.base, f"{e.base}_out")
+    p = e.own()
+    e.names[e.i], e.params[e.i], e.flat[e.i] = e.b.qdq(y, p, f"l{e.i}", e.out_name), p, False
+
+
+def _route(e: _QLayer, ql) -> None:
+    y = e.b.node("Concat", [e.spatial(j) for j in ql.layer.layers], e.base, f"{e.base}_out", axis=1)
+    p = e.own()
+    e.names[e.i], e.params[e.i], e.flat[e.i] = e.b.qdq(y, p, f"l{e.i}", e.out_name), p, False
+
+
+def _shortcut(e: _QLayer, ql) -> None:
+    y = e.b.node("Add", [e.spatial(ql.src[0]), e.spatial(ql.src[1])], f"{e.base}_add", f"{e.base}_out")
+    e.finish(y)
+    e.flat[e.i] = False
+
+
+def _softmax(e: _QLayer, ql) -> None:
+    b, i = e.b, e.i
+    v = e.flatten(ql.src[0], "flatten")
+    if ql.out is None:
+        e.names[i] = b.node("Softmax", [v], e.base, e.out_name, axis=-1)
+        e.params[i] = e.params[ql.src[0]]
+    else:
+        y = b.node("Softmax", [v], e.base, f"{e.base}_out", axis=-1)
+        p = e.own()
+        e.names[i], e.params[i] = b.qdq(y, p, f"l{i}", e.out_name), p
+    e.flat[i] = True
+
+
+def _not_in_int8_graphs(why: str) -> L.Refuse:
+    return L.Refuse(f"{why}: the int8 graph never contains it (int8/qgraph.INT8_GRAPH refuses it)")
+
+
+# One entry per layer kind (tests/core/test_layout.py checks that none is missing). [dropout], [cost] and
+# one-input [route]s compute nothing and are aliased before the table is consulted.
+QDQ_EXPORT: dict = {
+    L.Convolutional: _weighted,
+    L.Connected: _weighted,
+    L.MaxPool: _maxpool,
+    L.AvgPool: _avgpool,
+    L.Route: _route,
+    L.Shortcut: _shortcut,
+    L.Softmax: _softmax,
+    L.Dropout: _alias,
+    L.Cost: _alias,
+    L.Upsample: _not_in_int8_graphs("[upsample]"),
+    L.Local: _not_in_int8_graphs("[local]"),
+    L.Crop: _not_in_int8_graphs("[crop]"),
+    L.BatchNorm: _not_in_int8_graphs("[batchnorm] (folded into the convolution before quantisation)"),
+    L.Activation: _not_in_int8_graphs("[activation]"),
+}

@@ -33,7 +33,8 @@ import numpy as np
 
 from .. import layers as L
 from ..kernels import int8 as k8
-from .quant import LEAKY_ALPHA, QGraph, QLayer, QParams, saturation_free
+from .qgraph import LEAKY_ALPHA, QGraph, QLayer, QParams
+from .weights import saturation_free
 
 # The integer domain onnxruntime evaluates QLinearAdd in (the only kernel whose float32 rounding depends on
 # it): "uint8" on x86 by default (onnxruntime rewrites int8 activations to uint8), "int8" with the session

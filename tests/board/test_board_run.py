@@ -954,7 +954,7 @@ def test_io_mode_compares_with_the_int8_engine(make_board, capsys, tmp_path, ref
     from PIL import Image
 
     import darknetpy
-    from darknetpy.int8.quant import quantize
+    from darknetpy.int8 import quantize
     from darknetpy.weights import save_weights
 
     cfg = tmp_path / "small.cfg"

@@ -16,7 +16,8 @@ from darknetpy.errors import ExportError, QuantizeError, UnsupportedError
 from darknetpy.graph import load_graph
 from darknetpy.export.n6check import check_n6
 from darknetpy.network import Network, load
-from darknetpy.export.onnx_float import export_onnx, to_onnx
+from darknetpy.export import to_onnx
+from darknetpy.export.onnx_float import export_onnx
 from darknetpy.weights import read_weights
 
 

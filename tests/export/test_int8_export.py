@@ -23,7 +23,7 @@ NETS = ["tiny", "dla46_c", "dla46x_c", "dla60x_c", "hardnet39ds"]
 def exported(request):
     import darknetpy
     from darknetpy.export.onnx_qdq import export_qdq
-    from darknetpy.int8.quant import quantize
+    from darknetpy.int8 import quantize
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -134,7 +134,7 @@ def test_export_runs_in_onnxruntime_like_the_engine(exported):
 def test_nhwc_uint8_input_layout(tmp_path):
     import darknetpy
     from darknetpy.export.onnx_qdq import export_qdq
-    from darknetpy.int8.quant import quantize
+    from darknetpy.int8 import quantize
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -236,7 +236,7 @@ def test_same_structure_as_quantize_static_with_st_arguments(exported, tmp_path)
           f"of {g.size} channels, max ratio {g.max():.3f} (pair_safe)")
     assert (g >= 1 - 1e-6).all()           # pair_safe only ever grows a scale
     # without pair_safe the weight scales are quantize_static's (max|w|/127 per output channel)
-    from darknetpy.int8.quant import quantize
+    from darknetpy.int8 import quantize
     plain = {ql.index: ql.weight_scale for ql in quantize(net, calib, pair_safe=False).qgraph if ql.weight is not None}
     for wi in w_ours:
         node = wi.name[: -len("_W_scale")]

@@ -48,7 +48,7 @@ def _photo(name: str):
 def case(request):
     import darknetpy
     from darknetpy.export.onnx_qdq import export_qdq
-    from darknetpy.int8.quant import quantize
+    from darknetpy.int8 import quantize
 
     name = request.param
     with warnings.catch_warnings():

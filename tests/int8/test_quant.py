@@ -14,8 +14,12 @@ from darknetpy.cli import main
 from darknetpy.errors import QuantizeError, UnsupportedError
 from darknetpy.graph import graph_from_text
 from darknetpy.network import Network
-from darknetpy.int8.quant import (PAIR_LIMIT, QGraph, QParams, build_qgraph, compare, load_quantized, qparams_from_range,
-                             quad_layout, pair_layout, quantize, quantize_bias, quantize_weights, saturation_free)
+from darknetpy.int8 import load_quantized, quantize
+from darknetpy.int8.calibrate import build_qgraph
+from darknetpy.int8.qgraph import QGraph, QParams, qparams_from_range
+from darknetpy.int8.report import compare
+from darknetpy.int8.weights import (PAIR_LIMIT, pair_layout, quad_layout, quantize_bias, quantize_weights,
+                                    saturation_free)
 from darknetpy.weights import Header, Weights, random_params
 
 f32 = np.float32
@@ -265,7 +269,8 @@ def test_cli_calibration_directory(tmp_path, capsys):
     (d / "notes.txt").write_text("not an image")
     assert main(["quantize", str(cfg), str(weights), "--calib", str(tmp_path / "calib")]) == 0
     cap = capsys.readouterr()
-    assert "minmax calibration on 3 images" in cap.out and "calibrating" in cap.err
+    assert "minmax calibration on 3 images" in cap.out
+    assert "calibrating" not in cap.err          # progress bars only on a terminal (stderr is captured here)
 
 
 @pytest.mark.parametrize("kind", ["empty", "missing", "file"])
@@ -315,3 +320,21 @@ def test_lazy_export_and_int8_runtime_domain():
         qg = quantize(small_net(), 1).qgraph
     with pytest.raises(ValueError, match="unknown domain"):
         Int8Plan(qg, domain="u8")
+
+
+def test_progress_bar_only_on_a_terminal():
+    import io
+
+    from darknetpy.cli.progress import progress_bar
+
+    assert progress_bar("calibrating", stream=io.StringIO()) is None
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    tty = Tty()
+    cb = progress_bar("calibrating", stream=tty)
+    for i in range(1, 4):
+        cb(i, 3)
+    out = tty.getvalue()
+    assert "calibrating" in out and "3/3" in out

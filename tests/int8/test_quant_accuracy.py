@@ -62,7 +62,7 @@ def _ort_quantize_static_kl(net, calib, evals, tmp_path, int8_allowed: bool) -> 
     import onnx
 
     from conftest import quantize_static_st
-    from darknetpy.int8.quant import kl_divergence
+    from darknetpy.int8.report import kl_divergence
 
     q = quantize_static_st(net, calib, tmp_path)
     m = onnx.load(str(q))
@@ -83,7 +83,8 @@ def _ort_quantize_static_kl(net, calib, evals, tmp_path, int8_allowed: bool) -> 
 
 
 def test_int8_keeps_top1_and_beats_quantize_static(data, tmp_path):
-    from darknetpy.int8.quant import compare, quantize
+    from darknetpy.int8 import quantize
+    from darknetpy.int8.report import compare
 
     net, calib, evals = data
     qnet = quantize(net, calib)                                  # ST's recipe: MinMax (+ pair_safe weights)

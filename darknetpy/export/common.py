@@ -1,0 +1,130 @@
+"""What both ONNX exporters share: the opset and IR version, the input layouts, the one node builder, the
+metadata, the checker and the atomic save.
+
+``onnx`` is imported inside the functions that need it, so that importing darknetpy.export stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from .. import layers as L
+from ..errors import ExportError
+
+OPSET = 17                                   # ST Edge AI Core accepts 7..20 (stm32n6.md §2)
+IR_VERSION = 8
+INPUT_LAYOUTS = ("nchw-float", "nhwc-uint8")
+
+
+@dataclass(frozen=True)
+class Emitter:
+    """A dispatch-table entry of an exporter: ``emit`` appends the ONNX nodes of one layer; ``check(graph,
+    layer)`` (optional) returns why this particular layer cannot be exported exactly ("" if it can)."""
+
+    emit: Callable
+    check: Callable[[L.Graph, L.Layer], str] | None = None
+
+
+class Builder:
+    """Accumulates nodes and initializers; an initializer name is created once (later uses share it)."""
+
+    def __init__(self):
+        from onnx import helper, numpy_helper
+        self.helper = helper
+        self.numpy_helper = numpy_helper
+        self.nodes = []
+        self.inits = []
+        self._names: set[str] = set()
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        if name not in self._names:
+            self.inits.append(self.numpy_helper.from_array(np.asarray(value), name))
+            self._names.add(name)
+        return name
+
+    def node(self, op: str, inputs: list[str], name: str, out: str | None = None, **attrs) -> str:
+        """Append one node named ``name``; its single output is ``out`` (default: the node's name)."""
+        out = out or name
+        self.nodes.append(self.helper.make_node(op, inputs, [out], name=name, **attrs))
+        return out
+
+    # -- QDQ helpers (int8 export) --------------------------------------------------------------------
+
+    def qparams(self, base: str, qp) -> tuple[str, str]:
+        """(scale, zero point) initializers of a per-tensor int8 QParams."""
+        return (self.const(f"{base}_scale", np.array(qp.scale, np.float32)),
+                self.const(f"{base}_zero_point", np.array(qp.zero_point, np.int8)))
+
+    def qdq(self, x: str, params: tuple[str, str], base: str, out: str | None = None) -> str:
+        """x (float) -> QuantizeLinear -> DequantizeLinear; returns the float name (``out`` if given)."""
+        q = self.node("QuantizeLinear", [x, *params], f"{base}_QuantizeLinear", f"{base}_quantized")
+        return self.node("DequantizeLinear", [q, *params], f"{base}_DequantizeLinear", out or f"{base}_dq")
+
+    # -- the model --------------------------------------------------------------------------------------
+
+    def model(self, name: str, inputs: list, outputs: list):
+        """The ModelProto of everything appended so far: opset ``OPSET``, IR ``IR_VERSION``."""
+        h = self.helper
+        g = h.make_graph(self.nodes, name, inputs, outputs, self.inits)
+        model = h.make_model(g, opset_imports=[h.make_opsetid("", OPSET)], producer_name="darknetpy",
+                             producer_version=__version__)
+        model.ir_version = IR_VERSION
+        return model
+
+
+def check_input_layout(input_layout: str) -> None:
+    if input_layout not in INPUT_LAYOUTS:
+        raise ExportError(f"unknown input layout {input_layout!r}; choose from {', '.join(INPUT_LAYOUTS)}")
+
+
+def model_name(graph: L.Graph, suffix: str = "") -> str:
+    return (os.path.splitext(os.path.basename(graph.path))[0] or "darknet") + suffix
+
+
+def add_metadata(model, graph: L.Graph, preprocess: str, input_layout: str, **extra: str) -> None:
+    """Where the model came from and how to feed it, as ONNX metadata_props (``extra`` keys appended)."""
+    sha = graph.source_sha256
+    if not sha and os.path.isfile(graph.path):
+        with open(graph.path, "rb") as fh:
+            sha = hashlib.sha256(fh.read()).hexdigest()
+    props = {
+        "darknetpy_version": __version__,
+        "source_cfg": os.path.basename(graph.path),
+        "source_cfg_sha256": sha,
+        "preprocessing": f"RGB; scale 1/255; {preprocess} to {graph.net.w}x{graph.net.h} (darknet)",
+        "input_layout": input_layout,
+        "classes": str(graph.classes),
+        **extra,
+    }
+    for k, v in props.items():
+        e = model.metadata_props.add()
+        e.key, e.value = k, v
+
+
+def check_model(model, what: str = "model") -> None:
+    """onnx.checker with full shape inference; an ExportError if the model is invalid."""
+    import onnx
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # onnx raises ValidationError / InferenceError
+        raise ExportError(f"the exported {what} fails onnx.checker: {e}") from None
+
+
+def save_model(model, path: str | os.PathLike) -> None:
+    """Write ``model`` to ``path`` through ``path.part`` (renamed when complete; removed on failure)."""
+    import onnx
+    path = os.fspath(path)
+    tmp = path + ".part"
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise ExportError(f"{path}: cannot write the ONNX model: {e.strerror or e}") from None

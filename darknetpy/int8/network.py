@@ -1,0 +1,102 @@
+"""The public int8 entry points: ``quantize`` (a float Network -> a ``QuantizedNetwork``), ``load_quantized``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .. import layers as L
+from ..errors import DarknetpyError
+from .calibrate import build_qgraph
+from .qgraph import QGraph
+from .report import QuantReport, compare
+
+class QuantizedNetwork:
+    """An int8 network ready to run on the CPU (darknetpy's int8 engine).
+
+    >>> qnet = darknetpy.quantize(net, "calib/")            # doctest: +SKIP
+    >>> qnet.predict(x)                # (1000,) float32: dequantised int8 probabilities  # doctest: +SKIP
+    >>> qnet.save("tiny_int8.npz"); darknetpy.to_onnx(qnet, "tiny_int8.onnx")               # doctest: +SKIP
+    """
+
+    def __init__(self, qgraph: QGraph):
+        self.qgraph = qgraph
+        self._plan = None
+
+    @property
+    def graph(self) -> L.Graph:
+        return self.qgraph.graph
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.qgraph.graph.net.in_shape
+
+    def plan(self):
+        from .engine import Int8Plan
+
+        if self._plan is None:
+            self._plan = Int8Plan(self.qgraph)
+        return self._plan
+
+    def predict(self, x: np.ndarray, *, all_layers: bool = False, raw: bool = False):
+        """Run the int8 network on ``x`` (float32 (C, H, W) in [0, 1]).
+
+        Returns the output layer's values dequantised to float32 (shaped like the float network's), or with
+        ``raw=True`` the int8 tensor itself (a float softmax output stays float). ``all_layers=True``
+        returns every layer's output the same way.
+        """
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            raise DarknetpyError(f"predict() needs float32 input, got {x.dtype}")
+        want = self.input_shape
+        if x.shape != want and not (x.ndim == 4 and x.shape[0] == 1 and x.shape[1:] == want):
+            raise DarknetpyError(f"input shape {x.shape} does not match the network input {want} (C, H, W)")
+        p = self.plan()
+        p.run(x.reshape(want))
+        qg = self.qgraph
+
+        def value(i: int) -> np.ndarray:
+            lay = qg.graph[i]
+            o = p.outputs[i].reshape(lay.out_shape)
+            qp = qg[i].out
+            if raw or qp is None or o.dtype != np.int8:
+                return o.copy()
+            return qp.dequantize(o)
+        if all_layers:
+            return [value(i) for i in range(len(qg))]
+        return value(qg.output_index)
+
+    def save(self, path: str | os.PathLike) -> None:
+        self.qgraph.save(path)
+
+    def report(self, net, images, *, progress=None) -> "QuantReport":
+        """Per-layer and output errors against the float network ``net`` on ``images`` (see ``compare``)."""
+        return compare(net, self, images, progress=progress)
+
+
+def quantize(net, images, method: str | dict = "minmax", *, softmax: str = "int8", pair_safe: bool = True,
+             bias_correction: bool | str = False, percentile: float = 99.99, progress=None) -> QuantizedNetwork:
+    """Quantise a float ``Network`` to int8, calibrating on ``images``.
+
+    ``images``: a directory (searched recursively; darknet's letterbox preprocessing), a list of image paths
+    or float32 (C, H, W) arrays in [0, 1], an array (N, C, H, W), or an int N for N random inputs (smoke
+    tests). ``method``: ``"minmax"`` (ST's recipe), ``"percentile"``, ``"mse"``, ``"auto"``, or a dict
+    {layer index: method, "default": method}. ``softmax``: "int8" (ST's 1/255 output) or "float";
+    ``pair_safe``: weights whose u8 x s8 pairs cannot saturate (see the module docstring); ``bias_correction``:
+    False, "weight" (or True) or "sequential"; ``progress(i, n)`` is called after each calibration input.
+
+    >>> net = darknetpy.load("cfg/tiny.cfg", "weights/tiny.weights")        # doctest: +SKIP
+    >>> qnet = darknetpy.quantize(net, "calib/", method="mse")              # doctest: +SKIP
+    >>> qnet.predict(darknetpy.letterbox(darknetpy.load_image("dog.jpg"), 224, 224)).argmax()  # doctest: +SKIP
+    """
+    qg = build_qgraph(net.graph, net.weights, images, method=method, softmax=softmax, pair_safe=pair_safe,
+                      bias_correction=bias_correction, percentile=percentile, progress=progress)
+    return QuantizedNetwork(qg)
+
+
+def load_quantized(path: str | os.PathLike) -> QuantizedNetwork:
+    """Read a network saved with ``QuantizedNetwork.save``."""
+    return QuantizedNetwork(QGraph.load(path))
+
+
