@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DarknetpyError, ExportError, QuantizeError
+from .args import positive_int
 
 STEDGEAI = ("stedgeai generate --model {model} --target stm32n6 --st-neural-art default@user_neuralart.json"
             "{io}")
@@ -30,7 +31,7 @@ def add_arguments(p) -> None:
     p.add_argument("--int8", action="store_true", help="QDQ int8 (per-channel symmetric weights, int8 activations)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--calib", metavar="DIR", help="directory of calibration images (searched recursively)")
-    g.add_argument("--calib-random", type=int, metavar="N", help="N random inputs (smoke tests only)")
+    g.add_argument("--calib-random", type=positive_int, metavar="N", help="N random inputs (smoke tests only)")
     p.add_argument("--method", default="minmax", help="calibration method (see `darknetpy quantize --help`)")
     p.add_argument("--input-layout", choices=("nchw-float", "nhwc-uint8"), default="nchw-float",
                    help="nchw-float: (1,3,H,W) float input (default, ST's recipe); nhwc-uint8: (1,H,W,3) uint8 "

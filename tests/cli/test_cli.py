@@ -146,3 +146,17 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert p.returncode == 3
     assert p.stderr.startswith("darknetpy: error: ") and "bad.cfg:6: layer 0 [route]" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "cfg/tiny.cfg", "--int8", "--calib-random", "0"],
+    ["quantize", "cfg/tiny.cfg", "w.weights", "--calib-random", "0"],
+    ["classify", "cfg/tiny.cfg", "w.weights", "x.jpg", "--threads", "0"],
+    ["board-run", "--port", "loop://", "--runs", "0"],
+])
+def test_counts_below_one_are_command_line_errors(argv, capsys):
+    """One positive-integer type for every command: 0 is an error (exit 2), never "none" or "default"."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err

@@ -1,0 +1,115 @@
+"""``darknetpy classify CFG WEIGHTS IMAGE...``: darknet's classify, with darknet's printed lines.
+
+    darknetpy classify CFG WEIGHTS IMAGE [IMAGE ...] [--top K] [--names FILE] [--json]
+                       [--preprocess letterbox|resize|resize_min] [--threads N] [--exact]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+
+from ..errors import DarknetpyError, UnsupportedError
+from .args import positive_int
+
+
+def add_arguments(c) -> None:
+    c.add_argument("cfg", help="network .cfg")
+    c.add_argument("weights", help="network .weights")
+    c.add_argument("images", nargs="+", metavar="IMAGE")
+    c.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
+    c.add_argument("--names", help="label file, one name per line (default: imagenet.shortnames.list for "
+                                   "1000-class networks)")
+    c.add_argument("--json", action="store_true", help="one JSON object per image")
+    c.add_argument("--preprocess", choices=("letterbox", "resize", "resize_min"), default="letterbox",
+                   help="letterbox (today's darknet, default), resize (stretch), resize_min (2016 classify)")
+    c.add_argument("--threads", type=positive_int, default=None, help="threads for the kernels (default: all cores)")
+    c.add_argument("--exact", action="store_true", help="darknet's exact arithmetic (slower; also DARKNETPY_EXACT=1)")
+
+
+def _load_labels(path: str | None, classes: int) -> list[str] | None:
+    """Label names for ``classes`` outputs: --names, else the fetched ImageNet list for 1000 classes."""
+    from ..fetch import find_data
+
+    if path is None:
+        if classes != 1000:
+            return None
+        found = find_data("imagenet.shortnames.list")
+        if found is None:
+            warnings.warn("imagenet.shortnames.list not found (run `darknetpy fetch`, or pass --names); "
+                          "printing class indices")
+            return None
+        path = str(found)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            names = [line.rstrip("\r\n") for line in f]
+    except OSError as e:
+        raise DarknetpyError(f"{path}: cannot read label names: {e.strerror or e}") from None
+    if len(names) < classes:
+        raise DarknetpyError(f"{path}: has {len(names)} names but the network has {classes} outputs")
+    return names[:classes]
+
+
+def _top_k(probs, k: int):
+    """darknet's top_k: highest first, ties keep the lower index (a stable sort)."""
+    import numpy as np
+
+    return [int(i) for i in np.argsort(-probs, kind="stable")[:k]]
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..image import load_image, preprocess
+    from ..network import load, set_threads
+
+    set_threads(args.threads)
+    net = load(args.cfg, args.weights, exact=args.exact or None)
+    c, h, w = net.input_shape if len(net.input_shape) == 3 else (0, 0, 0)
+    if not c:
+        raise UnsupportedError(f"{args.cfg}: classify needs a network with an image input ([net] height, "
+                               "width, channels)")
+    if c != 3:
+        raise UnsupportedError(f"{args.cfg}: classify feeds RGB images, but the network takes {c} channels")
+    labels = _load_labels(args.names, net.classes)
+    # Build the plan (weights packed, transforms precomputed) before timing, and on a cold kernel cache
+    # share the compiling with a helper process that starts from the other end of the network (warmup.py).
+    from .. import warmup
+    helper = warmup.start(net.graph, exact=net.exact) if args.preprocess != "resize_min" else None
+    ok = False
+    try:
+        warmup.cooperate(helper, net.plan())     # with a helper, every kernel is compiled (or loaded) here
+        ok = True
+    finally:
+        if helper is not None:                   # stop it and remove the claims, whatever happened
+            warmup.finish(helper, net.graph, exact=net.exact, mark=ok)
+    sized = {(w, h): net}
+    for path in args.images:
+        img = load_image(path)
+        x = preprocess(img, w, h, args.preprocess)
+        key = (x.shape[2], x.shape[1])
+        if key not in sized:
+            sized[key] = net.resized(*key)
+        t = time.perf_counter()
+        probs = sized[key].predict(x).reshape(-1)
+        dt = time.perf_counter() - t
+        if path == args.images[0]:               # the plan has run: mark it compiled
+            warmup.finish(None, net.graph, exact=net.exact)
+        if not np.all(np.isfinite(probs)):
+            warnings.warn(f"{path}: the network output contains NaN or infinity")
+        top = _top_k(probs, min(args.top, probs.size))
+        if args.json:
+            print(json.dumps({"image": path, "seconds": round(dt, 6), "top": [
+                {"index": i, "name": labels[i] if labels else str(i), "prob": float(probs[i])} for i in top]}))
+        else:
+            for i in top:
+                # darknet: printf("%5.2f%%: %s\n", predictions[index]*100, names[index]) with float math
+                pct = float(np.float32(probs[i]) * np.float32(100))
+                print(f"{pct:5.2f}%: {labels[i] if labels else i}")
+            print(f"{path}: Predicted in {dt:f} seconds.", file=sys.stderr)
+        sys.stdout.flush()
+    return 0
+
+
