@@ -80,8 +80,10 @@ import serial
 from ..errors import (BoardError, BoardProtocolError, BoardRejected, BoardReset, BoardTimeout,
                       PortError)
 from . import protocol as pb
-from .protocol import (AckMsg, AiDataMsg, AiOperatorMsg, AiTensorDescMsg, AiTensorMsg, BoardStream,
-                       Framing, Framing1, Framing2, ReqMsg, RespMsg, SyncMsg, SysinfoMsg)
+from .framing import (IO_OUT_SYNC, IO_PACKET_SIZE, BoardStream, Framing, Framing1, Framing2, Packet,
+                      flow_control_script, looks_like_text)
+from .protocol import (AckMsg, AiDataMsg, AiOperatorMsg, AiTensorDescMsg, AiTensorMsg, ReqMsg,
+                       RespMsg, SyncMsg, SysinfoMsg)
 
 DEFAULT_BAUD = 921600            # ST's N6 scripts; the driver's own default is 115200
 DEFAULT_TIMEOUT = 10.0           # seconds per step (--timeout)
@@ -602,7 +604,7 @@ class BoardSession:
             if not first:
                 raise BoardTimeout(f"no answer to CMD_SYNC (framing probe) within "
                                    f"{PROBE_WAIT + REPLY_TIMEOUT:.2f} s")
-        if first[:1] != bytes([pb.IO_OUT_SYNC]):
+        if first[:1] != bytes([IO_OUT_SYNC]):
             self._stream.feed(first)              # the start of a framing-2 answer
             return
         self._trace("<", "sync", first.hex(" "))
@@ -842,9 +844,9 @@ class BoardSession:
         now = time.monotonic()
         pending = self._stream.pending
         step = " (the step's overall --timeout)" if now >= deadline else ""
-        if pending and pb.looks_like_text(pending):
+        if pending and looks_like_text(pending):
             return self._reset_error(what)
-        if pending[:1] == bytes([pb.IO_OUT_SYNC]) and len(pending) == 1:
+        if pending[:1] == bytes([IO_OUT_SYNC]) and len(pending) == 1:
             return BoardTimeout(
                 f"{what}: only the byte 0xAA arrived: the board asks for the next packet of a "
                 f"message it has not finished reading. A board reading 33-byte (1-byte header) "
@@ -872,7 +874,7 @@ class BoardSession:
             text += data
         self._stream.reset()
         # a rebooted board starts from scratch: 32-byte packets, no model selected (§3.2b)
-        self._framing.payload_size = pb.IO_PACKET_SIZE
+        self._framing.payload_size = IO_PACKET_SIZE
         # keep the text; what follows it (the board's answer to a request sent after the reboot)
         # is binary and meaningless now
         end = next((i for i, b in enumerate(text) if not (0x20 <= b < 0x7F or b in b"\t\r\n")),
@@ -895,7 +897,7 @@ class BoardSession:
         """Write one message as packets, waiting for the board's 0xAA before each packet after
         the first (protocol.flow_control_script) -- unless a framing-2 board has shown that it
         sends none."""
-        script = pb.flow_control_script(self._framing.host_packets(message))
+        script = flow_control_script(self._framing.host_packets(message))
         total = sum(1 for step, _ in script if step == "send")
         sent = 0
         for step, data in script:
@@ -926,7 +928,7 @@ class BoardSession:
                     f"a request it cannot decode (wrong --framing, a name of 64+ bytes), or it "
                     f"stopped")
             self._stream.feed(data)
-        if self._stream.buffered[:1] == bytes([pb.IO_OUT_SYNC]):
+        if self._stream.buffered[:1] == bytes([IO_OUT_SYNC]):
             self._stream.take_raw(1)
             self._trace("<", "sync", "aa")
             if self._framing.number == 2:
@@ -966,7 +968,7 @@ class BoardSession:
             if not data:
                 return False
             self._trace("<", "raw", data.hex(" "))
-            if data[-1] == pb.IO_OUT_SYNC:
+            if data[-1] == IO_OUT_SYNC:
                 return True                      # anything before it was noise from the resync
 
     # -- raw I/O -------------------------------------------------------------------------------
@@ -1087,7 +1089,7 @@ class BoardSession:
             self.trace.write(f"{time.monotonic() - self._t0:10.6f} {direction} {label:<5} {text}\n")
             self.trace.flush()
 
-    def _trace_packet(self, packet: pb.Packet) -> None:
+    def _trace_packet(self, packet: Packet) -> None:
         eom = " EOM" if packet.eom else ""
         self._trace("<", "pkt", f"{packet.raw.hex(' ')}  [{packet.count}{eom}]")
 

@@ -1,4 +1,5 @@
-"""darknetpy.board.protocol: every wire vector of specs/stm32n6.md §3.2/§3.2b, byte for byte.
+"""darknetpy.board.protocol and .framing: every wire vector of specs/stm32n6.md §3.2/§3.2b, byte
+for byte.
 
 Pure bytes in, bytes/messages out: no port, no emulator. Expected bytes are written out by hand
 (varints worked out in the comments) so a wrong encoder cannot agree with itself.
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import pytest
 
+from darknetpy.board import framing as fr
 from darknetpy.board import protocol as pb
+from darknetpy.board.framing import BoardStream, Framing1, Framing2
 from darknetpy.board.protocol import (AckMsg, AiDataMsg, AiModelInfoMsg, AiOperatorMsg,
-                                      AiTensorDescMsg, AiTensorMsg, BoardStream, Framing1,
-                                      Framing2, LogMsg, ReqMsg, RespMsg, SyncMsg, SysinfoMsg)
+                                      AiTensorDescMsg, AiTensorMsg, LogMsg, ReqMsg, RespMsg, SyncMsg,
+                                      SysinfoMsg)
 from darknetpy.errors import BoardProtocolError, BoardReset
 
 
@@ -26,7 +29,7 @@ def h(text: str) -> bytes:
 def test_cmd_sync_reqmsg_vector():
     raw = ReqMsg(reqid=1, cmd=pb.CMD_SYNC).encode()
     assert raw == h("08 01 10 00 18 00 22 00 28 00")       # all five fields, even when zero
-    assert pb.delimit(raw) == h("0a 08 01 10 00 18 00 22 00 28 00")
+    assert fr.delimit(raw) == h("0a 08 01 10 00 18 00 22 00 28 00")
     assert ReqMsg.decode(raw) == ReqMsg(1, pb.CMD_SYNC, 0, "", 0)
 
 
@@ -59,7 +62,7 @@ def test_respmsg_sync_vector_gcc_build():
 
 def test_ackmsg_vector():
     assert AckMsg().encode() == h("08 00 10 00")
-    assert pb.delimit(AckMsg().encode()) == h("04 08 00 10 00")
+    assert fr.delimit(AckMsg().encode()) == h("04 08 00 10 00")
     assert AckMsg.decode(h("08 04 10 04")) == AckMsg(param=4, error=pb.E_INVALID_PARAM)
 
 
@@ -365,7 +368,7 @@ def test_framing1_host_multi_packet_message_and_flow_control():
     packets = Framing1().host_packets(msg)
     stream = h("30") + msg                                        # delimited: varint 48 = 0x30
     assert packets == [h("20") + stream[:32], h("11") + stream[32:] + bytes(15)]
-    assert pb.flow_control_script(packets) == [
+    assert fr.flow_control_script(packets) == [
         ("send", packets[0]), ("expect", b"\xaa"), ("send", packets[1])]
 
 
@@ -376,7 +379,7 @@ def test_flow_control_n_packets_n_minus_1_syncs(n_packets):
     packets = Framing1().host_packets(msg)
     assert len(packets) == n_packets         # no empty trailing packet host -> board
     assert all(p[0] == 0x20 for p in packets)
-    script = pb.flow_control_script(packets)
+    script = fr.flow_control_script(packets)
     assert [step for step, _ in script] == ["send"] + ["expect", "send"] * (n_packets - 1)
     assert [b for step, b in script if step == "expect"] == [b"\xaa"] * (n_packets - 1)
 
@@ -562,6 +565,6 @@ def test_stream_banner_in_the_middle_of_a_message():
 
 
 def test_looks_like_text():
-    assert pb.looks_like_text(b"| READY to receive a CMD from the HOST... |\r\n")
-    assert not pb.looks_like_text(h("8e") + SYNC_RESP + bytes(18))
-    assert not pb.looks_like_text(b"")
+    assert fr.looks_like_text(b"| READY to receive a CMD from the HOST... |\r\n")
+    assert not fr.looks_like_text(h("8e") + SYNC_RESP + bytes(18))
+    assert not fr.looks_like_text(b"")
