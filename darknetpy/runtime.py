@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from . import layers as L
+from .kernels import config as kcfg
 from .kernels import conv as kconv
 from .kernels import elementwise as kel
 from .kernels import depthwise as kdw
@@ -73,7 +74,7 @@ class Plan:
                           if l_.groups > 1 else
                           kconv.gemm_scratch_size(l_.c * l_.size * l_.size, l_.filters, l_.out_h * l_.out_w)
                           for l_ in graph if isinstance(l_, L.Convolutional) and not exact
-                          and not l_.quirk_1x1_no_subsample and not winograd_variant(l_)] or [0])
+                          and not l_.quirk_1x1_no_subsample and not kcfg.winograd_variant(l_)] or [0])
         self._thread_scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, per_thread), dtype=np.float32)
         self.steps: list[Callable[[], None]] = [self._bind(layer, weights.params[layer.index]) for layer in graph]
         # which kernels each step runs (steps with the same key call the same compiled functions)
@@ -253,7 +254,7 @@ class Plan:
             xs = x.reshape(layer.c, layer.h, 1, layer.w)
         else:
             xs = self._scratch[: int(np.prod(shape))].reshape(shape)
-        variant = winograd_variant(layer)
+        variant = kcfg.winograd_variant(layer)
         if variant == 4:
             up = kwino.transform_weights4(w)
             return lambda: kwino.conv3x3_winograd4(x, up, shift, a, pad, out)
@@ -277,7 +278,7 @@ class Plan:
                 kconv.conv_gemm(xs, ap, shift, a, size, stride, out, res, bs)
             return run_gemm
 
-        kind = depthwise_kind(layer)
+        kind = kcfg.depthwise_kind(layer)
         if kind == "hwc":
             xt = self._scratch[: (layer.h + 2) * (layer.w + 2) * layer.c].reshape(layer.h + 2, layer.w + 2, layer.c)
             return lambda: kdw.depthwise_hwc(x, w, shift, a, pad, stride, out, xt)
@@ -330,10 +331,10 @@ class Plan:
             return "maxpool2x2" if (layer.size, layer.stride, layer.padding // 2) == (2, 2, 0) else "maxpool"
         if layer.quirk_1x1_no_subsample:
             return "conv:exact"
-        variant = winograd_variant(layer)
+        variant = kcfg.winograd_variant(layer)
         if variant:
             return "conv:winograd"        # F(2x2) and F(4x4): one compiled kernel
-        kind = depthwise_kind(layer)
+        kind = kcfg.depthwise_kind(layer)
         if kind:
             return f"conv:{kind}"
         return "conv:gemm"          # with or without prepare_input: the same GEMM specialisation
@@ -342,9 +343,9 @@ class Plan:
         """The prepared-input buffer (see kernels/conv.py) a fast convolution reads; (0,) when none."""
         if self.exact or not isinstance(layer, L.Convolutional) or layer.quirk_1x1_no_subsample:
             return (0,)
-        if winograd_variant(layer):
+        if kcfg.winograd_variant(layer):
             return (0,)                  # Winograd reads its input where it is (kernels/winograd.py)
-        if depthwise_kind(layer) == "hwc":
+        if kcfg.depthwise_kind(layer) == "hwc":
             return (layer.h + 2, layer.w + 2, layer.c)
         if layer.groups > 1 or (layer.size == 1 and layer.stride == 1 and not layer.padding):
             return (0,)                  # grouped convs prepare their input per thread (kernels/depthwise)
@@ -379,48 +380,12 @@ def _shortcut_fusions(graph: L.Graph) -> dict[int, int]:
             continue
         sc = graph[i + 1]
         if not (isinstance(sc, L.Shortcut) and conv.activation == "linear" and conv.groups == 1
-                and not conv.quirk_1x1_no_subsample and not winograd_variant(conv)
+                and not conv.quirk_1x1_no_subsample and not kcfg.winograd_variant(conv)
                 and sc.alpha == 1 and sc.beta == 1 and sc.from_ != i and consumers[i] == [i + 1]):
             continue
         if graph[sc.from_].out_shape == conv.out_shape == sc.out_shape:
             fused[i] = i + 1
     return fused
-
-
-def depthwise_kind(layer: L.Layer) -> str:
-    """Kernel for a grouped convolution: "hwc" (depthwise 3x3 on small maps with many channels,
-    vectorised across channels), "rows" (depthwise 3x3 pad 1 stride 1-2 read row by row), "planes"
-    (any grouped conv, kernels/depthwise.conv_grouped); "" if not grouped."""
-    if not isinstance(layer, L.Convolutional) or layer.groups == 1:
-        return ""
-    if (layer.groups == layer.c == layer.filters and layer.size == 3 and layer.padding == 1
-            and layer.stride in (1, 2)):
-        if layer.out_h * layer.out_w <= 14 * 14 and layer.c >= 64:
-            return "hwc"
-        return "rows"
-    return "planes"
-
-
-_WINOGRAD4_MAX_BYTES = 2 << 20
-
-
-def winograd_variant(layer: L.Layer) -> int:
-    """Which fast algorithm a 3x3 stride-1 groups=1 convolution uses: 4 = Winograd F(4x4,3x3),
-    2 = F(2x2,3x3), 0 = the implicit GEMM. Chosen from measurements on this class of CPU
-    (benchmarks/; see the issue notes): F(4x4) wins from ~128 filters on maps of 14x14 and up; its
-    rounding error grows with the input channels, so it is kept to C <= 64 (<= 2.5e-6 of a layer's range
-    on Tiny Darknet's real weights; F(2x2) ~2e-7). F(2x2) fills its 16-tile panels exactly on 7x7 maps.
-    """
-    if not (isinstance(layer, L.Convolutional) and layer.size == 3 and layer.stride == 1 and layer.groups == 1
-            and layer.padding == 1):
-        return 0
-    if 16 <= layer.c <= 64 and layer.filters >= 128 and layer.out_h * layer.out_w >= 14 * 14:
-        # F(4x4) stores 36/9 = 4x the weights; past ~L2 size they come from L3/DRAM on every inference
-        # and F(2x2) (16/9) wins: Tiny Darknet's 14x14 64->512 layers, 1.42 -> 1.14 ms on Zen 4
-        return 4 if 36 * layer.c * layer.filters * 4 <= _WINOGRAD4_MAX_BYTES else 2
-    if layer.c >= 64 and layer.filters >= 64 and layer.out_h * layer.out_w <= 8 * 8:
-        return 2
-    return 0
 
 
 def g_shape(layer: L.Layer) -> tuple[int, ...]:

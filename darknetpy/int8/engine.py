@@ -32,6 +32,7 @@ import numba
 import numpy as np
 
 from .. import layers as L
+from ..kernels import config as kcfg
 from ..kernels import int8 as k8
 from .qgraph import LEAKY_ALPHA, QGraph, QLayer, QParams
 from .weights import saturation_free
@@ -89,20 +90,12 @@ class Int8Plan:
 
     @staticmethod
     def _conv_path(ql: QLayer) -> str:
+        """The kernel of a conv/connected layer: "connected", or kernels/config.int8_conv_path's choice."""
         lay = ql.layer
         if isinstance(lay, L.Connected):
             return "connected"
-        if ql.depthwise:
-            return "depthwise"
-        if lay.groups > 1:
-            return "grouped"
-        if lay.c % 2 == 0:
-            return "quads"
-        # odd C: onnxruntime pairs products across kernel taps; the interleaved kernel (channels padded to 4)
-        # computes the same values only when no pair of either pairing can saturate
-        if saturation_free(ql.weight, "flat") and saturation_free(ql.weight, "quads"):
-            return "quads"
-        return "im2col"
+        return kcfg.int8_conv_path(lay.c, lay.groups, ql.depthwise,
+                                   lambda: saturation_free(ql.weight, "flat") and saturation_free(ql.weight, "quads"))
 
     def _scratch_bytes(self, ql: QLayer) -> int:
         lay = ql.layer

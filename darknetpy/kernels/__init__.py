@@ -9,6 +9,7 @@ depthwise.py    grouped and depthwise convolutions over whole output maps
 winograd.py     Winograd F(2x2,3x3) and F(4x4,3x3)
 int8.py         int8 engine: u8 x s8 GEMM with int32 accumulation, ONNX-exact requantisation
 vecir.py        helpers for writing explicit vector code as LLVM IR
+config.py       every tunable and threshold (passed to the kernels as arguments), the CPU-feature choice
 
 Compiled kernels are cached on disk (``cache=True``). numba invalidates a cached function only when
 its own source file changes, not when a helper it inlines from another file does; so the cache lives
@@ -41,18 +42,15 @@ _set_cache_dir()
 
 
 def _set_spin() -> None:
-    """Keep numba's OpenMP workers spinning ~50-100 us after each parallel region, then sleep.
-
-    One inference runs 20-60 parallel regions back to back with a few microseconds of Python between
-    them. Workers that sleep at once (OMP_WAIT_POLICY=PASSIVE) must be woken for every region: measured
-    ~45 us per region on a 2-vCPU VM (vs 1.5 us spinning), i.e. 1-2 ms per Tiny Darknet inference at 2
-    threads. libgomp's default spins ~300,000 iterations (milliseconds), which steals a core from
-    whatever runs next. GOMP_SPINCOUNT=3000 covers the gaps inside an inference and not much more. Read
-    by libgomp when numba first loads it, so it is set here, before any kernel runs; an explicit
-    OMP_WAIT_POLICY or GOMP_SPINCOUNT from the user wins.
+    """Keep numba's OpenMP workers spinning ~50-100 us after each parallel region, then sleep
+    (``config.GOMP_SPINCOUNT``, where the measurements are). Read by libgomp when numba first loads it,
+    so it is set here, before any kernel runs; an explicit OMP_WAIT_POLICY or GOMP_SPINCOUNT from the
+    user wins.
     """
+    from .config import GOMP_SPINCOUNT
+
     if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
-        _os.environ["GOMP_SPINCOUNT"] = "3000"
+        _os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
 
 
 _set_spin()

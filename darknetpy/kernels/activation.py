@@ -15,6 +15,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import config
+
 NAMES = ("linear", "logistic", "loggy", "relu", "elu", "selu", "relie", "plse", "hardtan", "lhtan",
          "ramp", "leaky", "tanh", "stair", "relu6")
 CODE = {name: i for i, name in enumerate(NAMES)}
@@ -118,12 +120,11 @@ def activate_block(a, n, act):
 
 
 @njit(cache=True, parallel=True)
-def _activate(x, act):
-    # x: float32[:] (flat view of any tensor), modified in place
+def _activate(x, act, nchunk):
+    # x: float32[:] (flat view of any tensor), modified in place, in nchunk chunks (config.ELEMENTWISE_CHUNKS)
     n = x.size
     if act == LINEAR:
         return
-    nchunk = 64
     step = (n + nchunk - 1) // nchunk
     for c in prange(nchunk):
         for i in range(c * step, min(n, (c + 1) * step)):
@@ -134,4 +135,4 @@ def activate(x: np.ndarray, activation: str) -> None:
     """Apply ``activation`` (a darknet name) to the float32 array ``x`` in place."""
     if x.dtype != np.float32 or not x.flags.c_contiguous:
         raise TypeError("activate() needs a C-contiguous float32 array")
-    _activate(x.reshape(-1), CODE[activation])
+    _activate(x.reshape(-1), CODE[activation], config.ELEMENTWISE_CHUNKS)

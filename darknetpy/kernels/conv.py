@@ -25,6 +25,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import config
 from .activation import activate_block
 from .gemm import MR, NR, microkernel_fused, microkernel_indirect
 
@@ -163,8 +164,8 @@ def _offsets(c, size, s, hp, row, wq):
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, in_place_ok, nthreads, a_stationary, bscratch, res,
-               out):
+def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, in_place_ok, nthreads, min_items, a_stationary,
+               bscratch, res, out):
     # res: a residual shaped like out added before the activation (a fused [shortcut]), or empty
     # xs: (C, Hp, S, Wq) prepared input (S == stride); out: (M, out_h, out_w)
     # bscratch: (nthreads, >= K*npan*NR) when a_stationary, else unused
@@ -183,8 +184,8 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, in_place_ok, nth
     has_res = res.size == out.size
     res2d = res.reshape(m, n) if has_res else out2d
     mchunks = 1                                   # split M too when pixel panels are few
-    if npan < 8:
-        mchunks = min(nip, (8 + npan - 1) // npan)
+    if npan < min_items:
+        mchunks = min(nip, (min_items + npan - 1) // npan)
     nitems = npan * mchunks
     for th in prange(nthreads):
         tile = np.empty(MR * NR, dtype=np.float32)
@@ -225,13 +226,6 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, in_place_ok, nth
 
 _NO_RES = np.zeros(0, dtype=np.float32)
 _NO_SCRATCH = np.zeros((1, 1), dtype=np.float32)
-# From this many B rows on, B panels are packed instead of read in place: each in-place row sits in a
-# different channel plane and hundreds of planes thrash the TLB (measured: packing 10-20% faster at
-# K >= 384, slower below, where the copy is not amortised).
-PACK_K = 384
-# ... unless the whole input is this small: then its planes sit in a few hundred pages and packing only
-# costs (Zen 4, 1x1 512->64 at 14x14: 0.167 -> 0.132 ms reading in place).
-IN_PLACE_BYTES = 1 << 20
 
 
 def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bscratch=None) -> None:
@@ -249,24 +243,18 @@ def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bs
     # The thread count is passed in: numba.get_num_threads() inside a kernel makes it uncacheable.
     # res always goes in as a flat array, so there is one compiled specialisation either way
     # B rows read in place from many channel planes thrash the TLB once the input is large
-    in_place_ok = c * size * size < PACK_K or xs.nbytes <= IN_PLACE_BYTES
-    _conv_gemm(xs, ap, shift, act, size, stride, flat_ok, in_place_ok, nt, need > 0, _NO_SCRATCH if not need else bscratch,
-               _NO_RES if res is None else res.reshape(-1), out)
-
-
-# The weight-stationary order pays when the weights outweigh the packed input and that input fits in a
-# core's L2: each thread then reads only its share of the weights, once (measured on Zen 4, 2 threads:
-# 1x1 128->1000 at 14x14 0.272 -> 0.250 ms, 3x3 64->512 at 14x14 0.617 -> 0.600 ms; 1 thread unchanged).
-_B_STATIONARY_MAX = 512 * 1024
+    in_place_ok = c * size * size < config.CONV_PACK_K or xs.nbytes <= config.CONV_IN_PLACE_BYTES
+    _conv_gemm(xs, ap, shift, act, size, stride, flat_ok, in_place_ok, nt, config.CONV_MIN_ITEMS, need > 0,
+               _NO_SCRATCH if not need else bscratch, _NO_RES if res is None else res.reshape(-1), out)
 
 
 def gemm_scratch_size(kdim: int, m: int, n: int) -> int:
     """Floats per thread the weight-stationary GEMM packs the whole input into; 0 when the usual
-    order (pixel panels outermost) is used."""
+    order (pixel panels outermost) is used (config.CONV_B_STATIONARY_MAX says when)."""
     npan = -(-n // NR)
     bbytes = 4 * kdim * npan * NR
     abytes = 4 * kdim * (-(-m // MR)) * MR
-    if abytes > bbytes and bbytes <= _B_STATIONARY_MAX:
+    if abytes > bbytes and bbytes <= config.CONV_B_STATIONARY_MAX:
         return kdim * npan * NR
     return 0
 

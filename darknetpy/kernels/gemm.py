@@ -26,32 +26,14 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from . import config
 from .vecir import count_loop
 
-
-
-def _wide_vectors() -> bool:
-    """True when numba compiles for this CPU and it has AVX-512 (32 vector registers of 16 floats)."""
-    import numba
-    if numba.config.CPU_NAME or numba.config.CPU_FEATURES:     # a chosen (portable) target: stay at AVX2
-        return False
-    try:
-        from llvmlite import binding as llvm
-        return bool(llvm.get_host_cpu_features().get("avx512f", False))
-    except Exception:                                           # pragma: no cover - odd llvmlite builds
-        return False
-
-
-# The micro-tile. Peak is the same for every shape that keeps its accumulators in registers (measured
-# ~116 GFLOP/s on one Zen 4 core for 6x16, 8x16, 12x16...); what differs is the waste on the last A panel.
-# With AVX-512, 8 rows x one 16-float vector (8 accumulators): Darknet's filter counts are multiples of 8,
-# so panels come out exact (MR=6 wastes 11% on 16 or 32 filters). On AVX2 (16 registers), 6 rows x two
-# 8-float vectors = 12 accumulators, the most that fit.
-if _wide_vectors():
-    MR, _LANES = 8, 16
-else:
-    MR, _LANES = 6, 8
-NR = 16         # columns of B per micro-tile (pixels): one or two vectors
+# The micro-tile (MR x NR) and vector width: compile-time constants of the code generator, chosen for the
+# CPU by config.codegen_target() (see config.py for the measurements behind them).
+_TARGET = config.codegen_target()
+MR, _LANES = _TARGET.float_mr, _TARGET.float_lanes
+NR = config.FLOAT_NR    # columns of B per micro-tile (pixels): one or two vectors
 # activation codes the fused epilogue implements (kernels.activation: LINEAR, RELU, LEAKY, RELU6)
 _LINEAR, _RELU, _LEAKY, _RELU6 = 0, 3, 11, 14
 FUSED_ACTS = (_LINEAR, _RELU, _LEAKY, _RELU6)

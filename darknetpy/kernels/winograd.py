@@ -33,6 +33,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from . import config
 from .activation import activate_block
 from .gemm import MR, NR, microkernel_cols, pack_a
 from .vecir import LANES, Vec, loop
@@ -258,12 +259,6 @@ def _transform_panel4(xf, plane, wp, c, tiles_off, jn, vb, edge, want):
             vb[30, q], vb[31, q], vb[32, q], vb[33, q], vb[34, q], vb[35, q] = v[0], v[1], v[2], v[3], v[4], v[5]
 
 
-# Tile panels whose transformed input (V) a thread keeps while it runs every filter panel over them:
-# U (the transformed weights) is then read once per block of panels instead of once per panel. U is often
-# larger than L2 (Tiny Darknet's 28x28 F(4x4) layers: 1.2 MB), V of a block stays under ~256 KB.
-_V_BLOCK_BYTES = 256 * 1024
-
-
 @njit(cache=True, inline="always")
 def _store_full(of, res, ob, qb, ntiles, out_w, t):
     # ntiles whole t x t tiles side by side from output offset ob: t output rows, each the tiles' rows
@@ -277,11 +272,12 @@ def _store_full(of, res, ob, qb, ntiles, out_w, t):
 
 
 @njit(cache=True, inline="always")
-def _thread_body(th_, nthreads, xf, h, w, pad, c, up, shift, act, tw, ntile, out_w, out_h, of, f4):
+def _thread_body(th_, nthreads, xf, h, w, pad, c, up, shift, act, tw, ntile, out_w, out_h, of, f4, vblock):
     # One thread's share: a range of tile panels (all filter panels), or with fewer tile panels than
     # threads, every tile panel and a range of filter panels. Panels are taken in blocks: transform the
     # block's input tiles, then for each filter panel run the nx micro-kernels per tile panel into an
-    # L1-resident block, transform back (+ shift, activation), store.
+    # L1-resident block, transform back (+ shift, activation), store. vblock: bytes of transformed input
+    # (V) a block may hold (config.WINOGRAD_V_BLOCK_BYTES): U is then read once per block of panels.
     nx = 36 if f4 else 16                  # Winograd points: (t+2)^2 for t x t output tiles
     t = 4 if f4 else 2
     m = shift.shape[0]
@@ -295,7 +291,7 @@ def _thread_body(th_, nthreads, xf, h, w, pad, c, up, shift, act, tw, ntile, out
         tp_lo, tp_hi = 0, npan
         ip_lo, ip_hi = th_ * nip // nthreads, (th_ + 1) * nip // nthreads
     fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
-    bsize = max(1, _V_BLOCK_BYTES // (nx * c * NR * 4))
+    bsize = max(1, vblock // (nx * c * NR * 4))
     vbs = np.empty((min(bsize, max(1, tp_hi - tp_lo)), nx, c * NR), dtype=np.float32)
     nb = vbs.shape[0]
     blk = np.empty((nx, MR * NR), dtype=np.float32)
@@ -396,7 +392,7 @@ def _thread_body(th_, nthreads, xf, h, w, pad, c, up, shift, act, tw, ntile, out
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _winograd(x, up, shift, act, pad, th, tw, nthreads, f4, out):
+def _winograd(x, up, shift, act, pad, th, tw, nthreads, f4, vblock, out):
     # f4: F(4x4,3x3), else F(2x2,3x3). The thread body is an ordinary call (once per thread), not inlined
     # into the parallel loop, and serves both variants: one compiled kernel instead of two (a cold start
     # compiled the pair for ~13 s); the inner loops branch on f4 outside their bodies.
@@ -405,17 +401,17 @@ def _winograd(x, up, shift, act, pad, th, tw, nthreads, f4, out):
     xf = x.reshape(-1)
     of = out.reshape(-1)
     for th_ in prange(nthreads):
-        _thread_body(th_, nthreads, xf, h, w, pad, c, up, shift, act, tw, th * tw, out_w, out_h, of, f4)
+        _thread_body(th_, nthreads, xf, h, w, pad, c, up, shift, act, tw, th * tw, out_w, out_h, of, f4, vblock)
 
 
 def conv3x3_winograd4(x, up, shift, act: int, pad: int, out) -> None:
     """3x3 stride-1 conv with F(4x4,3x3): out = act(conv(x, W) + shift), ``up`` from ``transform_weights4``."""
     th, tw, _ = tiles4(out.shape[1], out.shape[2])
-    _winograd(x, up, shift, act, pad, th, tw, numba.get_num_threads(), True, out)
+    _winograd(x, up, shift, act, pad, th, tw, numba.get_num_threads(), True, config.WINOGRAD_V_BLOCK_BYTES, out)
 
 
 def conv3x3_winograd(x, up, shift, act: int, pad: int, out) -> None:
     """3x3 stride-1 conv with F(2x2,3x3): out = act(conv(x, W) + shift), ``up`` from ``transform_weights``."""
     th, tw, _ = tiles(out.shape[1], out.shape[2])
     # the thread count is passed in: numba.get_num_threads() inside a kernel makes it uncacheable
-    _winograd(x, up, shift, act, pad, th, tw, numba.get_num_threads(), False, out)
+    _winograd(x, up, shift, act, pad, th, tw, numba.get_num_threads(), False, config.WINOGRAD_V_BLOCK_BYTES, out)

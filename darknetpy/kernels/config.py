@@ -1,0 +1,203 @@
+"""Every tunable and threshold of darknetpy's kernels and plans, in one place.
+
+Each value says what it trades and what was measured (on the CPU named; "not measured" where the value
+was set by reasoning alone). None of them changes a result: they choose between kernels that compute the
+same values, or split the same work differently.
+
+Who reads them: the Python wrappers in this package and the plan builders (``runtime.py``,
+``int8/engine.py``). They are passed to the @njit kernels as ARGUMENTS: numba's on-disk cache freezes a
+module global into the compiled code, so a kernel never reads one of these names itself.
+
+Two exceptions are compile-time constants of the code generators, because they shape the LLVM IR itself
+(how many accumulators, how wide a vector): the register tiles ``FLOAT_NR``, ``INT8_MR``/``INT8_NR``
+and the CPU-dependent float ``MR`` and vector width, and ``vecir.LANES`` (8-float vectors for the
+hand-written IR of Winograd and depthwise, split or widened by LLVM on other targets). The one
+CPU-feature decision behind them is ``codegen_target()``. numba keys its cache on the CPU, so code built
+for one choice is never loaded on a CPU that would choose otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+# -- threads ---------------------------------------------------------------------------------------------
+
+# libgomp's spin count for idle OpenMP workers (set by kernels/__init__ before numba loads libgomp, unless
+# the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT). One inference runs 20-60 parallel regions back to back
+# with a few microseconds of Python between them. Workers that sleep at once (OMP_WAIT_POLICY=PASSIVE)
+# must be woken for every region: measured ~45 us per region on a 2-vCPU VM (vs 1.5 us spinning), i.e.
+# 1-2 ms per Tiny Darknet inference at 2 threads. libgomp's default spins ~300,000 iterations
+# (milliseconds), which steals a core from whatever runs next. 3000 (~50-100 us) covers the gaps inside
+# an inference and not much more.
+GOMP_SPINCOUNT = "3000"
+
+
+# -- register tiles (compile-time constants of the code generators) --------------------------------------
+
+# Float GEMM micro-tile (kernels/gemm.py): MR rows of A (filters) x NR columns of B (pixels). Peak is the
+# same for every shape that keeps its accumulators in registers (measured ~116 GFLOP/s on one Zen 4 core
+# for 6x16, 8x16, 12x16...); what differs is the waste on the last A panel. With AVX-512, 8 rows x one
+# 16-float vector (8 accumulators): Darknet's filter counts are multiples of 8, so panels come out exact
+# (MR=6 wastes 11% on 16 or 32 filters). On AVX2 (16 registers), 6 rows x two 8-float vectors = 12
+# accumulators, the most that fit. MR and the vector width come from codegen_target().
+FLOAT_NR = 16
+
+# int8 GEMM micro-tile (kernels/int8/microkernel.py): 4 output channels x 16 pixels = 8 int32 accumulators
+# of 8 lanes; one quad (4 channels of a tap) of 16 pixels is 2 x 32 bytes of interleaved uint8 input.
+INT8_MR = 4
+INT8_NR = 16
+
+
+@dataclass(frozen=True)
+class CodegenTarget:
+    """What the code generators emit for the CPU numba compiles for."""
+
+    float_mr: int          # rows of the float micro-tile
+    float_lanes: int       # floats per vector in the float micro-kernel (16: AVX-512, 8: AVX2)
+    int8_avx2: bool        # the int8 micro-kernel calls vpmaddubsw/vpmaddwd as x86 intrinsics
+
+
+@functools.lru_cache(maxsize=None)
+def codegen_target() -> CodegenTarget:
+    """The CPU-feature choice, made once per process.
+
+    * float: 8 x 16-float vectors when numba compiles for this CPU and it has AVX-512 (32 vector
+      registers); 6 x two 8-float vectors otherwise, including whenever NUMBA_CPU_NAME or
+      NUMBA_CPU_FEATURES chooses a (portable) target, so ``NUMBA_CPU_NAME=haswell`` builds the AVX2 code;
+    * int8: the x86 intrinsics when the host has AVX2. LLVM matches the generic IR to vpmaddubsw too, but
+      inside the micro-kernel's loop, with the ones vector hoisted out of it, it turns the pair sum into a
+      7-instruction sequence. Without AVX2 the portable IR compiles to correct (slower) generic code.
+    """
+    import numba
+
+    try:
+        from llvmlite import binding as llvm
+        features = llvm.get_host_cpu_features()
+    except Exception:                          # pragma: no cover - a platform llvmlite cannot query
+        features = None
+    chosen = bool(numba.config.CPU_NAME or numba.config.CPU_FEATURES)
+    try:
+        wide = not chosen and features is not None and bool(features.get("avx512f", False))
+    except Exception:                          # pragma: no cover - odd llvmlite builds
+        wide = False
+    try:
+        avx2 = features is not None and "+avx2" in features.flatten().split(",")
+    except Exception:                          # pragma: no cover
+        avx2 = False
+    return CodegenTarget(float_mr=8 if wide else 6, float_lanes=16 if wide else 8, int8_avx2=avx2)
+
+
+# -- elementwise passes -----------------------------------------------------------------------------------
+
+# Elementwise passes over a whole tensor (activation.activate; int8 quantize, table lookup, add) run as this
+# many chunks of plain loops, shared among the threads: enough for any thread count, few enough that each
+# chunk's loop is long and vectorises. Not measured separately.
+ELEMENTWISE_CHUNKS = 64
+
+
+# -- float convolution: the implicit GEMM (kernels/conv.py) ----------------------------------------------
+
+# From this many B rows (K = C*k*k) on, B panels are packed instead of read in place: each in-place row
+# sits in a different channel plane and hundreds of planes thrash the TLB (measured: packing 10-20% faster
+# at K >= 384, slower below, where the copy is not amortised).
+CONV_PACK_K = 384
+
+# ... unless the whole prepared input is this small: then its planes sit in a few hundred pages and
+# packing only costs (Zen 4, 1x1 512->64 at 14x14: 0.167 -> 0.132 ms reading in place).
+CONV_IN_PLACE_BYTES = 1 << 20
+
+# The weight-stationary order (every pixel panel packed once per thread, filter panels outermost) pays when
+# the weights outweigh the packed input and that input fits in a core's L2: each thread then reads only
+# its share of the weights, once (measured on Zen 4, 2 threads: 1x1 128->1000 at 14x14 0.272 -> 0.250 ms,
+# 3x3 64->512 at 14x14 0.617 -> 0.600 ms; 1 thread unchanged). This is the packed input's size limit.
+CONV_B_STATIONARY_MAX = 512 * 1024
+
+# With fewer pixel panels (16 pixels each) than this, the filter panels are split too, so that the threads
+# get about this many work items between them instead of a few large ones (small late maps: 7x7 = 4
+# panels). Not measured separately.
+CONV_MIN_ITEMS = 8
+
+
+# -- float convolution: Winograd (kernels/winograd.py) ---------------------------------------------------
+
+# F(4x4) stores 36/9 = 4x the weights; past ~L2 size they come from L3/DRAM on every inference and F(2x2)
+# (16/9) wins: Tiny Darknet's 14x14 64->512 layers, 1.42 -> 1.14 ms on Zen 4. Limit on 36*C*M*4 bytes.
+WINOGRAD4_MAX_BYTES = 2 << 20
+
+# Tile panels whose transformed input (V) a thread keeps while it runs every filter panel over them: U
+# (the transformed weights) is then read once per block of panels instead of once per panel. U is often
+# larger than L2 (Tiny Darknet's 28x28 F(4x4) layers: 1.2 MB), V of a block stays under this.
+WINOGRAD_V_BLOCK_BYTES = 256 * 1024
+
+
+def winograd_variant(conv) -> int:
+    """Which fast algorithm a convolution uses: 4 = Winograd F(4x4,3x3), 2 = F(2x2,3x3), 0 = not Winograd
+    (the implicit GEMM, or grouped kernels). ``conv``: anything with a convolutional layer's fields
+    (c, filters, size, stride, padding, groups, out_h, out_w).
+
+    Chosen from measurements on this class of CPU (benchmarks/; see the issue notes): F(4x4) wins from
+    ~128 filters on maps of 14x14 and up; its rounding error grows with the input channels, so it is kept
+    to C <= 64 (<= 2.5e-6 of a layer's range on Tiny Darknet's real weights; F(2x2) ~2e-7), and past
+    WINOGRAD4_MAX_BYTES of transformed weights F(2x2) takes over. F(2x2) fills its 16-tile panels exactly
+    on 7x7 maps: from 64 channels and 64 filters on maps up to 8x8. The lower bound C >= 16 is not
+    measured separately.
+    """
+    if not (conv.size == 3 and conv.stride == 1 and conv.groups == 1 and conv.padding == 1):
+        return 0
+    if 16 <= conv.c <= 64 and conv.filters >= 128 and conv.out_h * conv.out_w >= 14 * 14:
+        return 4 if 36 * conv.c * conv.filters * 4 <= WINOGRAD4_MAX_BYTES else 2
+    if conv.c >= 64 and conv.filters >= 64 and conv.out_h * conv.out_w <= 8 * 8:
+        return 2
+    return 0
+
+
+# -- float convolution: grouped and depthwise (kernels/depthwise.py) -------------------------------------
+
+def depthwise_kind(conv) -> str:
+    """Kernel for a grouped convolution (``conv`` as in ``winograd_variant``): "hwc" (depthwise 3x3 on
+    small maps with many channels, vectorised across channels), "rows" (depthwise 3x3 pad 1 stride 1-2
+    read row by row), "planes" (any grouped conv, depthwise.conv_grouped); "" if not grouped.
+
+    "hwc" for maps of at most 14x14 with at least 64 channels: HarDNet's 7x7 and 14x14 layers, where a row
+    is too short to fill vectors and the channels are many. The bounds are not measured separately.
+    """
+    if conv.groups == 1:
+        return ""
+    if conv.groups == conv.c == conv.filters and conv.size == 3 and conv.padding == 1 and conv.stride in (1, 2):
+        if conv.out_h * conv.out_w <= 14 * 14 and conv.c >= 64:
+            return "hwc"
+        return "rows"
+    return "planes"
+
+
+# -- int8 engine (kernels/int8/, int8/engine.py) ---------------------------------------------------------
+
+# Below this many bytes, one thread does an input preparation or a 2x2 maxpool: a parallel region costs
+# ~2-13 us, more than such a pass.
+INT8_SERIAL_BYTES = 64 * 1024
+
+# The int8 GEMM splits the output channels too when pixel panels are few, so that every thread gets at
+# least this many work items (a static split of 13 panels over 2 threads leaves one idle 1/13 of the time).
+INT8_MIN_ITEMS_PER_THREAD = 8
+
+
+
+def int8_conv_path(c: int, groups: int, depthwise: bool, pairs_safe: Callable[[], bool]) -> str:
+    """Which int8 kernel runs a convolution: "depthwise" (exact int32, as MLAS's depthwise kernels),
+    "grouped" (MLAS's per-group pairs), "quads" (the vpmaddubsw GEMM on a 4-channel interleaved input) or
+    "im2col" (a GEMM on MLAS's flat (ky, kx, c) order). All compute onnxruntime's values.
+
+    With an even channel count the pairs MLAS forms along (ky, kx, c) are pairs of channels, which "quads"
+    forms too. With an odd count (the RGB input) onnxruntime pairs products across kernel taps: "quads"
+    (channels padded to 4, much faster) then computes the same values only when no pair of either pairing
+    can saturate, which ``pairs_safe()`` checks on the weights (only called for odd C).
+    """
+    if depthwise:
+        return "depthwise"
+    if groups > 1:
+        return "grouped"
+    if c % 2 == 0 or pairs_safe():
+        return "quads"
+    return "im2col"
