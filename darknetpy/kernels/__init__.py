@@ -7,14 +7,14 @@ elementwise.py  maxpool, softmax, shortcut, upsample, crop (exact at full speed)
 activation.py   darknet's activations, evaluated as darknet does (in double)
 depthwise.py    grouped and depthwise convolutions over whole output maps
 winograd.py     Winograd F(2x2,3x3) and F(4x4,3x3)
-int8.py         int8 engine: u8 x s8 GEMM with int32 accumulation, ONNX-exact requantisation
+int8/           int8 engine: u8 x s8 GEMM with int32 accumulation, ONNX-exact requantisation
 vecir.py        helpers for writing explicit vector code as LLVM IR
 config.py       every tunable and threshold (passed to the kernels as arguments), the CPU-feature choice
 
 Compiled kernels are cached on disk (``cache=True``). numba invalidates a cached function only when
 its own source file changes, not when a helper it inlines from another file does; so the cache lives
-in a directory named after a hash of all kernel sources (``$DARKNETPY_CACHE_DIR`` or
-``~/.cache/darknetpy/numba/<hash>``), and any change to any kernel file starts a fresh cache. An
+in a directory named after a hash of all kernel sources, subfolders included (``$DARKNETPY_CACHE_DIR``
+or ``~/.cache/darknetpy/numba/<hash>``), and any change to any kernel file starts a fresh cache. An
 explicit ``NUMBA_CACHE_DIR`` is respected.
 """
 
@@ -30,8 +30,8 @@ def _set_cache_dir() -> None:
         return
     here = _Path(__file__).resolve().parent
     h = _hashlib.sha256()
-    for f in sorted(here.glob("*.py")):
-        h.update(f.name.encode())
+    for f in sorted(here.rglob("*.py")):
+        h.update(f.relative_to(here).as_posix().encode())
         h.update(f.read_bytes())
     base = _os.environ.get("DARKNETPY_CACHE_DIR") or _os.path.join(
         _os.environ.get("XDG_CACHE_HOME") or _os.path.join(_os.path.expanduser("~"), ".cache"), "darknetpy", "numba")
