@@ -36,21 +36,8 @@ from .kernels import winograd as kwino
 from .kernels.activation import CODE as ACT
 from .kernels.activation import activate
 from .kernels.gemm import pack_a
+from .passes import bn_scale_shift
 from .weights import Weights
-
-_BN_EPS = np.float32(1e-6)          # darknet CPU: (x - mean) / (sqrt(var) + .000001f)
-
-
-def fold_batchnorm(p: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-channel (scale, shift) with y = conv(x)*scale + shift, darknet's CPU BN formula.
-
-    Without batch norm: scale 1, shift = biases.
-    """
-    if "scales" not in p:
-        return np.ones(n, np.float32), p["biases"].astype(np.float32)
-    s = p["scales"].astype(np.float64) / (np.sqrt(p["rolling_variance"].astype(np.float64)) + np.float64(_BN_EPS))
-    shift = p["biases"].astype(np.float64) - p["rolling_mean"].astype(np.float64) * s
-    return s.astype(np.float32), shift.astype(np.float32)
 
 
 class Plan:
@@ -246,7 +233,7 @@ class Plan:
                     kex.batchnorm_exact(o2d, *bn)
                 kex.bias_act_exact(o2d, b, a)
             return run_exact
-        scale, shift = fold_batchnorm(p, layer.filters)
+        scale, shift = bn_scale_shift(p, layer.filters)
         w = np.ascontiguousarray(p["weights"] * scale[:, None, None, None], dtype=np.float32)
         pad, size, stride = layer.padding, layer.size, layer.stride
         shape = self._scratch_shape(layer)
@@ -301,7 +288,7 @@ class Plan:
                     kex.batchnorm_exact(o2d, *bn)
                 kex.bias_act_exact(o2d, b, a)
             return run_exact
-        scale, shift = fold_batchnorm(p, layer.output)
+        scale, shift = bn_scale_shift(p, layer.output)
         w = np.ascontiguousarray(p["weights"] * scale[:, None], dtype=np.float32)
         return lambda: kconv.connected(x1, w, shift, a, o1)
 
