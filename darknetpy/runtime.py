@@ -9,6 +9,9 @@ The plan is built once:
 * in fast mode, batch norm is folded into the convolution weights (scale) and a per-channel shift,
   weights are packed for the GEMM kernel, and bias + activation run in the GEMM epilogue;
 * ``exact=True`` binds the darknet-exact kernels instead (same arithmetic as pjreddie's C code);
+* which kernels a layer kind gets is one table per mode, ``FAST_PLAN`` and ``EXACT_PLAN`` (layer class ->
+  bind method; ``layers.Refuse`` for a kind the mode cannot run), and the thresholds that choose between
+  kernels (Winograd, depthwise, GEMM orders) are in ``kernels/config.py``;
 * unless ``keep_all`` (every layer's output wanted), a linear GEMM convolution whose only consumer is a
   same-shape ``[shortcut]`` (alpha = beta = 1) writes ``act(conv + shift + from)`` straight into the
   shortcut's buffer: the addition and activation happen in the GEMM's registers and the convolution's
@@ -27,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from . import layers as L
+from .errors import UnsupportedError
 from .kernels import config as kcfg
 from .kernels import conv as kconv
 from .kernels import elementwise as kel
@@ -41,12 +45,17 @@ from .weights import Weights
 
 
 class Plan:
-    """A compiled forward pass for one graph and one set of parameters."""
+    """A compiled forward pass for one graph and one set of parameters.
+
+    ``exact``: darknet's own arithmetic (``EXACT_PLAN``) instead of the fast kernels (``FAST_PLAN``).
+    ``keep_all``: every layer's output stays in ``outputs`` after ``run`` (no fusion, no shared memory).
+    """
 
     def __init__(self, graph: L.Graph, weights: Weights, *, exact: bool = False, keep_all: bool = False):
         self.graph = graph
         self.exact = exact
         self.keep_all = keep_all
+        self.table = EXACT_PLAN if exact else FAST_PLAN
         self.fused = {} if (exact or keep_all) else _shortcut_fusions(graph)   # conv index -> shortcut index
         self.input = np.zeros(graph.net.in_shape, dtype=np.float32)
         self.outputs: list[np.ndarray] = [None] * len(graph)  # type: ignore[list-item]
@@ -165,74 +174,90 @@ class Plan:
     # -- binding kernels -------------------------------------------------------------------------
 
     def _bind(self, layer: L.Layer, p: dict) -> Callable[[], None]:
-        out = self.outputs[layer.index]
-        x = self._in(layer)
+        """The layer's step, from this mode's table (``FAST_PLAN`` or ``EXACT_PLAN``)."""
         if layer.index - 1 in self.fused:
-            return lambda: None                              # computed by the convolution before it
-        if isinstance(layer, L.Convolutional):
-            return self._bind_conv(layer, p, x, out)
-        if isinstance(layer, L.Connected):
-            return self._bind_connected(layer, p, x, out)
-        if isinstance(layer, L.MaxPool):
-            return lambda: kel.maxpool(x, layer.size, layer.stride, layer.padding, out)
-        if isinstance(layer, L.AvgPool):
-            x2d, o1 = x.reshape(layer.c, -1), out.reshape(-1)
-            pool = kex.avgpool_exact if self.exact else kex.avgpool_fast
-            return lambda: pool(x2d, o1)
-        if isinstance(layer, L.Softmax):
-            return lambda: kel.softmax(x, layer.groups, layer.temperature, out)
-        if isinstance(layer, L.Cost):
-            return lambda: None                              # inert: its output stays 0
-        if isinstance(layer, L.Route):
-            return self._bind_route(layer, out)
-        if isinstance(layer, L.Shortcut):
-            src = self.outputs[layer.from_].reshape(g_shape(self.graph[layer.from_]))
-            a = ACT[layer.activation]
-            return lambda: kel.shortcut(x, src, layer.alpha, layer.beta, a, out)
-        if isinstance(layer, L.Upsample):
-            return lambda: kel.upsample(x, layer.stride, layer.scale, layer.reverse, out)
-        if isinstance(layer, L.Dropout):
-            return lambda: None                              # shares its input's buffer
-        if isinstance(layer, L.Local):
-            w, b = p["weights"], p["biases"]
-            a = ACT[layer.activation]
-            return lambda: kex.local_exact(x, w, b, layer.size, layer.stride, layer.pad, a, out)
-        if isinstance(layer, L.Crop):
-            return lambda: kel.crop(x, out, bool(layer.noadjust))
-        if isinstance(layer, L.BatchNorm):
-            zero = np.zeros(layer.c, np.float32)
-            x2d, o2d = x.reshape(layer.c, -1), out.reshape(layer.c, -1)
-            sc, mn, vr = p["scales"], p["rolling_mean"], p["rolling_variance"]
+            return _nothing                                  # computed by the convolution before it
+        entry = L.dispatch(self.table, layer)
+        if isinstance(entry, L.Refuse):
+            where = os.path.basename(self.graph.path)
+            at = f"{where}:{layer.line} " if layer.line else f"{where}: "
+            raise UnsupportedError(f"{at}{layer.describe()}: {entry.why}")
+        return entry(self, layer, p, self._in(layer), self.outputs[layer.index])
 
-            def run_bn():
-                o2d[...] = x2d
-                kex.batchnorm_exact(o2d, sc, mn, vr)
-                kex.bias_act_exact(o2d, zero, ACT["linear"])
-            return run_bn
-        if isinstance(layer, L.Activation):
-            o1 = out.reshape(-1)
-            x1 = x.reshape(-1)
-            name = layer.activation
+    def _bind_maxpool(self, layer: L.MaxPool, p: dict, x, out) -> Callable[[], None]:
+        return lambda: kel.maxpool(x, layer.size, layer.stride, layer.padding, out)
 
-            def run_act():
-                o1[...] = x1
-                activate(o1, name)
-            return run_act
-        raise AssertionError(f"no kernel for {layer.kind}")
+    def _bind_avgpool_fast(self, layer: L.AvgPool, p: dict, x, out) -> Callable[[], None]:
+        x2d, o1 = x.reshape(layer.c, -1), out.reshape(-1)
+        return lambda: kex.avgpool_fast(x2d, o1)
 
-    def _bind_conv(self, layer: L.Convolutional, p: dict, x, out) -> Callable[[], None]:
+    def _bind_avgpool_exact(self, layer: L.AvgPool, p: dict, x, out) -> Callable[[], None]:
+        x2d, o1 = x.reshape(layer.c, -1), out.reshape(-1)
+        return lambda: kex.avgpool_exact(x2d, o1)
+
+    def _bind_softmax(self, layer: L.Softmax, p: dict, x, out) -> Callable[[], None]:
+        return lambda: kel.softmax(x, layer.groups, layer.temperature, out)
+
+    def _bind_nothing(self, layer: L.Layer, p: dict, x, out) -> Callable[[], None]:
+        """[cost] (inert: its output stays 0) and [dropout] (shares its input's buffer)."""
+        return _nothing
+
+    def _bind_shortcut(self, layer: L.Shortcut, p: dict, x, out) -> Callable[[], None]:
+        src = self.outputs[layer.from_].reshape(self.graph[layer.from_].out_shape)
         a = ACT[layer.activation]
-        if self.exact or layer.quirk_1x1_no_subsample:
-            w, b = p["weights"], p["biases"]
-            o2d = out.reshape(layer.filters, -1)
-            bn = (p["scales"], p["rolling_mean"], p["rolling_variance"]) if layer.batch_normalize else None
+        return lambda: kel.shortcut(x, src, layer.alpha, layer.beta, a, out)
 
-            def run_exact():
-                kex.conv_exact(x, w, layer.groups, layer.size, layer.stride, layer.padding, out)
-                if bn is not None:
-                    kex.batchnorm_exact(o2d, *bn)
-                kex.bias_act_exact(o2d, b, a)
-            return run_exact
+    def _bind_upsample(self, layer: L.Upsample, p: dict, x, out) -> Callable[[], None]:
+        return lambda: kel.upsample(x, layer.stride, layer.scale, layer.reverse, out)
+
+    def _bind_local(self, layer: L.Local, p: dict, x, out) -> Callable[[], None]:
+        w, b = p["weights"], p["biases"]
+        a = ACT[layer.activation]
+        return lambda: kex.local_exact(x, w, b, layer.size, layer.stride, layer.pad, a, out)
+
+    def _bind_crop(self, layer: L.Crop, p: dict, x, out) -> Callable[[], None]:
+        return lambda: kel.crop(x, out, bool(layer.noadjust))
+
+    def _bind_batchnorm(self, layer: L.BatchNorm, p: dict, x, out) -> Callable[[], None]:
+        zero = np.zeros(layer.c, np.float32)
+        x2d, o2d = x.reshape(layer.c, -1), out.reshape(layer.c, -1)
+        sc, mn, vr = p["scales"], p["rolling_mean"], p["rolling_variance"]
+
+        def run_bn():
+            o2d[...] = x2d
+            kex.batchnorm_exact(o2d, sc, mn, vr)
+            kex.bias_act_exact(o2d, zero, ACT["linear"])
+        return run_bn
+
+    def _bind_activation(self, layer: L.Activation, p: dict, x, out) -> Callable[[], None]:
+        o1 = out.reshape(-1)
+        x1 = x.reshape(-1)
+        name = layer.activation
+
+        def run_act():
+            o1[...] = x1
+            activate(o1, name)
+        return run_act
+
+    def _bind_conv_exact(self, layer: L.Convolutional, p: dict, x, out) -> Callable[[], None]:
+        a = ACT[layer.activation]
+        w, b = p["weights"], p["biases"]
+        o2d = out.reshape(layer.filters, -1)
+        bn = (p["scales"], p["rolling_mean"], p["rolling_variance"]) if layer.batch_normalize else None
+
+        def run_exact():
+            kex.conv_exact(x, w, layer.groups, layer.size, layer.stride, layer.padding, out)
+            if bn is not None:
+                kex.batchnorm_exact(o2d, *bn)
+            kex.bias_act_exact(o2d, b, a)
+        return run_exact
+
+    def _bind_conv_fast(self, layer: L.Convolutional, p: dict, x, out) -> Callable[[], None]:
+        """Batch norm folded into the weights, then Winograd, the implicit GEMM or a grouped kernel
+        (kernels/config.py chooses); darknet's 1x1 stride>1 quirk runs the exact kernel."""
+        if layer.quirk_1x1_no_subsample:
+            return self._bind_conv_exact(layer, p, x, out)
+        a = ACT[layer.activation]
         scale, shift = bn_scale_shift(p, layer.filters)
         w = np.ascontiguousarray(p["weights"] * scale[:, None, None, None], dtype=np.float32)
         pad, size, stride = layer.padding, layer.size, layer.stride
@@ -274,25 +299,28 @@ class Plan:
         tscratch = self._thread_scratch
         return lambda: kdw.conv_grouped(x, w, layer.groups, shift, a, pad, stride, out, tscratch)
 
-    def _bind_connected(self, layer: L.Connected, p: dict, x, out) -> Callable[[], None]:
+    def _bind_connected_exact(self, layer: L.Connected, p: dict, x, out) -> Callable[[], None]:
         a = ACT[layer.activation]
         x1, o1 = x.reshape(-1), out.reshape(-1)
-        if self.exact:
-            w, b = p["weights"], p["biases"]
-            o2d = out.reshape(layer.output, 1)
-            bn = (p["scales"], p["rolling_mean"], p["rolling_variance"]) if layer.batch_normalize else None
+        w, b = p["weights"], p["biases"]
+        o2d = out.reshape(layer.output, 1)
+        bn = (p["scales"], p["rolling_mean"], p["rolling_variance"]) if layer.batch_normalize else None
 
-            def run_exact():
-                kex.connected_exact(x1, w, o1)
-                if bn is not None:
-                    kex.batchnorm_exact(o2d, *bn)
-                kex.bias_act_exact(o2d, b, a)
-            return run_exact
+        def run_exact():
+            kex.connected_exact(x1, w, o1)
+            if bn is not None:
+                kex.batchnorm_exact(o2d, *bn)
+            kex.bias_act_exact(o2d, b, a)
+        return run_exact
+
+    def _bind_connected_fast(self, layer: L.Connected, p: dict, x, out) -> Callable[[], None]:
+        a = ACT[layer.activation]
+        x1, o1 = x.reshape(-1), out.reshape(-1)
         scale, shift = bn_scale_shift(p, layer.output)
         w = np.ascontiguousarray(p["weights"] * scale[:, None], dtype=np.float32)
         return lambda: kconv.connected(x1, w, shift, a, o1)
 
-    def _bind_route(self, layer: L.Route, out) -> Callable[[], None]:
+    def _bind_route(self, layer: L.Route, p: dict, x, out) -> Callable[[], None]:
         # Copy only the inputs that could not write into their slice directly.
         flat = out.reshape(-1)
         copies = []
@@ -304,7 +332,7 @@ class Plan:
             pos += prod.outputs
             c0 += prod.out_c
         if not copies:
-            return lambda: None
+            return _nothing
 
         def run_route():
             for s, d in copies:
@@ -318,8 +346,7 @@ class Plan:
             return "maxpool2x2" if (layer.size, layer.stride, layer.padding // 2) == (2, 2, 0) else "maxpool"
         if layer.quirk_1x1_no_subsample:
             return "conv:exact"
-        variant = kcfg.winograd_variant(layer)
-        if variant:
+        if kcfg.winograd_variant(layer):
             return "conv:winograd"        # F(2x2) and F(4x4): one compiled kernel
         kind = kcfg.depthwise_kind(layer)
         if kind:
@@ -375,10 +402,49 @@ def _shortcut_fusions(graph: L.Graph) -> dict[int, int]:
     return fused
 
 
-def g_shape(layer: L.Layer) -> tuple[int, ...]:
-    return layer.out_shape
-
-
 def _writes_own_output(layer: L.Layer) -> bool:
     """Layers whose kernel fills a caller-provided buffer (so it may be a slice of a route buffer)."""
     return not isinstance(layer, (L.Route, L.Dropout, L.Cost))
+
+
+def _nothing() -> None:
+    """The step of a layer that computes nothing here."""
+
+
+# -- the dispatch tables: layer class -> Plan method binding that layer's step ------------------------------
+# One per mode (tests/core/test_layout.py checks that every kind in layers.LAYER_CLASSES has an entry).
+# Both modes run every kind today; a kind a mode cannot run would map to L.Refuse("why").
+
+FAST_PLAN: dict = {
+    L.Convolutional: Plan._bind_conv_fast,
+    L.Connected: Plan._bind_connected_fast,
+    L.MaxPool: Plan._bind_maxpool,
+    L.AvgPool: Plan._bind_avgpool_fast,
+    L.Softmax: Plan._bind_softmax,
+    L.Cost: Plan._bind_nothing,
+    L.Route: Plan._bind_route,
+    L.Shortcut: Plan._bind_shortcut,
+    L.Upsample: Plan._bind_upsample,
+    L.Dropout: Plan._bind_nothing,
+    L.Local: Plan._bind_local,                 # the exact kernel: [local] has no fast variant
+    L.Crop: Plan._bind_crop,
+    L.BatchNorm: Plan._bind_batchnorm,         # a standalone [batchnorm]: darknet's formula
+    L.Activation: Plan._bind_activation,
+}
+
+EXACT_PLAN: dict = {
+    L.Convolutional: Plan._bind_conv_exact,
+    L.Connected: Plan._bind_connected_exact,
+    L.MaxPool: Plan._bind_maxpool,
+    L.AvgPool: Plan._bind_avgpool_exact,
+    L.Softmax: Plan._bind_softmax,
+    L.Cost: Plan._bind_nothing,
+    L.Route: Plan._bind_route,
+    L.Shortcut: Plan._bind_shortcut,
+    L.Upsample: Plan._bind_upsample,
+    L.Dropout: Plan._bind_nothing,
+    L.Local: Plan._bind_local,
+    L.Crop: Plan._bind_crop,
+    L.BatchNorm: Plan._bind_batchnorm,
+    L.Activation: Plan._bind_activation,
+}
