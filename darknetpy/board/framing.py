@@ -14,6 +14,7 @@ reassembles them incrementally and copes with every §3.2b behaviour: an empty E
 bytes in the unused part of a packet (only the header count is read), and text (the start-up banner
 of a board that rebooted) where a header was expected.
 
+This is the part of the protocol that is not protobuf, so it is written out here.
 """
 
 from __future__ import annotations
@@ -22,12 +23,29 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar, Optional
 
 from ..errors import BoardProtocolError, BoardReset
-from .protocol import CMD_DISCONNECT, CMD_SYNC, SysinfoMsg, _hex, encode_varint
+from .codec import hex_preview as _hex
+from .protocol import CMD_DISCONNECT, CMD_SYNC, SysinfoMsg
 
 # Low-level IO (EnumLowLevelIO)
 IO_PACKET_SIZE = 32          # IO_IN_PACKET_SIZE == IO_OUT_PACKET_SIZE
 IO_HEADER_EOM_FLAG = 0x80
 IO_OUT_SYNC = 0xAA           # the board's "send me the next packet" byte
+
+
+def encode_varint(value: int) -> bytes:
+    """Base-128 varint of a length (protobuf's, non-negative).
+
+    >>> encode_varint(0x301).hex(' ')
+    '81 06'
+    """
+    if value < 0:
+        raise ValueError(f"a length cannot be negative, got {value}")
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def delimit(message: bytes) -> bytes:

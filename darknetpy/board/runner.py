@@ -576,7 +576,7 @@ class BoardSession:
             self._warn(f"the board reports protocol 3.{sync.minor}, which normally uses framing "
                        f"{expected}, but it answered in framing {self._framing.number}")
         if sync.runtime != pb.EnumAiRuntime.AI_RT_ATONN:
-            self._warn(f"the firmware's runtime is {pb._name(pb.EnumAiRuntime, sync.runtime)}, "
+            self._warn(f"the firmware's runtime is {pb.runtime_name(sync.runtime)}, "
                        f"not AI_RT_ATONN (the STM32N6 NPU runtime)")
         return sync
 

@@ -2,10 +2,16 @@
 for byte.
 
 Pure bytes in, bytes/messages out: no port, no emulator. Expected bytes are written out by hand
-(varints worked out in the comments) so a wrong encoder cannot agree with itself.
+(varints worked out in the comments) so a wrong encoder -- protobuf driven by a wrong description
+of the messages included -- cannot agree with itself.
 """
 
 from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,11 +88,27 @@ def test_error_ack_response():
 @pytest.mark.parametrize("value, wire", [
     (0, "00"), (1, "01"), (127, "7f"), (128, "80 01"), (300, "ac 02"), (0x301, "81 06"),
     (0xFFFFFFFF, "ff ff ff ff 0f"),
+])
+def test_varints(value, wire):
+    assert fr.encode_varint(value) == h(wire)                              # a length prefix
+    assert AckMsg(param=value).encode() == h("08") + h(wire) + h("10 00")   # a uint32 field
+
+
+def test_length_varint_refuses_negatives():
+    with pytest.raises(ValueError, match="negative"):
+        fr.encode_varint(-1)
+
+
+@pytest.mark.parametrize("value, wire", [
     (-1, "ff ff ff ff ff ff ff ff ff 01"),
     (-128, "80 ff ff ff ff ff ff ff ff 01"),
+    (-(1 << 31), "80 80 80 80 f8 ff ff ff ff 01"),
+    ((1 << 31) - 1, "ff ff ff ff 07"),
 ])
-def test_encode_varint(value, wire):
-    assert pb.encode_varint(value) == h(wire)
+def test_int32_varints(value, wire):
+    # every field of aiTensorDescMsg is written, zeropoint (field 7, tag 38) sign-extended to 64 bits
+    assert AiTensorDescMsg(zeropoint=value).encode() == (
+        h("0a 00 10 00 18 00 20 00 35 00 00 00 00 38") + h(wire) + h("40 00 48 00"))
 
 
 def test_negative_zero_point_takes_ten_bytes_and_round_trips():
@@ -215,6 +237,23 @@ def test_respmsg_without_payload():
     assert RespMsg(2, pb.S_WAITING).encode() == h("08 02 10 01")
 
 
+def test_values_without_a_name_still_decode():
+    # enums are uint32 on the wire (proto2 enums are closed): a state darknetpy cannot name is kept
+    msg = RespMsg.decode(h("08 02 10 07 62 04 08 00 10 63"))
+    assert (msg.state, msg.payload.error) == (7, 99)
+    assert (pb.state_name(msg.state), pb.error_name(99)) == ("7", "99")
+
+
+def test_text_cut_mid_character_decodes():
+    # a log cut at 128 bytes can end inside a UTF-8 sequence: replaced, not an error
+    assert LogMsg.decode(h("08 01 12 03 61 c3 a9")).str == "aé"
+    assert LogMsg.decode(h("08 01 12 02 61 c3")).str == "a\ufffd"
+
+
+def test_float_sent_as_int_is_float32_on_the_wire():
+    assert AiOperatorMsg(duration=1).encode()[:12] == h("0a 00 10 00 18 00 25 00 00 80 3f 28")
+
+
 # ---------------------------------------------------------------------------------------------
 # sysinfoMsg: the two layouts
 # ---------------------------------------------------------------------------------------------
@@ -306,6 +345,19 @@ def test_reqmsg_name_limit():
     ReqMsg(1, pb.CMD_NETWORK_RUN, name="n" * 63).encode()
     with pytest.raises(BoardProtocolError, match="64 bytes or more"):
         ReqMsg(1, pb.CMD_NETWORK_RUN, name="n" * 64).encode()
+
+
+def test_field_number_beyond_protobuf_range():
+    # key varint 80 80 80 80 10 = 2**32: field 2**29, which protobuf cannot have
+    with pytest.raises(BoardProtocolError, match=r"field number 536870912 at byte 4 is above"):
+        RespMsg.decode(h("08 01 10 00 80 80 80 80 10 00"))
+
+
+def test_values_out_of_range_are_refused_when_encoding():
+    with pytest.raises(ValueError, match=r"ackMsg.param = -1"):
+        AckMsg(param=-1).encode()
+    with pytest.raises(ValueError, match=r"reqMsg.reqid = 4294967296"):
+        ReqMsg(reqid=1 << 32).encode()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,3 +620,34 @@ def test_looks_like_text():
     assert fr.looks_like_text(b"| READY to receive a CMD from the HOST... |\r\n")
     assert not fr.looks_like_text(h("8e") + SYNC_RESP + bytes(18))
     assert not fr.looks_like_text(b"")
+
+
+# ---------------------------------------------------------------------------------------------
+# layering
+# ---------------------------------------------------------------------------------------------
+
+def test_messages_and_packets_import_without_pyserial():
+    code = ("import sys; import darknetpy.board.protocol, darknetpy.board.framing; "
+            "assert 'serial' not in sys.modules, 'pyserial was imported'; "
+            "assert 'darknetpy.board.runner' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_board_imports_nothing_of_the_engine():
+    """darknetpy/board/* may import only darknetpy.errors (and its own modules) from darknetpy: the
+    comparison with the int8 engine belongs to cli/board_run.py."""
+    board = Path(__file__).resolve().parents[2] / "darknetpy" / "board"
+    for path in sorted(board.rglob("*.py")):
+        package = ".".join(path.relative_to(board.parent.parent).with_suffix("").parts[:-1])
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+                names = [f"{base}.{node.module}" if node.module and base else node.module or base]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] == "darknetpy":
+                    assert name == "darknetpy.errors" or name.startswith("darknetpy.board"), \
+                        f"{path.name}:{node.lineno} imports {name}"
