@@ -17,6 +17,8 @@ softmax         QLinearSoftmax (int8 output, ST's recipe) or a float softmax of 
 dropout, cost   nothing (the output is the input)
 ==============  =====================================================================================
 
+Which method binds a layer is the table ``INT8_PLAN`` (layer class -> bind method; ``layers.Refuse`` for the
+kinds the int8 graph never contains); which int8 kernel runs a convolution is ``kernels/config.int8_conv_path``.
 The network input is QuantizeLinear(1/255, -128) of the float image. ``DARKNETPY_DEBUG=1`` prints each
 layer's time and int8 range on stderr.
 """
@@ -32,6 +34,7 @@ import numba
 import numpy as np
 
 from .. import layers as L
+from ..errors import UnsupportedError
 from ..kernels import config as kcfg
 from ..kernels import int8 as k8
 from .qgraph import LEAKY_ALPHA, QGraph, QLayer, QParams
@@ -90,10 +93,8 @@ class Int8Plan:
 
     @staticmethod
     def _conv_path(ql: QLayer) -> str:
-        """The kernel of a conv/connected layer: "connected", or kernels/config.int8_conv_path's choice."""
+        """The int8 kernel of a [convolutional] layer (kernels/config.int8_conv_path)."""
         lay = ql.layer
-        if isinstance(lay, L.Connected):
-            return "connected"
         return kcfg.int8_conv_path(lay.c, lay.groups, ql.depthwise,
                                    lambda: saturation_free(ql.weight, "flat") and saturation_free(ql.weight, "quads"))
 
@@ -112,57 +113,71 @@ class Int8Plan:
     # -- binding ---------------------------------------------------------------------------------------
 
     def _bind(self, ql: QLayer) -> Callable[[int], None]:
-        """The layer's step: run(nthreads), every argument converted here, once."""
+        """The layer's step: run(nthreads), every argument converted here, once (``INT8_PLAN``)."""
         lay = ql.layer
-        out = self.outputs[ql.index]
-        if isinstance(lay, (L.Convolutional, L.Connected)):
-            return self._bind_conv(ql, out)
-        if isinstance(lay, L.MaxPool):
-            pool = k8.bind_maxpool(self._src(ql.src[0]).reshape(lay.c, lay.h, lay.w), lay.size, lay.stride,
-                                   lay.padding, out)
-            return lambda nt: pool()
-        if isinstance(lay, L.AvgPool):
-            x = self._src(ql.src[0])
-            qi = self._qp(ql.src[0])
-            qo = ql.out
-            return lambda nt: k8.global_avgpool(x, qi.zero_point, qi.scale, qo.zero_point, qo.scale, out)
-        if isinstance(lay, L.Route):
-            flat = out.reshape(-1)
-            parts = []
-            pos = 0
-            qo = ql.out
-            for j in lay.layers:
-                src = self._src(j).reshape(-1)
-                qi = self._qp(j)
-                table = k8.requant_table(qi.zero_point, qi.scale, qo.zero_point, qo.scale)
-                parts.append((src, table, flat[pos:pos + src.size]))
-                pos += src.size
+        entry = L.dispatch(INT8_PLAN, lay)
+        if isinstance(entry, L.Refuse):
+            where = os.path.basename(self.qgraph.graph.path)
+            at = f"{where}:{lay.line} " if lay.line else f"{where}: "
+            raise UnsupportedError(f"{at}{lay.describe()}: {entry.why}")
+        return entry(self, ql, self.outputs[ql.index])
 
-            def run_route(nt):
-                for src, table, dst in parts:
-                    k8.requant_copy(src, table, dst)
-            return run_route
-        if isinstance(lay, L.Shortcut):
-            a = self._src(ql.src[0])
-            b = self._src(ql.src[1])
-            qa, qb = self._qp(ql.src[0]), self._qp(ql.src[1])
-            qc = ql.pre if ql.act == "leaky" else ql.out
-            leaky = (ql.out.zero_point, ql.out.scale, LEAKY_ALPHA) if ql.act == "leaky" else None
-            off = self._offset
-            return lambda nt: k8.add(a, qa.zero_point, qa.scale, b, qb.zero_point, qb.scale, qc.zero_point,
-                                     qc.scale, out, leaky, off)
-        if isinstance(lay, L.Softmax):
-            x = self._src(ql.src[0])
-            qi = self._qp(ql.src[0])
-            if ql.out is None:
-                return lambda nt: k8.softmax_float(x, qi.zero_point, qi.scale, out)
-            table = k8.softmax_table(qi.scale, x.size)
-            qo = ql.out
-            return lambda nt: k8.softmax_int8(x, table, qo.scale, qo.zero_point, out)
-        raise AssertionError(f"no int8 kernel for {lay.kind}")
+    def _bind_nothing(self, ql: QLayer, out: np.ndarray) -> Callable[[int], None]:
+        """[dropout] and [cost] compute nothing: their output is their input's tensor (``QLayer.alias``, so
+        __init__ makes it a view and binds no step for them)."""
+        return lambda nt: None
 
-    def _bind_conv(self, ql: QLayer, out: np.ndarray) -> Callable[[int], None]:
+    def _bind_maxpool(self, ql: QLayer, out: np.ndarray) -> Callable[[int], None]:
         lay = ql.layer
+        pool = k8.bind_maxpool(self._src(ql.src[0]).reshape(lay.c, lay.h, lay.w), lay.size, lay.stride,
+                               lay.padding, out)
+        return lambda nt: pool()
+
+    def _bind_avgpool(self, ql: QLayer, out: np.ndarray) -> Callable[[int], None]:
+        x = self._src(ql.src[0])
+        qi = self._qp(ql.src[0])
+        qo = ql.out
+        return lambda nt: k8.global_avgpool(x, qi.zero_point, qi.scale, qo.zero_point, qo.scale, out)
+
+    def _bind_route(self, ql: QLayer, out: np.ndarray) -> Callable[[int], None]:
+        flat = out.reshape(-1)
+        parts = []
+        pos = 0
+        qo = ql.out
+        for j in ql.layer.layers:
+            src = self._src(j).reshape(-1)
+            qi = self._qp(j)
+            table = k8.requant_table(qi.zero_point, qi.scale, qo.zero_point, qo.scale)
+            parts.append((src, table, flat[pos:pos + src.size]))
+            pos += src.size
+
+        def run_route(nt):
+            for src, table, dst in parts:
+                k8.requant_copy(src, table, dst)
+        return run_route
+
+    def _bind_shortcut(self, ql: QLayer, out: np.ndarray) -> Callable[[int], None]:
+        a = self._src(ql.src[0])
+        b = self._src(ql.src[1])
+        qa, qb = self._qp(ql.src[0]), self._qp(ql.src[1])
+        qc = ql.pre if ql.act == "leaky" else ql.out
+        leaky = (ql.out.zero_point, ql.out.scale, LEAKY_ALPHA) if ql.act == "leaky" else None
+        off = self._offset
+        return lambda nt: k8.add(a, qa.zero_point, qa.scale, b, qb.zero_point, qb.scale, qc.zero_point,
+                                 qc.scale, out, leaky, off)
+
+    def _bind_softmax(self, ql: QLayer, out: np.ndarray) -> Callable[[int], None]:
+        x = self._src(ql.src[0])
+        qi = self._qp(ql.src[0])
+        if ql.out is None:
+            return lambda nt: k8.softmax_float(x, qi.zero_point, qi.scale, out)
+        table = k8.softmax_table(qi.scale, x.size)
+        qo = ql.out
+        return lambda nt: k8.softmax_int8(x, table, qo.scale, qo.zero_point, out)
+
+    def _requant_params(self, ql: QLayer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(bias, scale, fp, ip) of a conv/connected layer: int32 bias with the input zero point folded in,
+        float32 requantisation scale per channel (both padded to a multiple of MR rows), epilogue_params."""
         qi = self._qp(ql.src[0])
         target = ql.pre if ql.act == "leaky" else ql.out          # what the accumulator is requantised to
         f32 = np.float32
@@ -178,20 +193,27 @@ class Int8Plan:
         mpad = -(-len(bias) // k8.MR) * k8.MR
         bias = np.concatenate([bias, np.zeros(mpad - len(bias), np.int32)])
         scale = np.concatenate([scale, np.ones(mpad - len(scale), np.float32)])
+        return bias, scale, fp, ip
+
+    def _bind_connected(self, ql: QLayer, out: np.ndarray) -> Callable[[int], None]:
+        bias, scale, fp, ip = self._requant_params(ql)
+        w0, w1 = k8.split_pairs(ql.weight)
+        x1, o1 = self._src(ql.src[0]).reshape(-1), out.reshape(-1)
+        return lambda nt: k8.connected(x1, w0, w1, bias, scale, fp, ip, o1)
+
+    def _bind_conv(self, ql: QLayer, out: np.ndarray) -> Callable[[int], None]:
+        lay = ql.layer
+        qi = self._qp(ql.src[0])
+        bias, scale, fp, ip = self._requant_params(ql)
         path = self._conv_path(ql)
-        x = self._src(ql.src[0])
-        if path == "connected":
-            w0, w1 = k8.split_pairs(ql.weight)
-            x1, o1 = x.reshape(-1), out.reshape(-1)
-            return lambda nt: k8.connected(x1, w0, w1, bias, scale, fp, ip, o1)
-        x3 = x.reshape(lay.c, lay.h, lay.w)
+        x3 = self._src(ql.src[0]).reshape(lay.c, lay.h, lay.w)
         pad, size, stride = lay.padding, lay.size, lay.stride
         if path == "quads":
             shape = k8.quads_shape(lay.c, lay.h, lay.w, pad, stride)
             xs = self._scratch_view(shape)
             prep = k8.bind_prepare_quads(x3, pad, qi.zero_point, xs)
-            conv = k8.bind_conv_quads(xs, k8.pack_quads(ql.weight), k8.conv_koff(lay.c, shape[1], stride, shape[3], size),
-                                      bias, scale, fp, ip, out)
+            koff = k8.conv_koff(lay.c, shape[1], stride, shape[3], size)
+            conv = k8.bind_conv_quads(xs, k8.pack_quads(ql.weight), koff, bias, scale, fp, ip, out)
         else:
             shape = k8.planes_shape(lay.c, lay.h, lay.w, pad, stride)
             xs = self._scratch_view(shape)
@@ -233,3 +255,27 @@ class Int8Plan:
             o = self.outputs[i]
             print(f"darknetpy: int8 {lay.describe():28s} {str(lay.out_shape):18s} {dt:8.3f} ms  "
                   f"range [{o.min()}, {o.max()}]", file=sys.stderr)
+
+
+def _not_in_int8_graphs(why: str) -> L.Refuse:
+    return L.Refuse(f"{why}: the int8 graph never contains it (int8/qgraph.INT8_GRAPH refuses it)")
+
+
+# One entry per layer kind (tests/core/test_layout.py checks that none is missing): layer class -> the Int8Plan
+# method that binds its step.
+INT8_PLAN: dict = {
+    L.Convolutional: Int8Plan._bind_conv,
+    L.Connected: Int8Plan._bind_connected,
+    L.MaxPool: Int8Plan._bind_maxpool,
+    L.AvgPool: Int8Plan._bind_avgpool,
+    L.Route: Int8Plan._bind_route,
+    L.Shortcut: Int8Plan._bind_shortcut,
+    L.Softmax: Int8Plan._bind_softmax,
+    L.Dropout: Int8Plan._bind_nothing,
+    L.Cost: Int8Plan._bind_nothing,
+    L.Upsample: _not_in_int8_graphs("[upsample]"),
+    L.Local: _not_in_int8_graphs("[local]"),
+    L.Crop: _not_in_int8_graphs("[crop]"),
+    L.BatchNorm: _not_in_int8_graphs("[batchnorm]"),
+    L.Activation: _not_in_int8_graphs("[activation]"),
+}
