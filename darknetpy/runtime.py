@@ -15,17 +15,19 @@ The plan is built once:
 * unless ``keep_all`` (every layer's output wanted), a linear GEMM convolution whose only consumer is a
   same-shape ``[shortcut]`` (alpha = beta = 1) writes ``act(conv + shift + from)`` straight into the
   shortcut's buffer: the addition and activation happen in the GEMM's registers and the convolution's
-  own output is never materialised (as onnxruntime fuses Conv + Add + Relu).
+  own output is never materialised (as onnxruntime fuses Conv + Add + Relu);
+* ``pre_activation`` (for calibration) keeps a copy of chosen layers' outputs before their activation.
 
 ``DARKNETPY_DEBUG=1`` prints each layer's shape, time and output range to stderr while it runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -43,22 +45,42 @@ from .kernels.gemm import pack_a
 from .passes import bn_scale_shift
 from .weights import Weights
 
+# Layers whose activation ``pre_activation`` can separate from the rest of their computation.
+_PRE_ACTIVATION_KINDS = (L.Convolutional, L.Connected, L.Shortcut)
+
 
 class Plan:
     """A compiled forward pass for one graph and one set of parameters.
 
     ``exact``: darknet's own arithmetic (``EXACT_PLAN``) instead of the fast kernels (``FAST_PLAN``).
     ``keep_all``: every layer's output stays in ``outputs`` after ``run`` (no fusion, no shared memory).
+    ``pre_activation``: indices of [convolutional], [connected] or [shortcut] layers whose output before
+    the activation is wanted (calibration). Each such layer is computed with a linear activation, copied to
+    ``pre_activation[i]`` (float32, the layer's out_shape), then activated in place with
+    ``kernels.activation.activate`` (darknet's formula, in double), which is what ``outputs[i]`` holds and
+    the following layers read.
+
+    >>> plan = Plan(graph, weights, keep_all=True, pre_activation={3, 5})     # doctest: +SKIP
+    >>> plan.run(x); plan.pre_activation[3], plan.outputs[3]                  # doctest: +SKIP
     """
 
-    def __init__(self, graph: L.Graph, weights: Weights, *, exact: bool = False, keep_all: bool = False):
+    def __init__(self, graph: L.Graph, weights: Weights, *, exact: bool = False, keep_all: bool = False,
+                 pre_activation: Iterable[int] = frozenset()):
         self.graph = graph
         self.exact = exact
         self.keep_all = keep_all
         self.table = EXACT_PLAN if exact else FAST_PLAN
-        self.fused = {} if (exact or keep_all) else _shortcut_fusions(graph)   # conv index -> shortcut index
+        pre = frozenset(pre_activation)
+        for i in sorted(pre):
+            if not (0 <= i < len(graph) and isinstance(graph[i], _PRE_ACTIVATION_KINDS)):
+                what = graph[i].describe() if 0 <= i < len(graph) else f"layer {i} (the network has {len(graph)})"
+                raise ValueError(f"pre_activation: {what} is not a [convolutional], [connected] or [shortcut] layer")
+        # conv index -> shortcut index; a pre-activation copy needs both layers' own outputs
+        self.fused = {} if (exact or keep_all) else {
+            c: sc for c, sc in _shortcut_fusions(graph).items() if c not in pre and sc not in pre}
         self.input = np.zeros(graph.net.in_shape, dtype=np.float32)
         self.outputs: list[np.ndarray] = [None] * len(graph)  # type: ignore[list-item]
+        self.pre_activation: dict[int, np.ndarray] = {i: np.zeros(graph[i].out_shape, np.float32) for i in sorted(pre)}
         self._plan_buffers()
         # One scratch buffer (zero-padded conv inputs) shared by all layers: they run one at a time.
         need = max([self._scratch_shape(layer) for layer in graph], key=lambda sh: int(np.prod(sh)), default=(0,))
@@ -182,7 +204,18 @@ class Plan:
             where = os.path.basename(self.graph.path)
             at = f"{where}:{layer.line} " if layer.line else f"{where}: "
             raise UnsupportedError(f"{at}{layer.describe()}: {entry.why}")
-        return entry(self, layer, p, self._in(layer), self.outputs[layer.index])
+        out = self.outputs[layer.index]
+        x = self._in(layer)
+        if layer.index not in self.pre_activation:
+            return entry(self, layer, p, x, out)
+        linear = entry(self, dataclasses.replace(layer, activation="linear"), p, x, out)
+        pre, flat, name = self.pre_activation[layer.index], out.reshape(-1), layer.activation
+
+        def run_pre_activation():
+            linear()
+            pre[...] = out
+            activate(flat, name)                             # darknet's formula, in place: what the next layers read
+        return run_pre_activation
 
     def _bind_maxpool(self, layer: L.MaxPool, p: dict, x, out) -> Callable[[], None]:
         return lambda: kel.maxpool(x, layer.size, layer.stride, layer.padding, out)

@@ -161,6 +161,129 @@ def test_shortcut_fused_into_conv(tmp_path):
     np.testing.assert_allclose(fused, exact, rtol=0, atol=1e-5 * float(np.abs(exact).max()))
 
 
+PRE_ACTIVATION = """[net]
+height=10
+width=9
+channels=3
+[convolutional]
+batch_normalize=1
+filters=6
+size=3
+pad=1
+activation=leaky
+[convolutional]
+filters=6
+size=1
+activation=linear
+[shortcut]
+from=-2
+activation=leaky
+[route]
+layers=-1,0
+[convolutional]
+filters=8
+size=3
+pad=1
+activation=relu
+[avgpool]
+[connected]
+output=7
+activation=leaky
+[softmax]
+"""
+
+
+def _recorded_before_activation(graph, weights, indices, exact):
+    """What calibration recorded before Plan had the option: the layers made linear in a copy of the graph,
+    each such step followed by a copy and darknet's activation applied in place."""
+    import dataclasses
+
+    from darknetpy.kernels.activation import activate
+    from darknetpy.runtime import Plan
+    lin = list(graph.layers)
+    for i in indices:
+        lin[i] = dataclasses.replace(lin[i], activation="linear")
+    plan = Plan(dataclasses.replace(graph, layers=tuple(lin)), weights, exact=exact, keep_all=True)
+    pre = {}
+    for i in indices:
+        step, out = plan.steps[i], plan.outputs[i]
+
+        def wrapped(step=step, out=out, i=i):
+            step()
+            pre[i] = out.copy()
+            activate(out.reshape(-1), graph[i].activation)
+        plan.steps[i] = wrapped
+    return plan, pre
+
+
+@pytest.mark.parametrize("cfg", ["inline", "tiny"])
+@pytest.mark.parametrize("exact", [False, True])
+def test_pre_activation_outputs_are_the_linear_layer_then_darknets_activation(tmp_path, cfg, exact):
+    from pathlib import Path
+
+    from darknetpy.passes import fold_batchnorm
+    from darknetpy.runtime import Plan
+    path = write(tmp_path, "p.cfg", PRE_ACTIVATION) if cfg == "inline" else \
+        Path(__file__).resolve().parents[2] / "cfg" / "tiny.cfg"
+    net = darknetpy.load(path)
+    if cfg == "tiny":
+        net = net.resized(64, 64)
+    graph, weights = fold_batchnorm(net.graph, net.weights)       # as calibration runs it
+    leaky = [lay.index for lay in graph if getattr(lay, "activation", "") == "leaky"
+             and lay.kind in ("convolutional", "connected", "shortcut")]
+    assert leaky and (cfg != "inline" or {graph[i].kind for i in leaky} == {"convolutional", "shortcut", "connected"})
+    x = np.random.default_rng(11).random(net.input_shape, dtype=np.float32)
+    ref, ref_pre = _recorded_before_activation(graph, weights, leaky, exact)
+    ref.run(x)
+    plan = Plan(graph, weights, exact=exact, keep_all=True, pre_activation=frozenset(leaky))
+    plan.run(x)
+    assert sorted(plan.pre_activation) == leaky
+    for i in leaky:
+        assert plan.pre_activation[i].dtype == np.float32 and plan.pre_activation[i].shape == graph[i].out_shape
+        assert np.array_equal(plan.pre_activation[i], ref_pre[i].reshape(graph[i].out_shape))
+    for a, b in zip(plan.outputs, ref.outputs):
+        assert np.array_equal(a, b)
+    # the copy really is before the activation: leaky changed its negative values
+    assert any((plan.pre_activation[i] < 0).any() and not np.array_equal(plan.pre_activation[i], plan.outputs[i])
+               for i in leaky)
+
+
+def test_pre_activation_turns_off_the_fusion_of_its_layers(tmp_path):
+    from darknetpy.runtime import Plan
+    net = darknetpy.load(write(tmp_path, "f.cfg", FUSABLE))
+    assert Plan(net.graph, net.weights, pre_activation={5}).fused == {2: 3}
+    assert Plan(net.graph, net.weights, pre_activation={2}).fused == {4: 5}
+    from darknetpy.kernels.activation import activate
+    x = np.random.default_rng(4).random((4, 9, 11)).astype(np.float32)
+    plan = Plan(net.graph, net.weights, pre_activation={5})
+    plan.run(x)
+    activated = plan.pre_activation[5].copy()
+    activate(activated.reshape(-1), "leaky")
+    assert np.array_equal(plan.outputs[5], activated)
+    kept = Plan(net.graph, net.weights, keep_all=True, pre_activation={5})     # no fusion at all: rounding only
+    kept.run(x)
+    np.testing.assert_allclose(plan.pre_activation[5], kept.pre_activation[5], rtol=0,
+                               atol=1e-5 * float(np.abs(kept.pre_activation[5]).max()))
+
+
+def test_pre_activation_refuses_layers_without_an_activation_step(net):
+    from darknetpy.runtime import Plan
+    with pytest.raises(ValueError, match=r"layer 5 \[maxpool\]"):
+        Plan(net.graph, net.weights, pre_activation={5})
+    with pytest.raises(ValueError, match="layer 99"):
+        Plan(net.graph, net.weights, pre_activation={99})
+
+
+def test_plan_tables_cover_every_layer_kind_and_plans_use_them(net):
+    from darknetpy import layers as L
+    from darknetpy.int8.engine import INT8_PLAN
+    from darknetpy.runtime import EXACT_PLAN, FAST_PLAN
+    for table in (FAST_PLAN, EXACT_PLAN, INT8_PLAN):
+        assert set(table) == set(L.LAYER_CLASSES)
+    assert net.plan().table is FAST_PLAN and net.plan(exact=True).table is EXACT_PLAN
+    assert all(isinstance(INT8_PLAN[k], L.Refuse) for k in (L.Upsample, L.Local, L.Crop, L.BatchNorm, L.Activation))
+
+
 @pytest.mark.parametrize("env,expected", [({}, "3000"), ({"OMP_WAIT_POLICY": "PASSIVE"}, None),
                                           ({"GOMP_SPINCOUNT": "17"}, "17")])
 def test_openmp_workers_spin_briefly_unless_the_user_chose(env, expected):
