@@ -20,6 +20,23 @@ def _env_exact() -> bool:
     return os.environ.get("DARKNETPY_EXACT", "") not in ("", "0")
 
 
+def check_input(x, shape: tuple[int, ...]) -> np.ndarray:
+    """``x`` as the float32 array of ``shape`` a network runs on: the input check of every ``predict``.
+
+    Accepts ``shape`` itself or, for an image input (C, H, W), a batch of one (1, C, H, W); raises
+    DarknetpyError on another dtype or shape. Returns ``x`` reshaped to ``shape`` (a view when it can be).
+
+    >>> check_input(np.zeros((1, 3, 224, 224), np.float32), (3, 224, 224)).shape
+    (3, 224, 224)
+    """
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise DarknetpyError(f"predict() needs float32 input, got {x.dtype}")
+    if x.shape != shape and not (x.ndim == 4 and x.shape[0] == 1 and x.shape[1:] == shape):
+        raise DarknetpyError(f"input shape {x.shape} does not match the network input {shape} (C, H, W)")
+    return x.reshape(shape)
+
+
 def set_threads(threads: int | None) -> int:
     """Set the number of threads darknetpy's kernels use (numba owns all of them). Returns it."""
     import numba
@@ -75,12 +92,7 @@ class Network:
         shaped (C, H, W) when it is spatial, else flat. With ``all_layers=True``, a list with every
         layer's output in darknet's shapes ([cost] layers give zeros).
         """
-        x = np.asarray(x)
-        if x.dtype != np.float32:
-            raise DarknetpyError(f"predict() needs float32 input, got {x.dtype}")
-        want = self.input_shape
-        if x.shape != want and not (x.ndim == 4 and x.shape[0] == 1 and x.shape[1:] == want):
-            raise DarknetpyError(f"input shape {x.shape} does not match the network input {want} (C, H, W)")
+        x = check_input(x, self.input_shape)
         p = self.plan(exact, keep_all=all_layers)
         p.run(x)
         if all_layers:

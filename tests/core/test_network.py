@@ -99,6 +99,22 @@ def test_bad_predict_input(net):
         net.predict(np.zeros((3, 12, 12), np.float64))
 
 
+def test_check_input_is_the_one_input_check():
+    from darknetpy.network import check_input
+    x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(1, 2, 3, 4)
+    y = check_input(x, (2, 3, 4))
+    assert y.shape == (2, 3, 4) and np.shares_memory(x, y)
+    assert check_input(x[0], (2, 3, 4)).shape == (2, 3, 4)
+    assert check_input(np.zeros(5, np.float32), (5,)).shape == (5,)
+    wrong = r"input shape \(2, 2, 3, 4\) does not match the network input \(2, 3, 4\) \(C, H, W\)"
+    with pytest.raises(DarknetpyError, match=wrong):
+        check_input(np.zeros((2, 2, 3, 4), np.float32), (2, 3, 4))
+    with pytest.raises(DarknetpyError, match="predict\\(\\) needs float32 input, got float64"):
+        check_input(np.zeros((2, 3, 4)), (2, 3, 4))
+    with pytest.raises(DarknetpyError, match="does not match"):
+        check_input(np.zeros((1, 5), np.float32), (5,))      # a batch of one only for an image input
+
+
 def test_debug_env_prints_layers(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DARKNETPY_DEBUG", "1")
     net = darknetpy.load(write(tmp_path, "n.cfg", CFG))
