@@ -505,3 +505,93 @@ def test_depthwise3x3_kernels(c, h, w, stride):
     assert np.array_equal(out, ref)
     kdw.depthwise_hwc(x, wt, shift, CODE["relu6"], 1, stride, out)
     assert np.array_equal(out, np.clip(ref, 0, 6))
+
+
+# -- kernels/config.py: tunables reach the kernels as arguments ----------------------------------------------
+
+def test_no_kernel_reads_a_tunable_as_a_global():
+    """numba's on-disk cache freezes the module globals a kernel reads, so a tunable changed later would be
+    ignored by cached code: every @njit function gets config's values as arguments."""
+    import ast
+    from pathlib import Path
+
+    from darknetpy.kernels import config
+    tunables = {n for n in vars(config) if n.isupper()} | {"config", "kcfg"}
+    root = Path(config.__file__).parent
+    checked = 0
+    for path in sorted(root.rglob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, ast.FunctionDef):
+                continue
+            decorators = {ast.unparse(d.func if isinstance(d, ast.Call) else d) for d in fn.decorator_list}
+            if not decorators & {"njit", "numba.njit"}:
+                continue
+            checked += 1
+            names = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)}
+            assert not names & tunables, f"{path.name}:{fn.lineno} {fn.name} reads {names & tunables}"
+    assert checked > 50
+
+
+@pytest.mark.parametrize("vblock", [1, 1 << 30])
+def test_winograd_block_size_changes_the_split_not_the_result(monkeypatch, vblock):
+    # one tile panel per block, or every panel in one block: the same values as the default
+    from darknetpy.kernels import config
+    from darknetpy.kernels import winograd as kw
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((12, 19, 21)).astype(np.float32)
+    wt = rng.standard_normal((20, 12, 3, 3)).astype(np.float32)
+    shift = rng.standard_normal(20).astype(np.float32)
+    for f4, transform, conv in [(True, kw.transform_weights4, kw.conv3x3_winograd4),
+                                (False, kw.transform_weights, kw.conv3x3_winograd)]:
+        up = transform(wt)
+        ref = np.empty((20, 19, 21), np.float32)
+        conv(x, up, shift, CODE["leaky"], 1, ref)
+        monkeypatch.setattr(config, "WINOGRAD_V_BLOCK_BYTES", vblock)
+        out = np.full_like(ref, np.nan)
+        conv(x, up, shift, CODE["leaky"], 1, out)
+        monkeypatch.undo()
+        assert np.array_equal(out, ref), f4
+
+
+@pytest.mark.parametrize("min_items", [1, 64])
+def test_conv_gemm_work_split_changes_nothing(monkeypatch, min_items):
+    from darknetpy.kernels import config
+    x = ints((16, 3, 5))                    # 15 pixels: one panel, so the filter panels are split
+    wt = ints((40, 16, 3, 3))
+    shift = ints((40,))
+    xs = np.zeros(kconv.input_shape(16, 3, 5, 1, 1), np.float32)
+    kconv.prepare_input(x, 1, xs)
+    ap = pack_a(wt.reshape(40, -1))
+    ref = np.empty((40, 3, 5), np.float32)
+    kconv.conv_gemm(xs, ap, shift, CODE["relu"], 3, 1, ref)
+    assert np.array_equal(ref, np.maximum(naive_conv(x, wt, 1, 1, 1) + shift[:, None, None], 0))
+    monkeypatch.setattr(config, "CONV_MIN_ITEMS", min_items)
+    out = np.full_like(ref, np.nan)
+    kconv.conv_gemm(xs, ap, shift, CODE["relu"], 3, 1, out)
+    assert np.array_equal(out, ref)
+
+
+def test_kernel_choices_follow_config():
+    from types import SimpleNamespace
+
+    from darknetpy.kernels import config
+
+    def conv(c, filters, hw, size=3, stride=1, padding=1, groups=1):
+        return SimpleNamespace(c=c, filters=filters, size=size, stride=stride, padding=padding, groups=groups,
+                               out_h=hw, out_w=hw)
+    assert config.winograd_variant(conv(64, 128, 28)) == 4               # Tiny Darknet's 28x28 layers
+    assert config.winograd_variant(conv(64, 512, 14)) == 2               # F(4x4) weights past the L2 budget
+    assert config.winograd_variant(conv(128, 128, 7)) == 2
+    assert config.winograd_variant(conv(8, 128, 28)) == 0
+    assert config.winograd_variant(conv(64, 128, 28, stride=2)) == 0
+    assert config.depthwise_kind(conv(64, 64, 14, groups=64)) == "hwc"
+    assert config.depthwise_kind(conv(32, 32, 14, groups=32)) == "rows"
+    assert config.depthwise_kind(conv(64, 64, 14, groups=32)) == "planes"
+    assert config.depthwise_kind(conv(64, 64, 14)) == ""
+    target = config.codegen_target()
+    assert (target.float_mr, target.float_lanes) in ((8, 16), (6, 8))
+    assert config.int8_conv_path(3, 1, False, lambda: False) == "im2col"
+    assert config.int8_conv_path(3, 1, False, lambda: True) == "quads"
+    assert config.int8_conv_path(4, 1, False, lambda: 1 / 0) == "quads"   # the pair check is for odd C only
+    assert config.int8_conv_path(8, 8, True, lambda: 1 / 0) == "depthwise"
+    assert config.int8_conv_path(8, 4, False, lambda: 1 / 0) == "grouped"
