@@ -13,29 +13,46 @@ def _whc(w: int, h: int, c: int) -> str:
     return f"{w:4d} x{h:4d} x{c:4d}"
 
 
+def _plain(layer: L.Layer) -> tuple[str, str, str]:
+    return layer.kind, "", ""
+
+
+def _window(name: str):
+    return lambda layer: (name, f"{layer.filters:5d}" if hasattr(layer, "filters") else "",
+                          f"{layer.size:2d} x{layer.size:2d} /{layer.stride:2d}")
+
+
+def _conv(layer: L.Convolutional) -> tuple[str, str, str]:
+    g = f" g{layer.groups}" if layer.groups > 1 else ""
+    return "conv", f"{layer.filters:5d}", f"{layer.size:2d} x{layer.size:2d} /{layer.stride:2d}{g}"
+
+
+# (type, filters, size) cells per layer kind, darknet's abbreviations. One entry per layer kind
+# (tests/core/test_layout.py checks that none is missing).
+SUMMARY_ROWS: dict = {
+    L.Convolutional: _conv,
+    L.MaxPool: lambda layer: ("max", "", f"{layer.size:2d} x{layer.size:2d} /{layer.stride:2d}"),
+    L.AvgPool: lambda layer: ("avg", "", ""),
+    L.Route: lambda layer: ("route", "", " ".join(str(i) for i in layer.layers)),
+    L.Shortcut: lambda layer: ("res", "", f"from {layer.from_}"),
+    L.Upsample: lambda layer: ("downsample" if layer.reverse else "upsample", "", f"{layer.stride:2d}x"),
+    L.Connected: lambda layer: ("connected", f"{layer.output:5d}", ""),
+    L.Local: _window("local"),
+    L.Softmax: _plain,
+    L.Cost: _plain,
+    L.Dropout: _plain,
+    L.Crop: _plain,
+    L.BatchNorm: _plain,
+    L.Activation: _plain,
+}
+
+
 def _row(layer: L.Layer) -> tuple[str, str, str, str, str]:
-    """(type, filters, size, input, output) cells, darknet's abbreviations."""
+    """(type, filters, size, input, output) cells."""
     inp = _whc(layer.w, layer.h, layer.c) if layer.c * layer.h * layer.w else f"{layer.inputs:>18d}"
     out = _whc(layer.out_w, layer.out_h, layer.out_c) if layer.spatial else f"{layer.outputs:>18d}"
-    if isinstance(layer, L.Convolutional):
-        g = f" g{layer.groups}" if layer.groups > 1 else ""
-        return "conv", f"{layer.filters:5d}", f"{layer.size:2d} x{layer.size:2d} /{layer.stride:2d}{g}", inp, out
-    if isinstance(layer, L.MaxPool):
-        return "max", "", f"{layer.size:2d} x{layer.size:2d} /{layer.stride:2d}", inp, out
-    if isinstance(layer, L.AvgPool):
-        return "avg", "", "", inp, out
-    if isinstance(layer, L.Route):
-        return "route", "", " ".join(str(i) for i in layer.layers), "", out
-    if isinstance(layer, L.Shortcut):
-        return "res", "", f"from {layer.from_}", inp, out
-    if isinstance(layer, L.Upsample):
-        kind = "downsample" if layer.reverse else "upsample"
-        return kind, "", f"{layer.stride:2d}x", inp, out
-    if isinstance(layer, L.Connected):
-        return "connected", f"{layer.output:5d}", "", inp, out
-    if isinstance(layer, L.Local):
-        return "local", f"{layer.filters:5d}", f"{layer.size:2d} x{layer.size:2d} /{layer.stride:2d}", inp, out
-    return layer.kind, "", "", inp, out
+    kind, filters, size = L.dispatch(SUMMARY_ROWS, layer)(layer)
+    return kind, filters, size, ("" if isinstance(layer, L.Route) else inp), out
 
 
 def summary_table(graph: L.Graph) -> str:

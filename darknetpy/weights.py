@@ -20,6 +20,7 @@ import os
 import struct
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -93,6 +94,52 @@ def default_params(layer: L.Layer) -> Params:
     return out
 
 
+# -- how each layer kind stores its arrays: the weights stage's table -----------------------------------------
+
+@dataclass(frozen=True)
+class Storage:
+    """What a layer kind's arrays need beyond ``Layer.params()`` (names, shapes, file order).
+
+    ``stored_as(layer, header, path)``: the 2-D shape in which the "weights" array is stored *transposed*
+    in the file (darknet transposes after reading), or None; ``fan_in(layer, weights)``: inputs per output
+    for He initialisation; ``unread(layer)``: why some of the layer's values are not in the file ("" if all
+    are).
+    """
+
+    stored_as: Callable[[L.Layer, Header, str], tuple[int, int] | None] = lambda layer, header, path: None
+    fan_in: Callable[[L.Layer, np.ndarray], int] = lambda layer, w: w.size // w.shape[0]
+    unread: Callable[[L.Layer], str] = lambda layer: ""
+
+
+def _conv_stored_as(layer: L.Convolutional, header: Header, path: str) -> tuple[int, int] | None:
+    if not layer.flipped:
+        return None
+    if layer.groups != 1:
+        raise WeightsError(f"{path}: {layer.describe()}: flipped=1 with groups={layer.groups} is undefined "
+                           "in darknet (its transpose assumes groups=1)")
+    return (layer.c * layer.size * layer.size, layer.filters)
+
+
+def _conv_unread(layer: L.Convolutional) -> str:
+    if layer.numload and layer.numload < layer.filters:
+        return (f"has numload={layer.numload}: filters {layer.numload}..{layer.filters - 1} are not in the file; "
+                "darknet leaves them random, darknetpy uses zeros")
+    return ""
+
+
+# One entry per layer kind (tests/core/test_layout.py checks that none is missing).
+WEIGHTS_STORAGE: dict = {
+    L.Convolutional: Storage(stored_as=_conv_stored_as, unread=_conv_unread),
+    # darknet's files before 0.2 (and 1000.x) store connected weights as [inputs][outputs]
+    L.Connected: Storage(stored_as=lambda layer, header, path: (layer.inputs, layer.output)
+                         if header.transpose else None),
+    L.Local: Storage(fan_in=lambda layer, w: w.size // (w.shape[0] * w.shape[1])),
+    L.BatchNorm: Storage(),
+    **{kind: Storage() for kind in (L.MaxPool, L.AvgPool, L.Softmax, L.Cost, L.Route, L.Shortcut, L.Upsample,
+                                    L.Dropout, L.Crop, L.Activation)},   # no parameters
+}
+
+
 def random_params(graph: L.Graph, seed: int = 0) -> Weights:
     """He-initialised weights (BN scales 1, mean 0, variance 1): for tests and benchmarks without a file."""
     rng = np.random.default_rng(seed)
@@ -101,7 +148,7 @@ def random_params(graph: L.Graph, seed: int = 0) -> Weights:
         p = default_params(layer)
         for name, arr in p.items():
             if name == "weights":
-                fan_in = arr.size // (arr.shape[0] if not isinstance(layer, L.Local) else arr.shape[0] * arr.shape[1])
+                fan_in = L.dispatch(WEIGHTS_STORAGE, layer).fan_in(layer, arr)
                 arr[...] = rng.standard_normal(arr.shape).astype(np.float32) * np.float32(np.sqrt(2.0 / fan_in))
             elif name == "biases":
                 arr[...] = rng.standard_normal(arr.shape).astype(np.float32) * np.float32(0.1)
@@ -192,10 +239,9 @@ def weights_from_bytes(data: bytes, graph: L.Graph, path: str = "<weights>") -> 
         if layer.dontload and layer.params():
             warnings.warn(f"{name}: {layer.describe()} has dontload=1: its parameters are not in the file; "
                           "darknet leaves them random, darknetpy uses zeros", stacklevel=2)
-        if isinstance(layer, L.Convolutional) and layer.numload and layer.numload < layer.filters:
-            warnings.warn(f"{name}: {layer.describe()} has numload={layer.numload}: filters "
-                          f"{layer.numload}..{layer.filters - 1} are not in the file; darknet leaves them "
-                          "random, darknetpy uses zeros", stacklevel=2)
+        unread = L.dispatch(WEIGHTS_STORAGE, layer).unread(layer)
+        if unread:
+            warnings.warn(f"{name}: {layer.describe()} {unread}", stacklevel=2)
         params.append(p)
     assert pos == len(data)
     return Weights(header, params)
@@ -204,15 +250,9 @@ def weights_from_bytes(data: bytes, graph: L.Graph, path: str = "<weights>") -> 
 def _place(layer: L.Layer, p: Params, pname: str, arr: np.ndarray, header: Header, path: str) -> None:
     """Put ``arr`` (flat, as read) into its array, undoing darknet's storage transposes."""
     dst = p[pname]
-    if pname == "weights" and isinstance(layer, L.Connected) and header.transpose:
-        # Stored [inputs][outputs]: darknet transposes after reading.
-        dst[...] = arr.reshape(layer.inputs, layer.output).T
-    elif pname == "weights" and isinstance(layer, L.Convolutional) and layer.flipped:
-        if layer.groups != 1:
-            raise WeightsError(f"{path}: {layer.describe()}: flipped=1 with groups={layer.groups} is undefined "
-                               "in darknet (its transpose assumes groups=1)")
-        k = layer.c * layer.size * layer.size
-        dst[...] = arr.reshape(k, layer.filters).T.reshape(dst.shape)
+    stored = L.dispatch(WEIGHTS_STORAGE, layer).stored_as(layer, header, path) if pname == "weights" else None
+    if stored is not None:                  # stored transposed: darknet transposes after reading
+        dst[...] = arr.reshape(stored).T.reshape(dst.shape)
     else:
         flat = dst.reshape(-1)
         flat[: arr.size] = arr              # numload: only the first filters are in the file
@@ -231,11 +271,10 @@ def weights_to_bytes(graph: L.Graph, weights: Weights, *, keep_header: bool = Fa
             continue
         for pname, _shape in layer.params():
             arr = np.asarray(p[pname], dtype=np.float32)
-            if keep_header and pname == "weights":
-                if isinstance(layer, L.Connected) and header.transpose:
-                    arr = arr.T
-                elif isinstance(layer, L.Convolutional) and layer.flipped:
-                    arr = arr.reshape(layer.filters, -1).T
+            stored = (L.dispatch(WEIGHTS_STORAGE, layer).stored_as(layer, header, "<weights>")
+                      if keep_header and pname == "weights" else None)
+            if stored is not None:          # back to the file's transposed layout
+                arr = arr.reshape(stored[1], stored[0]).T
             chunks.append(np.ascontiguousarray(arr).astype("<f4").tobytes())
     return b"".join(chunks)
 

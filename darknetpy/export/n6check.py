@@ -14,6 +14,8 @@ The rules (``../shared/specs/stm32n6.md`` §2):
   flatten/reshape, Q/DQ); others run on the MCU and are reported.
 
 ``check_n6`` returns the violations; it never raises for a model that merely fails the rules.
+``check_n6_graph`` answers the same question before exporting, per darknet layer, from ``N6_LAYERS``: the
+operators each layer kind becomes in the QDQ export (``onnx_qdq``), checked against ``NPU_OPS``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .. import layers as L
+from ..int8.qgraph import INT8_GRAPH
 
 # Operators ST documents or demonstrates (model-zoo networks) on the Neural-ART NPU, for QDQ int8 models.
 NPU_OPS = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "Add", "Mul", "Relu", "LeakyRelu",
@@ -30,6 +35,29 @@ NPU_OPS = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "Add
 LAYOUT_OPS = {"Flatten", "Reshape", "Identity", "Slice", "Concat", "MaxPool"}
 COMPUTE_OPS = NPU_OPS - {"QuantizeLinear", "DequantizeLinear"} - LAYOUT_OPS
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
+
+
+# The operators (besides QuantizeLinear/DequantizeLinear) each layer kind becomes in the QDQ export. One
+# entry per layer kind (tests/core/test_layout.py checks that none is missing; tests/export checks these
+# sets against the exported models).
+N6_LAYERS: dict = {
+    L.Convolutional: {"Conv"},
+    L.Connected: {"Flatten", "Gemm"},
+    L.MaxPool: {"MaxPool"},
+    L.AvgPool: {"GlobalAveragePool"},
+    L.Route: {"Concat", "Identity"},
+    L.Shortcut: {"Add"},
+    L.Softmax: {"Flatten", "Softmax"},
+    L.Dropout: {"Identity"},
+    L.Cost: {"Identity"},
+    L.Upsample: L.Refuse("[upsample] is not in darknetpy's int8 graph yet"),
+    L.Local: L.Refuse("[local] (unshared weights) has no ONNX equivalent"),
+    L.Crop: L.Refuse("[crop] is not in darknetpy's int8 graph"),
+    L.BatchNorm: L.Refuse("a standalone [batchnorm] is not in darknetpy's int8 graph"),
+    L.Activation: L.Refuse("a standalone [activation] is not in darknetpy's int8 graph"),
+}
+# activations that are their own node in the QDQ export (relu and relu6 are the QuantizeLinear's saturation)
+_ACTIVATION_OPS = {"leaky": {"LeakyRelu"}}
 
 
 @dataclass(frozen=True)
@@ -119,6 +147,26 @@ def check_n6(model) -> list[Violation]:
                 if bad and not _final_float_tail(o, consumers, graph_outputs):
                     out.append(Violation(name, "hybrid", f"output {o!r} feeds {bad[0].op_type} {bad[0].name!r} "
                                                          "in float (no QuantizeLinear after it)"))
+    return out
+
+
+def check_n6_graph(graph: L.Graph) -> list[Violation]:
+    """Before exporting: every layer (up to the output) that darknetpy's int8 QDQ export cannot put on the
+    STM32N6 NPU, with why (an int8 refusal, or an operator outside ``NPU_OPS``). Empty if none."""
+    out: list[Violation] = []
+    last = graph.output_index
+    for layer in graph.layers[: last + 1]:
+        where = layer.describe()
+        ops = L.dispatch(N6_LAYERS, layer)
+        rule = L.dispatch(INT8_GRAPH, layer)
+        why = rule.why if isinstance(rule, L.Refuse) else rule.check(graph, layer, last)
+        if isinstance(ops, L.Refuse) or why:
+            out.append(Violation(where, "int8-layer", why or ops.why))
+            continue
+        ops = ops | _ACTIVATION_OPS.get(getattr(layer, "activation", "linear"), set())
+        for op in sorted(ops - NPU_OPS):
+            out.append(Violation(where, "npu-op", f"becomes {op}, which is not among the operators known to map "
+                                                  "to the NPU (it would run on the MCU)"))
     return out
 
 

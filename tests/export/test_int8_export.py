@@ -3,6 +3,7 @@ be exactly the int8 graph it was written from."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -161,6 +162,42 @@ def test_passes_check_n6(exported):
     from darknetpy.export.n6check import check_n6
     name, qnet, model = exported[:3]
     assert [str(v) for v in check_n6(model)] == []
+
+
+def test_n6_layer_table_matches_the_export(exported):
+    """N6_LAYERS (the N6 check's per-kind table) names exactly the operators the QDQ export emits for each
+    layer: every node of layer i is named l{i}_{kind}..., and its op (Q/DQ aside) must be in the kind's set;
+    check_n6_graph then agrees with check_n6 on the exported model (both clean)."""
+    from darknetpy import layers as L
+    from darknetpy.export.n6check import N6_LAYERS, check_n6, check_n6_graph
+
+    name, qnet, model = exported[:3]
+    graph = qnet.graph
+    seen = {}
+    for n in model.graph.node:
+        m = re.match(r"l(\d+)_", n.name)
+        if not m or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        layer = graph[int(m.group(1))]
+        allowed = set(N6_LAYERS[type(layer)]) | ({"LeakyRelu"} if getattr(layer, "activation", "") == "leaky"
+                                                 else set())
+        assert n.op_type in allowed, f"{n.name}: {n.op_type} not in N6_LAYERS[{layer.kind}] = {allowed}"
+        seen.setdefault(layer.kind, set()).add(n.op_type)
+    assert seen, "no layer nodes found"
+    assert check_n6_graph(graph) == [] and check_n6(model) == []
+    assert not isinstance(N6_LAYERS[L.Local], set)
+
+
+def test_n6_graph_check_names_the_layer(tmp_path):
+    from darknetpy.export.n6check import check_n6_graph
+    from darknetpy.graph import graph_from_text
+
+    g = graph_from_text("[net]\nheight=8\nwidth=8\nchannels=3\n[convolutional]\nfilters=4\nsize=3\npad=1\n"
+                        "activation=logistic\n[upsample]\nstride=2\n")
+    v = check_n6_graph(g)
+    assert [(x.node, x.rule) for x in v] == [("layer 0 [convolutional]", "int8-layer"),
+                                            ("layer 1 [upsample]", "int8-layer")]
+    assert "logistic" in v[0].message and "upsample" in v[1].message
 
 
 def _structure(model) -> tuple[dict, dict]:
