@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from .. import layers as L
-from ..errors import DarknetpyError
+from ..network import check_input
 from .calibrate import build_qgraph
 from .qgraph import QGraph
 from .report import QuantReport, compare
@@ -46,14 +46,9 @@ class QuantizedNetwork:
         ``raw=True`` the int8 tensor itself (a float softmax output stays float). ``all_layers=True``
         returns every layer's output the same way.
         """
-        x = np.asarray(x)
-        if x.dtype != np.float32:
-            raise DarknetpyError(f"predict() needs float32 input, got {x.dtype}")
-        want = self.input_shape
-        if x.shape != want and not (x.ndim == 4 and x.shape[0] == 1 and x.shape[1:] == want):
-            raise DarknetpyError(f"input shape {x.shape} does not match the network input {want} (C, H, W)")
+        x = check_input(x, self.input_shape)
         p = self.plan()
-        p.run(x.reshape(want))
+        p.run(x)
         qg = self.qgraph
 
         def value(i: int) -> np.ndarray:
