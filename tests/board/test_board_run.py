@@ -30,7 +30,7 @@ if not hasattr(os, "openpty"):
 import serial  # noqa: E402
 
 from darknetpy import cli  # noqa: E402
-from darknetpy.board import runner  # noqa: E402
+from darknetpy.board import link, runner  # noqa: E402
 from darknetpy.cli import board_run as command  # noqa: E402
 from darknetpy.board.runner import BoardSession, benchmark  # noqa: E402
 from darknetpy.errors import (BoardProtocolError, BoardRejected, BoardReset,  # noqa: E402
@@ -59,7 +59,7 @@ CLIENT_FRAMINGS = [(1, "auto"), (2, "auto"), (1, "1"), (2, "2")]
 @pytest.fixture(autouse=True)
 def _short_settle(monkeypatch):
     """ST's host waits 0.4 s after draining the banner; the emulator needs no such pause."""
-    monkeypatch.setattr(runner, "BANNER_SETTLE", 0.02)
+    monkeypatch.setattr(link, "BANNER_SETTLE", 0.02)
 
 
 @pytest.fixture
