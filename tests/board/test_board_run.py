@@ -907,6 +907,22 @@ def test_command_defaults_match_the_runner():
     assert (args.baud, args.framing, args.runs, args.mode, args.timeout) == (921600, "auto", 10, "perf", 10.0)
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--runs", "0", "must be at least 1, got 0"),
+    ("--runs", "two", "not a whole number: 'two'"),
+    ("--model-index", "-1", "must be 0 or more, got -1"),
+    ("--timeout", "0", "must be a positive number, got 0"),
+    ("--timeout", "nan", "must be a positive number, got nan"),
+    ("--timeout", "soon", "not a number: 'soon'"),
+])
+def test_bad_numbers_are_command_line_errors(capsys, option, value, message):
+    """cli.args' shared types: exit 2 before any port is opened."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["board-run", "--port", "loop://", option, value])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_loopback_is_not_mistaken_for_a_board(capsys):
     rc, out, err, elapsed = run_cli(capsys, "--port", "loop://", "--timeout", TIMEOUT)
     assert rc in (11, 12) and "CMD_SYNC" in err
