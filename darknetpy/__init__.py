@@ -8,8 +8,8 @@
 The public names are imported lazily, so ``import darknetpy`` stays cheap (numba loads on first use).
 """
 
-from .errors import (BoardError, CfgError, DarknetpyError, ExportError, FetchError, ImageError, QuantizeError,
-                     UnsupportedError, WeightsError)
+from .errors import (BoardError, CfgError, DarknetpyError, ExportError, FetchError, ImageError, OnnxImportError,
+                     QuantizeError, UnsupportedError, WeightsError)
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,7 @@ _LAZY = {
     "to_onnx": ("export", "to_onnx"),
     "export_onnx": ("export.onnx_float", "export_onnx"),
     "check_n6": ("export.n6check", "check_n6"),
+    "import_onnx": ("onnx_import", "import_onnx"),
     "quantize": ("int8.network", "quantize"),
     "load_quantized": ("int8.network", "load_quantized"),
     "QuantizedNetwork": ("int8.network", "QuantizedNetwork"),
@@ -47,5 +48,6 @@ def __dir__():
     return sorted(list(globals()) + list(_LAZY))
 
 
-__all__ = ["BoardError", "CfgError", "DarknetpyError", "ExportError", "FetchError", "ImageError", "QuantizeError",
+__all__ = ["BoardError", "CfgError", "DarknetpyError", "ExportError", "FetchError", "ImageError", "OnnxImportError",
+           "QuantizeError",
            "UnsupportedError", "WeightsError", "__version__", *_LAZY]

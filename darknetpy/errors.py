@@ -22,6 +22,7 @@ Exit codes (the CLI's contract, documented in the README):
 13    BoardReset      the board rebooted mid-session (banner seen)
 14    BoardRejected   the firmware refused a request (bad model, size)
 15    PortError       the serial port could not be opened
+16    OnnxImportError an ONNX model that does not match the cfg (import-onnx)
 130   interrupted (Ctrl-C)
 ====  ===========================================================
 """
@@ -125,3 +126,9 @@ class PortError(BoardError):
     """The serial port (or pyserial URL) could not be opened."""
 
     exit_code = 15
+
+
+class OnnxImportError(DarknetpyError):
+    """An ONNX model that cannot be mapped onto the cfg (import-onnx): names the cfg line, layer and node."""
+
+    exit_code = 16

@@ -16,7 +16,7 @@ import warnings
 
 from .. import __version__
 from ..errors import DarknetpyError
-from . import board_run, check_n6, classify, export, fetch, quantize, summary
+from . import board_run, check_n6, classify, export, fetch, import_onnx, quantize, summary
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
@@ -36,6 +36,7 @@ COMMANDS = (
     ("quantize", quantize, "quantize a network to int8 and report the accuracy cost per layer"),
     ("export", export, "export ONNX (float or QDQ int8) for onnxruntime and ST Edge AI Core"),
     ("check-n6", check_n6, "check an ONNX model against the STM32N6 NPU constraints"),
+    ("import-onnx", import_onnx, "trained weights for a cfg from a float ONNX model (e.g. ST's model zoo)"),
     ("board-run", board_run, "run the deployed network on an STM32N6 board over a serial port"),
 )
 
