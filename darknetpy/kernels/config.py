@@ -1,8 +1,11 @@
 """Every tunable and threshold of darknetpy's kernels and plans, in one place.
 
-Each value says what it trades and what was measured (on the CPU named; "not measured" where the value
-was set by reasoning alone). None of them changes a result: they choose between kernels that compute the
-same values, or split the same work differently.
+Each value says what it trades and what was measured (on the CPU named; "not measured separately" where
+the value was set by reasoning alone). The work splits (block sizes, chunk counts, serial or parallel,
+packed or in-place B panels, GEMM loop order) change no result. The fast float plan's kernel choices
+(Winograd variant, depthwise kind) change the summation order, so the rounding, within
+``../shared/specs/darknet.md`` §9's tolerance; the exact plan never uses them. Every int8 path computes
+onnxruntime's values exactly.
 
 Who reads them: the Python wrappers in this package and the plan builders (``runtime.py``,
 ``int8/engine.py``). They are passed to the @njit kernels as ARGUMENTS: numba's on-disk cache freezes a
