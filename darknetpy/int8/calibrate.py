@@ -4,7 +4,6 @@ choose each tensor's range (``CALIB_METHODS``), and build the ``QGraph``; option
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Callable, Iterable, Iterator
 
@@ -144,33 +143,16 @@ def _load_many(paths: list[str], w: int, h: int, c: int) -> Iterator[np.ndarray]
 
 class _FloatRecorder:
     """Runs the float network (darknetpy's fast plan) and exposes every tensor the int8 graph quantises:
-    each layer's output and, for leaky layers, the output before the activation."""
+    each layer's output and, for leaky layers, the output before the activation (``pre``)."""
 
     def __init__(self, graph: L.Graph, weights: Weights):
-        from ..kernels.activation import activate
         from ..runtime import Plan
 
         self.leaky = [i for i, lay in enumerate(graph) if getattr(lay, "activation", "") == "leaky"
                       and isinstance(lay, (L.Convolutional, L.Connected, L.Shortcut))]
-        lin = list(graph.layers)
-        for i in self.leaky:
-            lin[i] = dataclasses.replace(lin[i], activation="linear")
-        g = dataclasses.replace(graph, layers=tuple(lin))
-        try:
-            # keep_all: every layer's own output is materialised (no conv + shortcut fusion)
-            self.plan = Plan(g, weights, keep_all=True)
-        except TypeError:  # pragma: no cover - a runtime without output fusion
-            self.plan = Plan(g, weights)
-        self.pre: dict[int, np.ndarray] = {}
-        for i in self.leaky:
-            step, out = self.plan.steps[i], self.plan.outputs[i]
-            flat = out.reshape(-1)
-
-            def wrapped(step=step, out=out, flat=flat, i=i):
-                step()
-                self.pre[i] = out.copy()          # before the activation
-                activate(flat, "leaky")           # darknet's leaky, in place: what the next layers read
-            self.plan.steps[i] = wrapped
+        # keep_all: every layer's own output is materialised (no conv + shortcut fusion)
+        self.plan = Plan(graph, weights, keep_all=True, pre_activation=self.leaky)
+        self.pre: dict[int, np.ndarray] = self.plan.pre_activation
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         self.plan.run(x)
