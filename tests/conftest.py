@@ -89,18 +89,3 @@ def quantize_static_st(net, calib, tmp_path) -> Path:
                         activation_type=QuantType.QInt8,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     return q
-
-
-def load_board_emulator():
-    """tests/board_emulator.py, imported by path (works whether or not tests/ is a package)."""
-    import importlib.util
-    import sys
-
-    name = "board_emulator"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("board_emulator.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module

@@ -1,4 +1,4 @@
-"""Tests of the board emulator itself (tests/board_emulator.py), driven with hand-written bytes.
+"""Tests of the board emulator itself (darknetpy.board.emulator), driven with hand-written bytes.
 
 No darknetpy code is used: the host side here is a few lines of raw byte handling on the pty / socket, so these
 tests check the emulator against the spec (../shared/specs/stm32n6.md §3), not against the client.
@@ -22,11 +22,8 @@ import termios  # noqa: E402  (POSIX only)
 import tty  # noqa: E402
 
 
-from conftest import load_board_emulator  # noqa: E402
-
-emu = load_board_emulator()
-BoardConfig, BoardEmulator, ModelSpec, TensorSpec, EpochSpec, Fault = (
-    emu.BoardConfig, emu.BoardEmulator, emu.ModelSpec, emu.TensorSpec, emu.EpochSpec, emu.Fault)
+from darknetpy.board.emulator import (BoardConfig, BoardEmulator, EpochSpec, Fault,  # noqa: E402
+                                     ModelSpec, TensorSpec)
 
 TIMEOUT = 2.0      # for bytes that must arrive
 QUIET = 0.15       # for bytes that must NOT arrive

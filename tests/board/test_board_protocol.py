@@ -8,11 +8,6 @@ of the messages included -- cannot agree with itself.
 
 from __future__ import annotations
 
-import ast
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from darknetpy.board import framing as fr
@@ -620,34 +615,3 @@ def test_looks_like_text():
     assert fr.looks_like_text(b"| READY to receive a CMD from the HOST... |\r\n")
     assert not fr.looks_like_text(h("8e") + SYNC_RESP + bytes(18))
     assert not fr.looks_like_text(b"")
-
-
-# ---------------------------------------------------------------------------------------------
-# layering
-# ---------------------------------------------------------------------------------------------
-
-def test_messages_and_packets_import_without_pyserial():
-    code = ("import sys; import darknetpy.board.protocol, darknetpy.board.framing; "
-            "assert 'serial' not in sys.modules, 'pyserial was imported'; "
-            "assert 'darknetpy.board.runner' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
-
-
-def test_board_imports_nothing_of_the_engine():
-    """darknetpy/board/* may import only darknetpy.errors (and its own modules) from darknetpy: the
-    comparison with the int8 engine belongs to cli/board_run.py."""
-    board = Path(__file__).resolve().parents[2] / "darknetpy" / "board"
-    for path in sorted(board.rglob("*.py")):
-        package = ".".join(path.relative_to(board.parent.parent).with_suffix("").parts[:-1])
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ImportFrom):
-                base = package.rsplit(".", node.level - 1)[0] if node.level else ""
-                names = [f"{base}.{node.module}" if node.module and base else node.module or base]
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            else:
-                continue
-            for name in names:
-                if name.split(".")[0] == "darknetpy":
-                    assert name == "darknetpy.errors" or name.startswith("darknetpy.board"), \
-                        f"{path.name}:{node.lineno} imports {name}"

@@ -1,4 +1,4 @@
-"""``darknetpy board-run`` against the board emulator (tests/board_emulator.py), end to end.
+"""``darknetpy board-run`` against the board emulator (darknetpy.board.emulator), end to end.
 
 The client (darknetpy/board) and the emulator were written independently from the same spec
 (../shared/specs/stm32n6.md §3). Here the client talks to the emulator over a REAL pseudo-terminal
@@ -37,11 +37,8 @@ from darknetpy.errors import (BoardProtocolError, BoardRejected, BoardReset,  # 
                               BoardTimeout, PortError)
 
 
-from conftest import load_board_emulator  # noqa: E402
-
-emu = load_board_emulator()
-BoardConfig, BoardEmulator, ModelSpec, TensorSpec, EpochSpec, Fault = (
-    emu.BoardConfig, emu.BoardEmulator, emu.ModelSpec, emu.TensorSpec, emu.EpochSpec, emu.Fault)
+from darknetpy.board.emulator import BoardEmulator, EpochSpec, Fault, ModelSpec, TensorSpec  # noqa: E402
+from darknetpy.board.emulator import wire as emu  # noqa: E402  (the emulator's own codec and schemas)
 
 # Spelled out here on purpose (§3.2), not taken from the client.
 SYNC, SYS_INFO, DISCONNECT, NETWORK_INFO, RUN = 0, 1, 2, 10, 11
