@@ -12,10 +12,9 @@ import dataclasses
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .config import AckRecord, BoardConfig, Fault, Reply, Request, RunRecord
+from .config import AckRecord, BoardConfig, Fault, Reply, Request, RunRecord, _Ctx
 from .transport import _PtyIO, _SocketIO
 from .wire import (ACK_MSG, DATA_MSG, DEFAULT_PACKET_SIZE, IO_HEADER_EOM_FLAG, IO_OUT_SYNC, LOG_MSG,
                    MAX_HOST_MESSAGE, MAX_LOG, MODEL_INFO_MSG, OPERATOR_MSG, RESP_PAYLOADS, SYNC_MSG,
@@ -36,15 +35,6 @@ class _Abort(Exception):
 
 class _BadPacket(Exception):
     """A host packet whose header cannot be right; the message it belongs to is dropped."""
-
-
-@dataclass
-class _Ctx:
-    cmd: int
-    n_cmd: int                        # occurrence of this command (1-based, since start)
-    n_total: int                      # occurrence among all accepted requests
-    reqid: int
-    reply_idx: int = 0
 
 
 class Board:

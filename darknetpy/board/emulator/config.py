@@ -5,14 +5,11 @@ misbehaves (``Fault``) and what it records (``Request``, ``AckRecord``, ``RunRec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .wire import CAP_OBSERVER, EPOCH_KINDS, FORMATS, RT_ATONN, TOOLS_GCC
-
-if TYPE_CHECKING:
-    from .board import _Ctx
 
 # --------------------------------------------------------------------------------------------------------------
 # Configuration
@@ -97,6 +94,16 @@ class ModelSpec:
 
 
 @dataclass
+class _Ctx:
+    """The request being handled, as faults see it (``Fault.hits``)."""
+    cmd: int
+    n_cmd: int                        # occurrence of this command (1-based, since start)
+    n_total: int                      # occurrence among all accepted requests
+    reqid: int
+    reply_idx: int = 0
+
+
+@dataclass
 class Fault:
     """A misbehaviour injected into the board's replies.
 
@@ -148,7 +155,7 @@ class Fault:
         if self.kind not in self.KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {self.KINDS}")
 
-    def hits(self, ctx: "_Ctx", reply: int | None) -> bool:
+    def hits(self, ctx: _Ctx, reply: int | None) -> bool:
         if self.cmd is not None and self.cmd != ctx.cmd:
             return False
         n = ctx.n_cmd if self.cmd is not None else ctx.n_total

@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .board import Board, _Abort, _BadPacket, _Ctx
-from .config import ModelSpec, Request, RunRecord, TensorSpec
+from .board import Board, _Abort, _BadPacket
+from .config import ModelSpec, Request, RunRecord, TensorSpec, _Ctx
 from .wire import (CMD_DISCONNECT, CMD_NETWORK_INFO, CMD_NETWORK_RUN, CMD_SYNC, CMD_SYS_INFO, DEFAULT_PACKET_SIZE,
                    E_INVALID_PARAM, E_INVALID_SIZE, E_NONE, EPOCH_KINDS, F_IN_MEMPOOL, F_INPUT, F_INTERNAL, F_LAST,
                    F_MEMPOOL, F_NO_DATA, F_OUTPUT, FORMATS, MAX_NAME, OP_INTERNAL, OP_WITHOUT_TENSOR,
