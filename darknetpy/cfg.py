@@ -8,9 +8,16 @@ Follows pjreddie's ``read_cfg``/``option_list.c`` (``../shared/specs/darknet.md`
 * ``[...]`` starts a section whose kind is the whole stripped line;
 * ``key=value`` splits at the first ``=``; the *first* occurrence of a duplicated key wins.
 
+Lines are what darknet's ``fgetl`` reads: the text between two ``\\n`` bytes, counted from 1. No other
+character ends a line (not ``\\r`` alone, form feed, vertical tab, ``\\x1c``-``\\x1e``, NEL ``\\x85``, U+2028/9,
+all of which Python's ``str.splitlines`` would split on), so the text after one of them in a comment stays in
+the comment, and line numbers are darknet's.
+
 Where darknet crashes or misreads, darknetpy decides (each decision is tested):
 
-* CRLF files are accepted (darknet keeps the ``\\r`` and then fails with "First section must be [net]").
+* CRLF files are accepted: one ``\\r`` before each ``\\n`` is dropped (darknet keeps it and then fails with
+  "First section must be [net]"). A ``\\r`` anywhere else stays in the text, as in darknet. A file with
+  ``\\r`` line ends only (classic Mac) is an error: darknet reads it as one line.
 * A line ending in ``=`` is an error, as in darknet ("could parse").
 * A line with no ``=`` is ignored with a warning (darknet stores a key with a NULL value, i.e. absent).
 * ``key=value`` before any section is an error (darknet dereferences NULL).
@@ -23,6 +30,7 @@ and point errors at ``file:line``.
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 
@@ -82,15 +90,24 @@ class Section:
 
 
 def _strip(line: str) -> str:
-    # darknet's strip() deletes ' ', '\t' and '\n' anywhere; we also delete '\r' (CRLF files).
-    return line.translate({32: None, 9: None, 10: None, 13: None})
+    # darknet's strip() deletes ' ', '\t' and '\n' anywhere (a CRLF's '\r' is dropped by _lines).
+    return line.translate({32: None, 9: None, 10: None})
+
+
+def _lines(text: str):
+    """(line number, line) as darknet's fgetl reads them: split on '\\n' only, CRLF's '\\r' dropped."""
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        yield lineno, raw[:-1] if raw.endswith("\r") else raw
 
 
 def parse_cfg_text(text: str, path: str = "<cfg>") -> list[Section]:
     """Split cfg text into sections. ``path`` is only used in messages."""
+    if "\r" in text and "\n" not in text:
+        raise CfgError("the file's lines end in '\\r' only (classic Mac line ends); darknet reads it as one "
+                       "line: convert the line ends to '\\n'", path, 1)
     sections: list[Section] = []
     current: Section | None = None
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    for lineno, raw in _lines(text):
         line = _strip(raw)
         if not line or line[0] in "#;":
             continue
@@ -126,14 +143,69 @@ def parse_cfg_text(text: str, path: str = "<cfg>") -> list[Section]:
     return sections
 
 
-def read_cfg(path: str | os.PathLike) -> list[Section]:
-    """Read a .cfg file into sections. Missing or undecodable files raise CfgError."""
+# A darknet cfg is a few KB of text (the largest known, with hundreds of layers, is under 100 KB).
+CFG_MAX_BYTES = 16 << 20
+
+
+def read_input_file(path: str | os.PathLike, *, limit: int, error: type[Exception], what: str) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit + 1`` of them: darknetpy's one way to read an input.
+
+    Refuses what is not a regular file (a directory, /dev/zero, /dev/urandom, a FIFO, a serial port, ...) with
+    ``error`` (CfgError, WeightsError, ImageError, ...) naming the path and ``what`` it should have been: such a
+    "file" can never end, or never start (a FIFO without a writer blocks its reader forever). The type is
+    checked with os.stat *before* opening, since opening a FIFO waits for a writer and opening a device can
+    act on it (a serial port resets some boards); then checked again on the open descriptor (O_NONBLOCK, so
+    that a FIFO swapped in between cannot block either) to close the race. At most ``limit + 1`` bytes are
+    read, so a caller can tell "longer than ``limit``" without reading a huge file into memory.
+    """
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        st = os.stat(path)
     except OSError as e:
-        raise CfgError(f"cannot read cfg file: {e.strerror or e}", path) from None
+        raise error(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: cannot read {what}: it is {_file_kind(st.st_mode)}, not a regular file")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise error(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    with open(fd, "rb", closefd=True) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: cannot read {what}: it is {_file_kind(st.st_mode)}, not a regular file")
+        try:
+            return f.read(limit + 1)
+        except OSError as e:
+            raise error(f"{path}: cannot read {what}: {e.strerror or e}") from None
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a file"
+
+
+def read_cfg_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a .cfg file (a regular file of at most ``CFG_MAX_BYTES``); CfgError otherwise."""
+    path = os.fspath(path)
+    data = read_input_file(path, limit=CFG_MAX_BYTES, error=CfgError, what="cfg file")
+    if len(data) > CFG_MAX_BYTES:
+        raise CfgError(f"the file is larger than {CFG_MAX_BYTES >> 20} MiB: a darknet cfg is a few KB of text "
+                       "(is this the right file?)", path)
+    return data
+
+
+def parse_cfg_bytes(data: bytes, path: str = "<cfg>") -> list[Section]:
+    """Decode the bytes of a .cfg file (UTF-8, else latin-1, as darknet reads bytes) and split it."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -142,3 +214,9 @@ def read_cfg(path: str | os.PathLike) -> list[Section]:
     if "\x00" in text:
         raise CfgError("file contains NUL bytes: is this a .weights file given as the cfg?", path)
     return parse_cfg_text(text, path)
+
+
+def read_cfg(path: str | os.PathLike) -> list[Section]:
+    """Read a .cfg file into sections. Missing, unreadable, non-regular or undecodable files raise CfgError."""
+    path = os.fspath(path)
+    return parse_cfg_bytes(read_cfg_bytes(path), path)

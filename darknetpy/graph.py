@@ -30,7 +30,7 @@ import warnings
 from typing import Callable
 
 from . import layers as L
-from .cfg import CfgWarning, Section, parse_cfg_text, read_cfg
+from .cfg import CfgWarning, Section, parse_cfg_bytes, parse_cfg_text, read_cfg_bytes
 from .errors import CfgError
 
 # Keys darknet reads for every layer (parse_network_cfg); only the load/save ones matter at inference.
@@ -85,14 +85,48 @@ FORK_KEYS = {
     "upsample": {},
 }
 
-_INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+# ASCII digits only: darknet's atoi/atof read 0-9, while Python's \d (and int()) also take other scripts'
+# digits ("４" would be 4 here and 0 in darknet).
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+# Bounds of darknet's C types, checked when a value is read. darknet reads integers with atoi into an int,
+# where anything outside [INT_MIN, INT_MAX] is undefined behaviour (glibc gives -1 or 0 for long inputs),
+# and floats with atof into a float, where anything beyond FLT_MAX becomes infinity. darknetpy refuses such
+# values instead of computing with a number darknet never had (and never calls int() on a 5000-digit string:
+# Python refuses those itself, with a ValueError). Shapes are bounded the same way (MAX_COUNT): darknet
+# counts every layer's outputs and every parameter array in an int.
+INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1
+FLT_MAX = 3.4028234663852886e38
+MAX_COUNT = INT_MAX
+
+
+def _atoi(text: str) -> int | None:
+    """``text`` (an _INT match) as an int, or None when it is outside darknet's int range."""
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 10:                       # more digits than INT_MAX (2147483647) has
+        return None
+    v = int(digits or "0")                     # never int() of the whole text: "000...04" may be long
+    v = -v if text.startswith("-") else v
+    return v if INT_MIN <= v <= INT_MAX else None
+
+
+def _non_ascii_digit(text: str) -> str | None:
+    """The first non-ASCII digit in ``text`` ("４", "٣", ...), which darknet's atoi/atof do not read."""
+    return next((ch for ch in text if ch.isdigit() and not ch.isascii()), None)
 
 
 def _cdiv(a: int, b: int) -> int:
     """C integer division: truncates toward zero (Python's // floors)."""
     q = abs(a) // abs(b)
     return q if (a >= 0) == (b > 0) else -q
+
+
+def _short(value: str, limit: int = 40) -> str:
+    """repr of a cfg value for a message, cut to ``limit`` characters (a value can be 100 000 digits long)."""
+    if len(value) <= limit:
+        return repr(value)
+    return repr(value[:limit]) + f"... ({len(value):,} characters)"
 
 
 class _Reader:
@@ -120,29 +154,45 @@ class _Reader:
         opt = self.sec.find(key)
         return default if opt is None else opt.value
 
+    def check_digits(self, key: str, value: str) -> None:
+        bad = _non_ascii_digit(value)
+        if bad is not None:
+            raise self.err(f"key {key!r}: {_short(value)} contains the non-ASCII digit {bad!r} "
+                           f"(U+{ord(bad):04X}); darknet reads only the digits 0-9", key)
+
     def int(self, key: str, default: int) -> int:
         opt = self.sec.find(key)
         if opt is None:
             return default
+        self.check_digits(key, opt.value)
         m = _INT.match(opt.value)
         if m is None:
-            raise self.err(f"key {key!r}: {opt.value!r} is not a number", key)
+            raise self.err(f"key {key!r}: {_short(opt.value)} is not a number", key)
+        v = _atoi(m.group())
+        if v is None:
+            raise self.err(f"key {key!r}: {_short(m.group())} is outside darknet's int range "
+                           f"({INT_MIN}..{INT_MAX}; atoi overflows)", key)
         if m.end() != len(opt.value):
             # darknet's atoi stops at the first non-digit: "1.9" -> 1, "16#x" -> 16.
-            self.warn(f"key {key!r}: {opt.value!r} read as {int(m.group())} (darknet reads integers with "
+            self.warn(f"key {key!r}: {_short(opt.value)} read as {v} (darknet reads integers with "
                       "atoi, which stops at the first non-digit)", key)
-        return int(m.group())
+        return v
 
     def float(self, key: str, default: float) -> float:
         opt = self.sec.find(key)
         if opt is None:
             return default
+        self.check_digits(key, opt.value)
         m = _FLOAT.match(opt.value)
         if m is None:
-            raise self.err(f"key {key!r}: {opt.value!r} is not a number", key)
+            raise self.err(f"key {key!r}: {_short(opt.value)} is not a number", key)
+        v = float(m.group())
+        if not abs(v) <= FLT_MAX:
+            raise self.err(f"key {key!r}: {_short(m.group())} is beyond the range of darknet's float "
+                           f"(|x| <= {FLT_MAX:.7g}; it would become infinity)", key)
         if m.end() != len(opt.value):
-            self.warn(f"key {key!r}: {opt.value!r} read as {float(m.group())} (darknet uses atof)", key)
-        return float(m.group())
+            self.warn(f"key {key!r}: {_short(opt.value)} read as {v} (darknet uses atof)", key)
+        return v
 
     def activation(self, key: str, default: str) -> str:
         name = self.str(key, default)
@@ -181,6 +231,14 @@ def _need_spatial(r: _Reader, c: int, h: int, w: int, what: str) -> None:
     if c <= 0 or h <= 0 or w <= 0:
         raise r.err(f"{what} needs an image input (c x h x w), but its input is a flat vector "
                     "(it follows a [softmax], [cost], or a [route] over layers of different sizes)")
+
+
+def _index(r: _Reader, key: str, text: str) -> int:
+    """A layer index (an _INT match) read like atoi; one outside darknet's int range is an error."""
+    v = _atoi(text)
+    if v is None:
+        raise r.err(f"key {key!r}: {_short(text)} is outside darknet's int range ({INT_MIN}..{INT_MAX})", key)
+    return v
 
 
 def _absolute(r: _Reader, ctx: _Ctx, key: str, raw: int) -> int:
@@ -308,11 +366,12 @@ def _build_route(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
     if raw is None:
         raise r.err("[route] needs a 'layers=' key (darknet crashes without it)")
     idx = []
+    r.check_digits("layers", raw)
     for item in raw.split(","):
         m = _INT.fullmatch(item)
         if m is None:
-            raise r.err(f"key 'layers': {item!r} in {raw!r} is not a layer index", "layers")
-        idx.append(_absolute(r, ctx, "layers", int(item)))
+            raise r.err(f"key 'layers': {_short(item)} in {_short(raw)} is not a layer index", "layers")
+        idx.append(_absolute(r, ctx, "layers", _index(r, "layers", item)))
     first = ctx.layers[idx[0]]
     out_c, out_h, out_w = first.out_c, first.out_h, first.out_w
     outputs = first.outputs
@@ -335,11 +394,12 @@ def _build_shortcut(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
     raw = r.str("from", None)
     if raw is None:
         raise r.err("[shortcut] needs a 'from=' key")
+    r.check_digits("from", raw)
     m = _INT.fullmatch(raw)
     if m is None:
-        raise r.err(f"key 'from': {raw!r} is not a single layer index (several 'from' layers are an "
+        raise r.err(f"key 'from': {_short(raw)} is not a single layer index (several 'from' layers are an "
                     "AlexeyAB extension darknetpy does not support)", "from")
-    src = _absolute(r, ctx, "from", int(raw))
+    src = _absolute(r, ctx, "from", _index(r, "from", raw))
     if not ctx.layers:
         raise r.err("a shortcut cannot be the first layer")
     _need_spatial(r, c, h, w, "a shortcut")
@@ -481,6 +541,9 @@ def _parse_net(sec: Section) -> L.NetInfo:
         raise r.err("no input size: give height=, width= and channels= (or inputs=)")
     if min(h, w, c) < 0:
         raise r.err("height, width and channels must not be negative")
+    if max(inputs, h * w * c) > MAX_COUNT:
+        raise r.err(f"the input ({c} x {h} x {w}, {max(inputs, h * w * c):,} values) is more than darknet's int "
+                    f"can count ({MAX_COUNT:,})")
     if h * w * c and inputs != h * w * c:
         raise r.err(f"inputs={inputs} disagrees with height*width*channels = {h * w * c}", "inputs")
     if not (h and w and c):
@@ -536,6 +599,7 @@ def _build_section(ctx: _Ctx, sec: Section) -> L.Layer:
                 raise r.err(f"key {key!r}={opt.value} is an extension of another darknet fork that changes "
                             "the result; darknetpy does not support it", key)
     layer = builder(ctx, sec, r)
+    _check_counts(r, layer)
     for key in COMMON_KEYS | SECTION_KEYS[kind]:
         sec.find(key)                          # keys darknet reads: silent even if unused here
     for opt in sec.unused():
@@ -543,13 +607,32 @@ def _build_section(ctx: _Ctx, sec: Section) -> L.Layer:
     return layer
 
 
+def _check_counts(r: _Reader, layer: L.Layer) -> None:
+    """Refuse a layer whose output or parameter arrays hold more values than darknet's int can count.
+
+    darknet computes ``outputs`` and ``nweights`` in int, so beyond INT_MAX it overflows (and a chain of
+    [upsample] layers could otherwise grow a shape without bound: summaries would then fail converting
+    MACs to float).
+    """
+    dims = (layer.out_c, layer.out_h, layer.out_w, layer.outputs)
+    if max(dims) > MAX_COUNT:
+        raise r.err(f"its output ({layer.out_c} x {layer.out_h} x {layer.out_w}, {layer.outputs:,} values) is more "
+                    f"than darknet's int can count ({MAX_COUNT:,})")
+    for name, shape in layer.params():
+        n = 1
+        for d in shape:
+            n *= d
+        if n > MAX_COUNT:
+            raise r.err(f"its {name!r} array ({' x '.join(map(str, shape))} = {n:,} values) is more than "
+                        f"darknet's int can count ({MAX_COUNT:,})")
+
+
 def load_graph(cfg: str | os.PathLike, *, height: int | None = None, width: int | None = None) -> L.Graph:
     """Read a .cfg file and build its graph. Raises CfgError with file:line on any problem."""
     path = os.fspath(cfg)
-    sections = read_cfg(path)
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    return build_graph(sections, path, height=height, width=width, source_sha256=digest)
+    data = read_cfg_bytes(path)                # read once: the file may change (or be a pipe) between reads
+    sections = parse_cfg_bytes(data, path)
+    return build_graph(sections, path, height=height, width=width, source_sha256=hashlib.sha256(data).hexdigest())
 
 
 def graph_from_text(text: str, path: str = "<cfg>") -> L.Graph:

@@ -266,3 +266,106 @@ def test_line_numbers_survive_comments(tmp_path):
     p = write(tmp_path, "n.cfg", "[net]\n# c\n\nheight=4\nwidth=4\nchannels=1\n\n# x\n[conv]\nactivation=nope\n")
     with pytest.raises(CfgError, match=r"n\.cfg:10: layer 0 \[conv\]"):
         load_graph(p)
+
+
+# -- numbers darknet cannot hold, and digits it does not read (fuzzing findings) --------------------------
+
+@pytest.mark.parametrize("value", ["1" * 5000, "0" * 4999 + "1" + "0" * 10, "2147483648", "-2147483649",
+                                   "9" * 400])
+def test_integer_outside_darknets_int_is_a_cfg_error(value):
+    # 5000 digits made Python's int() raise ValueError; 400 digits an OverflowError in `summary`.
+    m = err(f"[conv]\nfilters={value}\nactivation=linear\n")
+    assert m.startswith("t.cfg:6: layer 0 [conv]: key 'filters': ") and "int range" in m
+    assert len(m) < 300                       # the value is cut in the message
+
+
+def test_integer_at_darknets_int_bounds_and_leading_zeros():
+    assert g("[conv]\nfilters=" + "0" * 5000 + "4\nactivation=linear\n")[0].filters == 4   # atoi reads 4
+    assert g("[conv]\nactivation=linear\n[route]\nlayers=-" + "0" * 5000 + "1\n")[1].layers == (0,)
+    assert g("[dropout]\nprobability=" + "0" * 5000 + ".5\n")[0].probability == 0.5
+    assert g("[maxpool]\nsize=2\nstride=2147483647\n")[0].stride == 2147483647
+
+
+def test_layer_index_outside_int_is_a_cfg_error():
+    m = err("[conv]\nactivation=linear\n[route]\nlayers=-" + "9" * 5000 + "\n")
+    assert m.startswith("t.cfg:8: layer 1 [route]: key 'layers': ") and "int range" in m
+    m = err("[conv]\nactivation=linear\n[shortcut]\nfrom=99999999999\n")
+    assert m.startswith("t.cfg:8: layer 1 [shortcut]: key 'from': ") and "int range" in m
+
+
+@pytest.mark.parametrize("text,key", [
+    ("[conv]\nfilters=４\nactivation=linear\n", "filters"),          # full-width 4: int() says 4, atoi 0
+    ("[conv]\nfilters=1٢\nactivation=linear\n", "filters"),          # Arabic-Indic 2 after a 1
+    ("[shortcut]\nfrom=-１\n", "from"),
+    ("[conv]\nactivation=linear\n[route]\nlayers=-１\n", "layers"),
+    ("[dropout]\nprobability=０.5\n", "probability"),
+])
+def test_non_ascii_digits_are_refused(text, key):
+    m = err(text)
+    assert f"key {key!r}" in m and "non-ASCII digit" in m and "0-9" in m
+
+
+@pytest.mark.parametrize("value", ["1e39", "-1e400", "9" * 400, "3.5e38"])
+def test_float_beyond_darknets_float_is_a_cfg_error(value):
+    m = err(f"[shortcut]\nfrom=-1\nalpha={value}\n", full=NET + f"[conv]\nactivation=linear\n[shortcut]\nfrom=-1\n"
+            f"alpha={value}\n")
+    assert "t.cfg:9: layer 1 [shortcut]: key 'alpha'" in m and "float" in m
+
+
+def test_shapes_beyond_darknets_int_are_refused_before_summary():
+    # each stride is a valid int, but the shape they build is not: darknet's l.outputs would overflow
+    m = err("[upsample]\nstride=256\n[upsample]\nstride=256\n")
+    assert "t.cfg:7: layer 1 [upsample]" in m and "more than darknet's int can count" in m
+    m = err("[conv]\nfilters=2147483647\nsize=1\nactivation=linear\n")
+    assert "t.cfg:5: layer 0 [conv]" in m and "more than darknet's int can count" in m
+    m = err("", full="[net]\nheight=65536\nwidth=65536\nchannels=3\n[avgpool]\n")
+    assert m.startswith("t.cfg:1: [net]: the input") and "int can count" in m
+
+
+def test_summary_and_json_of_large_but_valid_numbers():
+    import json
+
+    from darknetpy.summary import summary_dict, summary_table
+    graph = g("[conv]\nfilters=1000\nsize=3\npad=1\nactivation=linear\n[connected]\noutput=20000\n"
+              "activation=linear\n")
+    assert "BFLOPs" in summary_table(graph)
+    json.dumps(summary_dict(graph))
+
+
+# -- lines end at '\n' only, as darknet's fgetl reads them ----------------------------------------------
+
+@pytest.mark.parametrize("brk", ["\f", "\v", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\r"])
+def test_only_newline_ends_a_line(brk):
+    # str.splitlines() split here, so "size=5" became a live key; darknet keeps it inside the comment
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        graph = graph_from_text(NET + f"[conv]\n# comment{brk}size=5\nactivation=linear\n", "t.cfg")
+    assert graph[0].size == 1
+    assert not [w for w in rec if issubclass(w.category, CfgWarning)]
+
+
+def test_byte_0x85_in_a_latin1_file_does_not_split_lines(tmp_path):
+    p = tmp_path / "l1.cfg"
+    p.write_bytes(NET.encode() + b"[conv]\n# caf\xe9\x85size=5\nactivation=nope\n")   # not UTF-8: latin-1
+    with pytest.raises(CfgError, match=r"l1\.cfg:7: layer 0 \[conv\]: unknown activation 'nope'"):
+        load_graph(p)
+
+
+def test_line_numbers_count_newlines_only(tmp_path):
+    p = tmp_path / "n.cfg"
+    p.write_bytes(b"[net]\r\nheight=4\fwidth=9\nwidth=4\nchannels=1\n# a\x0bb\x1cc\x85d\n[conv]\nactivation=nope\n")
+    with pytest.raises(CfgError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_graph(p)
+    assert str(e.value).startswith(f"{p}:7: layer 0 [conv]: unknown activation 'nope'")
+
+
+def test_a_lone_cr_stays_in_the_line_as_in_darknet():
+    msgs = warns("[conv]\nfilters=4\r\r\nactivation=linear\n")     # CRLF drops one '\r' only
+    assert any("'4\\r' read as 4" in m for m in msgs)
+
+
+def test_cr_only_file_is_a_clear_error():
+    m = err("", full=NET.replace("\n", "\r") + "[conv]\r")
+    assert m.startswith("t.cfg:1: ") and "'\\r' only" in m
