@@ -16,6 +16,7 @@ on some pixels; everything after decoding is bit-exact.
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -51,24 +52,37 @@ def find_images(directory: str | os.PathLike, *, what: str = "image") -> list[st
     return found
 
 
+# Pillow refuses to decode more than 2 x Image.MAX_IMAGE_PIXELS (179 M) pixels; an uncompressed file of that
+# many RGB pixels is about 512 MiB, so no image worth decoding is larger.
+IMAGE_MAX_BYTES = 512 << 20
+
+
 def load_image_u8(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to uint8 (H, W, 3) RGB the way stb_image (darknet's decoder) does."""
+    """Decode an image file to uint8 (H, W, 3) RGB the way stb_image (darknet's decoder) does.
+
+    Only regular files are read (a FIFO or /dev/zero never ends), and at most ``IMAGE_MAX_BYTES``.
+    """
     from PIL import Image, UnidentifiedImageError
+
+    from .cfg import read_input_file
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ImageError(f"{path}: no such image file")
     if os.path.isdir(path):
         raise ImageError(f"{path}: is a directory, not an image")
+    data = read_input_file(path, limit=IMAGE_MAX_BYTES, error=ImageError, what="image file")
+    if len(data) > IMAGE_MAX_BYTES:
+        raise ImageError(f"{path}: refusing an image file larger than {IMAGE_MAX_BYTES >> 20} MiB")
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
             return _to_rgb_u8(im)
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"{path}: refusing a suspiciously large image ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"{path}: cannot decode image: {e}") from None
 
 

@@ -174,60 +174,75 @@ def _describe_position(graph: L.Graph, header: Header, offset: int) -> str:
     return "after the last layer"
 
 
-def _size_hint(data: bytes, graph: L.Graph, header: Header) -> str:
-    """Best guess at why a file does not fit."""
+def _size_hint(data: bytes, graph: L.Graph, header: Header, size: int) -> str:
+    """Best guess at why a file of ``size`` bytes (starting with ``data``) does not fit."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" or data[:3] == b"\xff\xd8\xff":
         return " This looks like an image, not a .weights file."
     if data[:1] == b"[" or data[:1] == b"#":
         return " This looks like a text (cfg) file, not a .weights file."
-    other = Header(header.major, header.minor, header.revision)
     alt = 4 if header.seen_bytes == 8 else 8
     body = expected_bytes(graph, header) - header.size
-    if len(data) == 12 + alt + body:
+    if size == 12 + alt + body:
         return (f" The file would fit exactly with a {alt}-byte 'seen' counter: its header version "
                 f"{header.major}.{header.minor}.{header.revision} looks wrong.")
-    del other
     return " Are the .cfg and .weights mismatched (weights trained for a different cfg)?"
 
 
 def read_weights(path: str | os.PathLike, graph: L.Graph) -> Weights:
-    """Read ``path`` for ``graph``; raise WeightsError unless the file size matches exactly."""
+    """Read ``path`` for ``graph``; raise WeightsError unless the file size matches exactly.
+
+    Only a regular file is read (a FIFO or /dev/zero never ends), and at most one byte more than the
+    largest size the graph allows (a 20-byte header), so a file that is too long is never read whole.
+    """
+    from .cfg import read_input_file
+
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise WeightsError(f"{path}: cannot read weights file: {e.strerror or e}") from None
-    return weights_from_bytes(data, graph, path)
+    limit = expected_bytes(graph, Header(0, 2, 0))     # the 20-byte header: the largest size that can fit
+    data = read_input_file(path, limit=limit, error=WeightsError, what="weights file")
+    size = len(data)
+    if size > limit:                                    # cut: the messages give the file's real size
+        try:
+            size = max(size, os.stat(path).st_size)
+        except OSError:
+            pass
+    return weights_from_bytes(data, graph, path, size=size)
 
 
-def weights_from_bytes(data: bytes, graph: L.Graph, path: str = "<weights>") -> Weights:
+def weights_from_bytes(data: bytes, graph: L.Graph, path: str = "<weights>", *, size: int | None = None) -> Weights:
+    """Parameters for ``graph`` from the bytes of a .weights file; WeightsError unless the size is exact.
+
+    ``size`` is the file's size when ``data`` holds only its beginning (read_weights reads at most one byte
+    past the expected size); it defaults to ``len(data)``.
+    """
     name = os.path.basename(path)
-    if len(data) < 12:
-        raise WeightsError(f"{path}: {len(data)} bytes is too short for a darknet weights header (16 or 20 "
-                           "bytes)" + _size_hint(data, graph, Header()))
+    size = len(data) if size is None else size
+    if size < 12:
+        raise WeightsError(f"{path}: {size} bytes is too short for a darknet weights header (16 or 20 "
+                           "bytes)" + _size_hint(data, graph, Header(), size))
     major, minor, revision = struct.unpack_from("<iii", data, 0)
     probe = Header(major, minor, revision)
-    if len(data) < probe.size:
+    if size < probe.size:
         raise WeightsError(f"{path}: file ends inside its {probe.size}-byte header")
     seen = struct.unpack_from("<Q" if probe.seen_bytes == 8 else "<i", data, 12)[0]
     header = Header(major, minor, revision, seen)
     need = expected_bytes(graph, header)
     cfg = os.path.basename(graph.path)
     nfloats = (need - header.size) // 4
-    if len(data) < need:
+    if size < need:
         raise WeightsError(
-            f"{path}: the file is too short: it has {len(data):,} bytes but {cfg} needs {need:,} "
-            f"({header.size}-byte header + {nfloats:,} floats). It ends at byte offset {len(data):,}, inside "
-            f"{_describe_position(graph, header, len(data))}." + _size_hint(data, graph, header))
-    if len(data) > need:
-        extra = len(data) - need
+            f"{path}: the file is too short: it has {size:,} bytes but {cfg} needs {need:,} "
+            f"({header.size}-byte header + {nfloats:,} floats). It ends at byte offset {size:,}, inside "
+            f"{_describe_position(graph, header, size)}." + _size_hint(data, graph, header, size))
+    if size > need:
+        extra = size - need
         last = next((layer for layer in reversed(graph.layers) if layer.load_params()), graph.layers[-1])
         raise WeightsError(
             f"{path}: the file is too long: {extra:,} bytes ({extra / 4:,.0f} floats) are left over at byte "
             f"offset {need:,}, after the last layer with parameters ({last.describe()}); {cfg} needs "
-            f"{need:,} bytes ({header.size}-byte header + {nfloats:,} floats) and the file has {len(data):,}."
-            + _size_hint(data, graph, header))
+            f"{need:,} bytes ({header.size}-byte header + {nfloats:,} floats) and the file has {size:,}."
+            + _size_hint(data, graph, header, size))
+    if len(data) != need:
+        raise WeightsError(f"{path}: {len(data):,} bytes were read but the file has {size:,}")
     params: list[Params] = []
     pos = header.size
     for layer in graph:

@@ -1,0 +1,153 @@
+"""Inputs that are not files, and writes that fail half-way (fuzzing findings).
+
+A cfg, weights or image "file" that is a FIFO, /dev/zero or /dev/urandom never ends (or, for a FIFO without a
+writer, never starts): it is refused with the error class of what it should have been, naming the path,
+without opening it. Writes go through ``OUT.part``; any failure or interrupt removes it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import write
+from darknetpy.errors import CfgError, ExportError, ImageError, WeightsError
+
+CFG_TEXT = "[net]\nheight=8\nwidth=8\nchannels=3\n[convolutional]\nfilters=4\nsize=3\npad=1\nactivation=leaky\n" \
+           "[avgpool]\n[softmax]\n"
+
+needs_posix = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+
+
+def _in_thread(fn, timeout=10.0):
+    """Run ``fn`` in a thread and return what it raised; fail (instead of hanging) if it blocks."""
+    box = {}
+
+    def target():
+        try:
+            fn()
+        except BaseException as e:          # noqa: BLE001 - handed back to the test
+            box["e"] = e
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"{fn} blocked for {timeout} s"
+    return box.get("e")
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    p = tmp_path / "pipe"
+    os.mkfifo(p)                            # opened by no writer: open() for reading would block
+    return p
+
+
+@pytest.fixture
+def graph(tmp_path):
+    from darknetpy.graph import load_graph
+    return load_graph(write(tmp_path, "n.cfg", CFG_TEXT))
+
+
+# -- C: files that never end ----------------------------------------------------------------------------------
+
+@needs_posix
+def test_cfg_fifo_is_refused_without_blocking(fifo):
+    from darknetpy.graph import load_graph
+    e = _in_thread(lambda: load_graph(fifo))
+    assert isinstance(e, CfgError) and str(e) == f"{fifo}: cannot read cfg file: it is a FIFO (named pipe), not a " \
+                                                  "regular file"
+
+
+@pytest.mark.parametrize("dev", ["/dev/zero", "/dev/urandom"])
+def test_cfg_device_is_refused(dev):
+    from darknetpy.graph import load_graph
+    if not os.path.exists(dev):
+        pytest.skip(f"no {dev}")
+    e = _in_thread(lambda: load_graph(dev))
+    assert isinstance(e, CfgError) and str(e).startswith(f"{dev}: cannot read cfg file: it is a character device")
+
+
+def test_cfg_directory_is_refused(tmp_path):
+    from darknetpy.graph import load_graph
+    with pytest.raises(CfgError, match="cannot read cfg file: it is a directory"):
+        load_graph(tmp_path)
+
+
+def test_cfg_larger_than_any_cfg_is_refused(tmp_path, monkeypatch):
+    from darknetpy import cfg
+    from darknetpy.graph import load_graph
+    monkeypatch.setattr(cfg, "CFG_MAX_BYTES", 64)
+    p = write(tmp_path, "big.cfg", CFG_TEXT + "#" * 100 + "\n")
+    with pytest.raises(CfgError, match=r"big\.cfg: the file is larger than"):
+        load_graph(p)
+
+
+@needs_posix
+def test_weights_fifo_is_refused_without_blocking(fifo, graph):
+    from darknetpy.weights import read_weights
+    e = _in_thread(lambda: read_weights(fifo, graph))
+    assert isinstance(e, WeightsError) and str(e) == f"{fifo}: cannot read weights file: it is a FIFO (named pipe), " \
+                                                      "not a regular file"
+
+
+@pytest.mark.parametrize("dev", ["/dev/zero", "/dev/urandom"])
+def test_weights_device_is_refused(dev, graph):
+    from darknetpy.weights import read_weights
+    if not os.path.exists(dev):
+        pytest.skip(f"no {dev}")
+    e = _in_thread(lambda: read_weights(dev, graph))
+    assert isinstance(e, WeightsError) and "it is a character device" in str(e)
+
+
+def test_weights_read_is_bounded_by_the_expected_size(tmp_path, graph, monkeypatch):
+    """A huge weights file is not read into memory to find out that it is too long."""
+    from darknetpy import cfg
+    from darknetpy.weights import expected_bytes, random_params, read_weights, weights_to_bytes
+    p = tmp_path / "long.weights"
+    data = weights_to_bytes(graph, random_params(graph))
+    with open(p, "wb") as f:
+        f.write(data)
+        f.truncate(1 << 30)                  # sparse: 1 GiB on disk for nothing
+    asked = []
+    real = cfg.read_input_file
+
+    def spy(path, *, limit, error, what):
+        asked.append(limit)
+        return real(path, limit=limit, error=error, what=what)
+    monkeypatch.setattr(cfg, "read_input_file", spy)
+    with pytest.raises(WeightsError) as e:
+        read_weights(p, graph)
+    assert asked and max(asked) <= expected_bytes(graph) + 1
+    need = len(data)
+    assert f"the file is too long: {(1 << 30) - need:,} bytes" in str(e.value)
+    assert f"the file has {1 << 30:,}" in str(e.value)
+
+
+@needs_posix
+def test_image_fifo_is_refused_without_blocking(fifo):
+    from darknetpy.image import load_image
+    e = _in_thread(lambda: load_image(fifo))
+    assert isinstance(e, ImageError) and str(e) == f"{fifo}: cannot read image file: it is a FIFO (named pipe), not " \
+                                                   "a regular file"
+
+
+@pytest.mark.parametrize("dev", ["/dev/zero", "/dev/urandom"])
+def test_image_device_is_refused(dev):
+    from darknetpy.image import load_image
+    if not os.path.exists(dev):
+        pytest.skip(f"no {dev}")
+    e = _in_thread(lambda: load_image(dev))
+    assert isinstance(e, ImageError) and "it is a character device" in str(e)
+
+
+@needs_posix
+def test_cli_summary_refuses_a_fifo(fifo, capsys):
+    from darknetpy.cli import main
+    box = {}
+    _in_thread(lambda: box.setdefault("code", main(["summary", str(fifo)])))
+    out, err = capsys.readouterr()
+    assert box["code"] == CfgError.exit_code
+    assert err == f"darknetpy: error: {fifo}: cannot read cfg file: it is a FIFO (named pipe), not a regular file\n"
