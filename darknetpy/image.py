@@ -77,6 +77,8 @@ def load_image_u8(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
+            if im.format == "GIF":
+                return _gif_to_rgb_u8(im, data, path)
             return _to_rgb_u8(im)
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
@@ -84,6 +86,38 @@ def load_image_u8(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{path}: refusing a suspiciously large image ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"{path}: cannot decode image: {e}") from None
+
+
+def _gif_to_rgb_u8(im, data: bytes, path: str) -> np.ndarray:
+    """The first frame of a GIF as darknet's stb_image (v2.19) gives it, alpha dropped.
+
+    stb_image starts from an all-zero RGBA canvas and, inside the frame's rectangle, writes only the pixels
+    whose palette entry is opaque: the transparent index stays (0, 0, 0, 0), black once darknet drops alpha
+    (Pillow gives the palette colour). Outside the rectangle, when the background index is > 0, it copies
+    the global palette's background entry as stored, i.e. with red and blue swapped (an stb_image quirk);
+    with index 0 those pixels stay black. A frame reaching outside the logical screen is "Corrupt GIF".
+    """
+    screen_w, screen_h = int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    flags, bgindex = data[10], data[11]
+    x0, y0, x1, y1 = getattr(im, "dispose_extent", None) or (0, 0, screen_w, screen_h)
+    if x1 > screen_w or y1 > screen_h:
+        raise ImageError(f"{path}: cannot decode image: the GIF's first frame ({x0},{y0})-({x1},{y1}) reaches "
+                         f"outside its {screen_w}x{screen_h} screen (darknet's stb_image refuses it)")
+    rgb = _to_rgb_u8(im).copy()
+    inside = np.zeros(rgb.shape[:2], dtype=bool)
+    inside[y0:y1, x0:x1] = True
+    t = im.info.get("transparency")
+    if isinstance(t, int) and im.mode in ("P", "L"):
+        inside_t = inside & (np.asarray(im) == t)
+        rgb[inside_t] = 0
+    outside = ~inside
+    if outside.any():
+        bg = (0, 0, 0)
+        if bgindex > 0 and flags & 0x80 and 13 + 3 * bgindex + 3 <= len(data):
+            r, g, b = data[13 + 3 * bgindex:16 + 3 * bgindex]
+            bg = (b, g, r)                     # stb copies its BGRA palette entry as RGBA
+        rgb[outside] = bg
+    return rgb
 
 
 def _to_rgb_u8(im) -> np.ndarray:

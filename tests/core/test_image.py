@@ -120,3 +120,59 @@ def test_bad_images(tmp_path):
         load_image(tmp_path / "cut.jpg")
     with pytest.raises(ImageError, match="too thin"):
         letterbox(np.zeros((3, 1, 500), np.float32), 224, 224)
+
+
+# -- GIF transparency and background, as stb_image v2.19 (darknet's decoder) gives them ------------------------
+
+PALETTE = [10, 20, 30, 200, 100, 50, 0, 255, 0, 7, 8, 9]      # 4 entries
+
+
+def _gif(tmp_path, idx, name="t.gif", **save):
+    im = Image.fromarray(np.asarray(idx, dtype=np.uint8), "P")
+    im.putpalette(PALETTE)
+    p = tmp_path / name
+    im.save(p, optimize=False, **save)
+    with Image.open(p) as back:                # the test relies on Pillow keeping the indices
+        assert np.array_equal(np.asarray(back), np.asarray(idx, dtype=np.uint8))
+    return p
+
+
+def test_gif_transparent_pixels_are_black_like_stb_image(tmp_path):
+    idx = [[0, 1, 2], [1, 3, 0]]
+    p = _gif(tmp_path, idx, transparency=1)
+    pal = np.array(PALETTE, np.uint8).reshape(-1, 3)
+    expect = pal[np.array(idx)]
+    expect[np.array(idx) == 1] = 0             # stb: the transparent index is never written: (0,0,0,0)
+    assert np.array_equal(load_image_u8(p), expect)
+    # without transparency every pixel is its palette colour
+    q = _gif(tmp_path, idx, name="opaque.gif")
+    assert np.array_equal(load_image_u8(q), pal[np.array(idx)])
+
+
+def _patch_screen(p, width, height, bgindex=None):
+    data = bytearray(p.read_bytes())
+    data[6:8] = width.to_bytes(2, "little")
+    data[8:10] = height.to_bytes(2, "little")
+    if bgindex is not None:
+        data[11] = bgindex
+    p.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("bgindex,bg", [(0, (0, 0, 0)), (1, (50, 100, 200)), (3, (9, 8, 7))])
+def test_gif_outside_the_first_frame_is_stbs_background(tmp_path, bgindex, bg):
+    # a 2x2 frame on a 4x2 screen: stb leaves the rest black, or (bgindex > 0) copies the global palette's
+    # background entry in its stored BGR order
+    p = _gif(tmp_path, [[0, 2], [2, 0]])
+    _patch_screen(p, 4, 2, bgindex)
+    pal = np.array(PALETTE, np.uint8).reshape(-1, 3)
+    out = load_image_u8(p)
+    assert out.shape == (2, 4, 3)
+    assert np.array_equal(out[:, :2], pal[np.array([[0, 2], [2, 0]])])
+    assert (out[:, 2:] == np.array(bg, np.uint8)).all()
+
+
+def test_gif_frame_outside_its_screen_is_refused(tmp_path):
+    p = _gif(tmp_path, [[0, 2], [2, 0]])
+    _patch_screen(p, 1, 1)
+    with pytest.raises(ImageError, match=r"t\.gif: cannot decode image: .*reaches outside its 1x1 screen"):
+        load_image_u8(p)
