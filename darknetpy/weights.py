@@ -295,13 +295,27 @@ def weights_to_bytes(graph: L.Graph, weights: Weights, *, keep_header: bool = Fa
 
 
 def save_weights(path: str | os.PathLike, graph: L.Graph, weights: Weights, *, keep_header: bool = False) -> None:
-    """Write a .weights file (see weights_to_bytes). Written to a temporary file, then renamed."""
+    """Write a .weights file (see weights_to_bytes) through ``path.part``, renamed when complete.
+
+    Any failure or interrupt (Ctrl-C included) removes the ``.part`` and re-raises; an OSError becomes a
+    WeightsError. A ``.part`` that is a directory is a WeightsError (it is never removed).
+    """
     path = os.fspath(path)
     data = weights_to_bytes(graph, weights, keep_header=keep_header)
     tmp = path + ".part"
+    if os.path.isdir(tmp):
+        raise WeightsError(f"{path}: cannot write weights: {tmp} is a directory (darknetpy writes the file there "
+                           "first, then renames it): remove it or choose another output")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except OSError as e:
-        raise WeightsError(f"{path}: cannot write weights: {e.strerror or e}") from None
+    except BaseException as e:
+        try:
+            if not os.path.isdir(tmp):
+                os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise WeightsError(f"{path}: cannot write weights: {e.strerror or e}") from None
+        raise

@@ -151,3 +151,93 @@ def test_cli_summary_refuses_a_fifo(fifo, capsys):
     out, err = capsys.readouterr()
     assert box["code"] == CfgError.exit_code
     assert err == f"darknetpy: error: {fifo}: cannot read cfg file: it is a FIFO (named pipe), not a regular file\n"
+
+
+# -- D: leftovers of failed or interrupted writes ----------------------------------------------------------------
+
+@pytest.fixture
+def net(tmp_path):
+    from darknetpy.network import load
+    return load(write(tmp_path, "n.cfg", CFG_TEXT))
+
+
+def test_export_part_directory_is_an_export_error(net, tmp_path, capsys):
+    from darknetpy.cli import main
+    from darknetpy.export.onnx_float import export_onnx
+    out = tmp_path / "m.onnx"
+    (tmp_path / "m.onnx.part").mkdir()
+    with pytest.raises(ExportError, match=r"m\.onnx\.part is a directory"):
+        export_onnx(net.graph, net.weights, out)
+    assert (tmp_path / "m.onnx.part").is_dir() and not out.exists()
+    net.save_weights(tmp_path / "n.weights")
+    code = main(["export", str(tmp_path / "n.cfg"), str(tmp_path / "n.weights"), "--onnx", str(out)])
+    err = capsys.readouterr().err
+    assert code == ExportError.exit_code and "Traceback" not in err
+    assert err.startswith(f"darknetpy: error: {out}: cannot write the ONNX model: {out}.part is a directory")
+
+
+def _half_then(exc):
+    """An onnx.save stand-in that writes half a file, then raises ``exc``."""
+    def save(model, path, *a, **k):
+        with open(path, "wb") as f:
+            f.write(model.SerializeToString()[:100])
+        raise exc
+    return save
+
+
+@pytest.mark.parametrize("exc,expect", [(KeyboardInterrupt(), KeyboardInterrupt),
+                                        (OSError(28, "No space left on device"), ExportError),
+                                        (RuntimeError("bug"), RuntimeError)])
+def test_interrupted_or_failed_onnx_save_leaves_no_part(net, tmp_path, monkeypatch, exc, expect):
+    import onnx
+
+    from darknetpy.export.onnx_float import export_onnx
+    monkeypatch.setattr(onnx, "save", _half_then(exc))
+    out = tmp_path / "m.onnx"
+    with pytest.raises(expect):
+        export_onnx(net.graph, net.weights, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.cfg"]
+
+
+def test_weights_part_directory_is_a_weights_error(net, tmp_path):
+    (tmp_path / "w.weights.part").mkdir()
+    with pytest.raises(WeightsError, match=r"w\.weights\.part is a directory"):
+        net.save_weights(tmp_path / "w.weights")
+    assert (tmp_path / "w.weights.part").is_dir() and not (tmp_path / "w.weights").exists()
+
+
+class _HalfFile:
+    """A file whose write() stores half of the data, then raises."""
+
+    def __init__(self, path, exc):
+        self.f = open(path, "wb")
+        self.exc = exc
+
+    def write(self, data):
+        self.f.write(data[: len(data) // 2])
+        raise self.exc
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.f.close()
+
+
+@pytest.mark.parametrize("exc,expect", [(KeyboardInterrupt(), KeyboardInterrupt),
+                                        (OSError(28, "No space left on device"), WeightsError)])
+def test_interrupted_or_failed_weights_write_leaves_no_part(net, tmp_path, monkeypatch, exc, expect):
+    from darknetpy import weights
+    monkeypatch.setattr(weights, "open", lambda path, mode="r": _HalfFile(path, exc), raising=False)
+    with pytest.raises(expect) as e:
+        net.save_weights(tmp_path / "w.weights")
+    if expect is WeightsError:
+        assert str(e.value) == f"{tmp_path / 'w.weights'}: cannot write weights: No space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.cfg"]
+
+
+def test_weights_written_over_a_directory_is_a_weights_error(net, tmp_path):
+    (tmp_path / "w.weights").mkdir()
+    with pytest.raises(WeightsError, match="cannot write weights"):
+        net.save_weights(tmp_path / "w.weights")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.cfg", "w.weights"]
