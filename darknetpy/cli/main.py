@@ -3,20 +3,102 @@
 Each command is a module of this package (``classify.py``, ``export.py``, ...) with ``add_arguments`` and
 ``run``; ``main`` turns darknetpy's exceptions into one line on stderr and the exit code of their class
 (see ``errors.py`` for the table) and prints warnings as ``darknetpy: warning: ...``. Heavy modules are
-imported inside each command's ``run``, so ``classify`` never imports onnx/onnxruntime and
-``summary``/``fetch`` do not even import numba.
+imported inside each command's ``run`` (never while building the parser), so ``classify`` never imports
+onnx/onnxruntime and ``summary``/``fetch`` do not even import numba.
+
+Ctrl-C ends the command with ``darknetpy: interrupted`` and exit code 130 wherever it lands: in a command
+(``main`` catches it, after the command's own cleanup ran), while parsing, or while this module and the
+command modules are still being imported by the console script (an ``sys.excepthook`` installed by the first
+lines below, before any other import). Python's own SIGINT handler is kept, so ``finally`` blocks (removing
+``.part`` files, stopping helper processes) always run. What is left is the interpreter's start-up, before any
+darknetpy code runs: a Ctrl-C there is Python's own (killed by SIGINT, which a shell also shows as 130, or,
+during ``site``, "Fatal Python error: init_import_site").
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+import signal
 import sys
-import warnings
 
-from .. import __version__
-from ..errors import DarknetpyError
-from . import board_run, check_n6, classify, export, fetch, import_onnx, quantize, summary
+INTERRUPTED = 130                       # errors.py's exit code for Ctrl-C (128 + SIGINT), as shells report it
+_said_interrupted = False
+_sigint_seen = False                    # set by _on_sigint: the process has been asked to stop
+
+
+def _interrupted() -> int:
+    """Print ``darknetpy: interrupted`` (once per process) and return the exit code 130."""
+    global _said_interrupted
+    if not _said_interrupted:
+        _said_interrupted = True
+        try:
+            sys.stderr.write("darknetpy: interrupted\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):      # stderr closed: the exit code still says it
+            pass
+    return INTERRUPTED
+
+
+def _exit_interrupted() -> None:
+    try:
+        sys.stdout.flush()
+    except BaseException:              # noqa: BLE001 - a closed pipe or a second Ctrl-C: exit anyway
+        pass
+    os._exit(_interrupted())
+
+
+def _on_sigint(signum, frame):  # noqa: ARG001
+    """Python's default SIGINT behaviour (raise KeyboardInterrupt), remembering that it happened.
+
+    A KeyboardInterrupt can come out as something else: a C extension being imported turns it into an
+    ImportError (numpy: "PyCapsule_Import could not import module datetime"), and one raised inside a
+    callback is only printed ("Exception ignored in ..."). With the flag, any of them is an interrupt.
+    """
+    global _sigint_seen
+    _sigint_seen = True
+    raise KeyboardInterrupt
+
+
+def _interrupt_hook(exc_type, exc, tb, _previous=sys.excepthook):
+    """sys.excepthook of the darknetpy process: an uncaught KeyboardInterrupt (or any exception after a
+    Ctrl-C) is one line and exit 130."""
+    if _sigint_seen or (exc_type is not None and issubclass(exc_type, KeyboardInterrupt)):
+        _exit_interrupted()
+    _previous(exc_type, exc, tb)
+
+
+def _unraisable_hook(unraisable, _previous=sys.unraisablehook):
+    """sys.unraisablehook: a Ctrl-C that landed in a callback (e.g. an import lock's) still stops us."""
+    if _sigint_seen or issubclass(unraisable.exc_type, KeyboardInterrupt):
+        _exit_interrupted()
+    _previous(unraisable)
+
+
+def _install_interrupt_handling() -> None:
+    """Make every Ctrl-C of this process end in ``darknetpy: interrupted`` and exit code 130."""
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _interrupt_hook
+    if sys.unraisablehook is sys.__unraisablehook__:
+        sys.unraisablehook = _unraisable_hook
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _on_sigint)
+    except ValueError:                 # not the main thread: keep Python's handling
+        pass
+
+
+# The console script imports this module before it can call entry(): a Ctrl-C during the imports below (or
+# while the command modules load) reaches the top level as a KeyboardInterrupt. Only in the darknetpy process
+# itself: a program that merely imports darknetpy.cli keeps Python's behaviour.
+if os.path.basename(getattr(sys, "argv", None) and sys.argv[0] or "") in ("darknetpy", "darknetpy.exe"):
+    _install_interrupt_handling()
+
+import argparse  # noqa: E402 - after the hook, on purpose
+import warnings  # noqa: E402
+
+from .. import __version__  # noqa: E402
+from ..errors import DarknetpyError  # noqa: E402
+from . import board_run, check_n6, classify, export, fetch, import_onnx, quantize, summary  # noqa: E402
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
@@ -55,16 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
         return args.func(args)
+    except KeyboardInterrupt:
+        return _interrupted()
     except DarknetpyError as e:
+        if _sigint_seen:                   # caused by the Ctrl-C: the interrupt is what happened
+            return _interrupted()
         print(f"darknetpy: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("darknetpy: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         # stdout closed early (e.g. piped into head): not an error worth a traceback.
         try:
@@ -80,15 +163,28 @@ def entry() -> None:  # pragma: no cover - exercised by the console script (test
     With numba and LLVM loaded, Python's finalisation (tearing down their object graphs) takes 0.3-0.7 s,
     longer than classifying an image. Every file darknetpy writes is closed and every port released
     before main() returns, so after flushing the standard streams nothing is lost by skipping it.
+    A Ctrl-C outside main()'s own handler (e.g. while it prints an error) is still exit code 130.
     """
-    code = main()
+    _install_interrupt_handling()          # also when started another way (python -c "...; entry()")
+    try:
+        code = main()
+    except KeyboardInterrupt:              # outside main()'s own handler
+        code = _interrupted()
+    except Exception:
+        if not _sigint_seen:
+            raise                          # a bug: its traceback (through the excepthook)
+        code = _interrupted()              # e.g. an ImportError that was a Ctrl-C during an import
+    except SystemExit as e:                # argparse: 2 for a bad command line, 0 for --help / --version
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        if not isinstance(e.code, (int, type(None))):
+            print(e.code, file=sys.stderr)
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-    finally:
-        os._exit(code)
+    except BaseException:                  # noqa: BLE001 - a closed pipe or a late Ctrl-C: exit anyway
+        pass
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

@@ -17,13 +17,16 @@ import json
 import os
 import sys
 
-from .args import positive_int
+from .args import percentile, positive_int
+
+# Plain copies of int8.calibrate.CALIB_METHODS and int8.qgraph.SOFTMAX_MODES, so that building the parser
+# does not import numba (250 ms during which a Ctrl-C used to print a traceback); tests/cli/test_cli.py
+# checks they agree.
+CALIB_METHODS = ("minmax", "percentile", "mse", "auto")
+SOFTMAX_MODES = ("int8", "float")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..int8.calibrate import CALIB_METHODS
-    from ..int8.qgraph import SOFTMAX_MODES
-
     p.add_argument("cfg", help="network .cfg")
     p.add_argument("weights", help="network .weights")
     src = p.add_mutually_exclusive_group(required=True)
@@ -33,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=CALIB_METHODS, default="minmax",
                    help="activation range per tensor: minmax (ST's recipe, default), percentile, mse, or auto "
                         "(per tensor the lowest-MSE of the three)")
-    p.add_argument("--percentile", type=float, default=99.99, help="the percentile method's upper percentile")
+    p.add_argument("--percentile", type=percentile, default=99.99,
+                   help="the percentile method's upper percentile, above 50 and at most 100 (default 99.99; "
+                        "the lower one is 100 minus it)")
     p.add_argument("--bias-correction", choices=("weight", "sequential"), default=None,
                    help="correct conv/connected biases for the mean error quantisation causes (measured: "
                         "helps mse calibration slightly, hurts minmax; off by default)")

@@ -160,3 +160,48 @@ def test_counts_below_one_are_command_line_errors(argv, capsys):
         main(argv)
     assert e.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+# -- fuzzing findings: numbers on the command line and in cfgs, Ctrl-C ------------------------------------------
+
+@pytest.mark.parametrize("value", ["150", "nan", "inf", "-1", "50", "0", "x"])
+def test_quantize_percentile_out_of_range_is_a_command_line_error(value, capsys):
+    # choose_range clips to [percentile(100 - p), percentile(p)]: numpy raised ValueError outside 0..100,
+    # and p <= 50 inverts the range
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", "cfg/tiny.cfg", "w.weights", "--calib-random", "2", "--percentile", value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --percentile:" in err and "Traceback" not in err
+
+
+def test_quantize_parser_lists_the_int8_choices_without_importing_numba():
+    from darknetpy.cli import quantize
+    from darknetpy.int8.calibrate import CALIB_METHODS
+    from darknetpy.int8.qgraph import SOFTMAX_MODES
+    assert quantize.CALIB_METHODS == CALIB_METHODS and quantize.SOFTMAX_MODES == SOFTMAX_MODES
+    code = "import sys; from darknetpy.cli.main import build_parser; build_parser(); print('numba' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.stdout.strip() == "False", p.stderr
+
+
+@pytest.mark.parametrize("value", ["1" * 5000, "9" * 400, "４"])
+def test_summary_of_absurd_numbers_is_one_cfg_error(value, capsys, tmp_path):
+    cfg = write(tmp_path, "n.cfg", SMALL_CFG.replace("filters=10", f"filters={value}"))
+    for extra in ([], ["--json"]):
+        code, _, err = run(["summary", cfg, *extra], capsys)
+        assert code == CfgError.exit_code
+        assert err.startswith(f"darknetpy: error: {cfg}:6: layer 0 [convolutional]: key 'filters': ")
+        assert err.count("\n") == 1
+
+
+def test_ctrl_c_while_parsing_is_exit_130(capsys, monkeypatch):
+    # the parser is built inside main()'s handler: a Ctrl-C there is one line too
+    main_module = sys.modules["darknetpy.cli.main"]      # (darknetpy.cli.main is also the function)
+
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(main_module, "build_parser", interrupted)
+    monkeypatch.setattr(main_module, "_said_interrupted", False)
+    code, _, err = run(["summary", "x.cfg"], capsys)
+    assert code == 130 and err == "darknetpy: interrupted\n"
