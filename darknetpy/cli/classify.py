@@ -2,6 +2,11 @@
 
     darknetpy classify CFG WEIGHTS IMAGE [IMAGE ...] [--top K] [--names FILE] [--json]
                        [--preprocess letterbox|resize|resize_min] [--threads N] [--exact]
+
+An image that cannot be classified (missing, corrupt, too thin to letterbox, too small for the network)
+is reported as one ``darknetpy: error: IMAGE: ...`` line (with --json also as ``{"image": ..., "error": ...,
+"exit_code": ...}`` on stdout) and the batch goes on; the exit code is then the first such error's (5 for
+an ImageError). A problem with the cfg, weights or labels stops the command before any image.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ def add_arguments(c) -> None:
     c.add_argument("cfg", help="network .cfg")
     c.add_argument("weights", help="network .weights")
     c.add_argument("images", nargs="+", metavar="IMAGE")
-    c.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
+    c.add_argument("--top", type=positive_int, default=5, help="how many classes to print (default 5)")
     c.add_argument("--names", help="label file, one name per line (default: imagenet.shortnames.list for "
                                    "1000-class networks)")
     c.add_argument("--json", action="store_true", help="one JSON object per image")
@@ -29,8 +34,13 @@ def add_arguments(c) -> None:
     c.add_argument("--exact", action="store_true", help="darknet's exact arithmetic (slower; also DARKNETPY_EXACT=1)")
 
 
+# imagenet.shortnames.list (21842 names) is 200 KB; a names file is read whole, so it is bounded.
+NAMES_MAX_BYTES = 16 << 20
+
+
 def _load_labels(path: str | None, classes: int) -> list[str] | None:
     """Label names for ``classes`` outputs: --names, else the fetched ImageNet list for 1000 classes."""
+    from ..cfg import read_input_file
     from ..fetch import find_data
 
     if path is None:
@@ -42,11 +52,12 @@ def _load_labels(path: str | None, classes: int) -> list[str] | None:
                           "printing class indices")
             return None
         path = str(found)
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            names = [line.rstrip("\r\n") for line in f]
-    except OSError as e:
-        raise DarknetpyError(f"{path}: cannot read label names: {e.strerror or e}") from None
+    data = read_input_file(path, limit=NAMES_MAX_BYTES, error=DarknetpyError, what="label names")
+    if len(data) > NAMES_MAX_BYTES:
+        raise DarknetpyError(f"{path}: a label file larger than {NAMES_MAX_BYTES >> 20} MiB: is this the right file?")
+    names = [line.rstrip("\r") for line in data.decode("utf-8", errors="replace").split("\n")]
+    if names and names[-1] == "":
+        names.pop()                                # the final newline ends the last name
     if len(names) < classes:
         raise DarknetpyError(f"{path}: has {len(names)} names but the network has {classes} outputs")
     return names[:classes]
@@ -86,17 +97,30 @@ def run(args) -> int:
         if helper is not None:                   # stop it and remove the claims, whatever happened
             warmup.finish(helper, net.graph, exact=net.exact, mark=ok)
     sized = {(w, h): net}
+    first_error = 0                              # exit code of the first image that failed
+    marked = False
     for path in args.images:
-        img = load_image(path)
-        x = preprocess(img, w, h, args.preprocess)
-        key = (x.shape[2], x.shape[1])
-        if key not in sized:
-            sized[key] = net.resized(*key)
+        try:
+            img = load_image(path)
+            x = preprocess(img, w, h, args.preprocess)
+            key = (x.shape[2], x.shape[1])
+            if key not in sized:
+                sized[key] = net.resized(*key)
+        except DarknetpyError as e:
+            # this image only: say which one, and go on with the others
+            msg = str(e) if str(e).startswith(f"{path}:") else f"{path}: {e}"
+            print(f"darknetpy: error: {msg}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"image": path, "error": msg, "exit_code": e.exit_code}))
+            sys.stdout.flush()
+            first_error = first_error or e.exit_code
+            continue
         t = time.perf_counter()
         probs = sized[key].predict(x).reshape(-1)
         dt = time.perf_counter() - t
-        if path == args.images[0]:               # the plan has run: mark it compiled
+        if not marked:                           # the plan has run: mark it compiled
             warmup.finish(None, net.graph, exact=net.exact)
+            marked = True
         if not np.all(np.isfinite(probs)):
             warnings.warn(f"{path}: the network output contains NaN or infinity")
         top = _top_k(probs, min(args.top, probs.size))
@@ -110,6 +134,4 @@ def run(args) -> int:
                 print(f"{pct:5.2f}%: {labels[i] if labels else i}")
             print(f"{path}: Predicted in {dt:f} seconds.", file=sys.stderr)
         sys.stdout.flush()
-    return 0
-
-
+    return first_error

@@ -205,3 +205,39 @@ def test_ctrl_c_while_parsing_is_exit_130(capsys, monkeypatch):
     monkeypatch.setattr(main_module, "_said_interrupted", False)
     code, _, err = run(["summary", "x.cfg"], capsys)
     assert code == 130 and err == "darknetpy: interrupted\n"
+
+
+def test_classify_batch_goes_on_after_a_bad_image(small, capsys, tmp_path):
+    from PIL import Image
+    cfg, weights, img = small
+    thin = tmp_path / "thin.png"
+    Image.fromarray(np.zeros((1, 1000, 3), np.uint8)).save(thin)        # letterboxes to 16x0
+    corrupt = write(tmp_path, "corrupt.jpg", "not a jpeg")
+    missing = tmp_path / "missing.jpg"
+    code, out, err = run(["classify", cfg, weights, img, thin, corrupt, missing, img, "--top", "2"], capsys)
+    assert code == ImageError.exit_code                                 # the first failure's class
+    errors = [ln for ln in err.splitlines() if ln.startswith("darknetpy: error: ")]
+    assert len(errors) == 3
+    assert errors[0].startswith(f"darknetpy: error: {thin}: a 1000x1 image is too thin to letterbox into 16x16")
+    assert errors[1].startswith(f"darknetpy: error: {corrupt}: not an image")
+    assert errors[2] == f"darknetpy: error: {missing}: no such image file"
+    assert err.count("Predicted in") == 2 and len(out.splitlines()) == 4  # both good images classified
+    code, out, err = run(["classify", cfg, weights, missing, img, "--json"], capsys)
+    lines = [json.loads(ln) for ln in out.splitlines()]
+    assert code == ImageError.exit_code and err.count("darknetpy: error: ") == 1
+    assert lines[0] == {"image": str(missing), "error": f"{missing}: no such image file", "exit_code": 5}
+    assert lines[1]["image"] == str(img) and len(lines[1]["top"]) == 5
+
+
+def test_classify_top_must_be_positive(small, capsys):
+    cfg, weights, img = small
+    with pytest.raises(SystemExit) as e:
+        main(["classify", str(cfg), str(weights), str(img), "--top", "-3"])     # printed all but 3 classes
+    assert e.value.code == 2
+
+
+def test_classify_names_that_are_not_a_file(small, capsys):
+    cfg, weights, img = small
+    code, _, err = run(["classify", cfg, weights, img, "--names", "/dev/zero"], capsys)
+    assert code == 1 and err == ("darknetpy: error: /dev/zero: cannot read label names: it is a character device, "
+                                 "not a regular file\n")
