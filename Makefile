@@ -31,5 +31,10 @@ bench: install                           ## darknetpy vs onnxruntime, interleave
 bench-int8: install                      ## int8 engine vs onnxruntime on the same QDQ model, interleaved
 	$(PY) benchmarks/bench_int8.py $(ARGS)
 
+.PHONY: fuzz
+fuzz: install                            ## a longer property-based fuzzing campaign (FUZZ_EXAMPLES=20000 per test, FUZZ_SEED=n to replay)
+	DARKNETPY_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),20000) DARKNETPY_FUZZ_SEED=$(FUZZ_SEED) \
+		$(PY) -m pytest -q -p no:cacheprovider tests/core/test_fuzz.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
