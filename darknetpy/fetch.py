@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -104,6 +105,10 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# The largest asset (tiny.weights) is 4 MB: a source that sends far more is not the file (or never ends).
+MAX_DOWNLOAD_BYTES = 256 << 20
+
+
 def _source(asset: Asset, mirror: str | None) -> str:
     if not mirror:
         return asset.url
@@ -115,6 +120,12 @@ def _source(asset: Asset, mirror: str | None) -> str:
 def _open(src: str):
     """A readable binary stream for a URL or a local path."""
     if "://" not in src:
+        try:
+            st = os.stat(src)                  # before open(): a FIFO would block it, a device never end
+        except OSError as e:
+            raise FetchError(f"{src}: cannot read from the mirror directory: {e.strerror or e}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise FetchError(f"{src}: cannot read from the mirror directory: not a regular file")
         try:
             return open(src, "rb")
         except OSError as e:
@@ -138,6 +149,8 @@ def fetch_one(asset: Asset, dest: Path, *, mirror: str | None = None,
         return final, False
     src = _source(asset, mirror)
     part = dest / (asset.name + ".part")
+    if part.is_dir():
+        raise FetchError(f"{final}: cannot write: {part} is a directory (downloads go there first): remove it")
     h = hashlib.sha256()
     try:
         with _open(src) as r, open(part, "wb") as out:
@@ -150,6 +163,9 @@ def fetch_one(asset: Asset, dest: Path, *, mirror: str | None = None,
                     raise FetchError(f"{src}: download interrupted after {done:,} bytes: {e}") from None
                 if not chunk:
                     break
+                if done + len(chunk) > MAX_DOWNLOAD_BYTES:
+                    raise FetchError(f"{src}: more than {MAX_DOWNLOAD_BYTES >> 20} MiB, far more than "
+                                     f"{asset.name} can be; stopped (the file was not installed)")
                 h.update(chunk)
                 out.write(chunk)
                 done += len(chunk)
@@ -163,7 +179,7 @@ def fetch_one(asset: Asset, dest: Path, *, mirror: str | None = None,
     except OSError as e:
         raise FetchError(f"{final}: cannot write: {e.strerror or e}") from None
     finally:
-        if part.exists():
+        if part.exists() and not part.is_dir():
             part.unlink()
     return final, True
 

@@ -241,3 +241,41 @@ def test_weights_written_over_a_directory_is_a_weights_error(net, tmp_path):
     with pytest.raises(WeightsError, match="cannot write weights"):
         net.save_weights(tmp_path / "w.weights")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n.cfg", "w.weights"]
+
+
+# -- fetch: a mirror "file" that never ends, a source that sends too much ----------------------------------------
+
+@needs_posix
+def test_fetch_from_a_mirror_fifo_is_refused_without_blocking(tmp_path):
+    from darknetpy.errors import FetchError
+    from darknetpy.fetch import ASSETS, fetch_one
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    os.mkfifo(mirror / "dog.jpg")
+    e = _in_thread(lambda: fetch_one(ASSETS["dog.jpg"], tmp_path / "out", mirror=str(mirror)))
+    assert isinstance(e, FetchError) and "not a regular file" in str(e)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_fetch_stops_a_source_that_sends_too_much(tmp_path, monkeypatch):
+    from darknetpy import fetch
+    from darknetpy.errors import FetchError
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "dog.jpg").write_bytes(b"x" * 5000)
+    monkeypatch.setattr(fetch, "MAX_DOWNLOAD_BYTES", 4096)
+    with pytest.raises(FetchError, match="more than 0 MiB, far more than dog.jpg can be"):
+        fetch.fetch_one(fetch.ASSETS["dog.jpg"], tmp_path / "out", mirror=str(mirror))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_fetch_part_directory_is_a_fetch_error(tmp_path):
+    from darknetpy.errors import FetchError
+    from darknetpy.fetch import ASSETS, fetch_one
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "dog.jpg").write_bytes(b"x")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "dog.jpg.part").mkdir()
+    with pytest.raises(FetchError, match=r"dog\.jpg\.part is a directory"):
+        fetch_one(ASSETS["dog.jpg"], tmp_path / "out", mirror=str(mirror))
