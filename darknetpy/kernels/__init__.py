@@ -16,6 +16,13 @@ its own source file changes, not when a helper it inlines from another file does
 in a directory named after a hash of all kernel sources, subfolders included (``$DARKNETPY_CACHE_DIR``
 or ``~/.cache/darknetpy/numba/<hash>``), and any change to any kernel file starts a fresh cache. An
 explicit ``NUMBA_CACHE_DIR`` is respected.
+
+A plain ``@njit`` helper that a ``fastmath=True`` kernel calls (rather than inlines) must say
+``fastmath=False``. Otherwise numba compiles it with the flags of whichever caller compiles it first
+(numba#7168) and caches that, and its fast-math code then exists twice: on its own and re-optimised
+inside the caller's object. The JIT binds the caller to whichever copy was loaded first (the helper's
+own copy in a process that compiles, the caller's copy in one that loads from the cache), so cold and
+warm runs would differ by a few ulp, and the darknet-exact activations could lose -0.0 and NaN handling.
 """
 
 import hashlib as _hashlib

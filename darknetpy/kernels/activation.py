@@ -23,7 +23,7 @@ CODE = {name: i for i, name in enumerate(NAMES)}
 LINEAR, LOGISTIC, LOGGY, RELU, ELU, SELU, RELIE, PLSE, HARDTAN, LHTAN, RAMP, LEAKY, TANH, STAIR, RELU6 = range(15)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def activate_scalar(x, act):
     """One float32 value through activation ``act`` (a CODE), darknet-exact. Returns float32."""
     d = np.float64(x)
@@ -79,7 +79,7 @@ def activate_scalar(x, act):
     return x
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def activate_fast(x, act):
     """The fast path's activation: float32 arithmetic for the common ones (leaky may differ from darknet
     by one ulp: float32(0.1)*x), the exact formula for the rest. Branch-free enough to vectorise."""
@@ -95,7 +95,7 @@ def activate_fast(x, act):
     return activate_scalar(x, act)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def activate_block(a, n, act):
     """Apply the fast-path activation to a[0:n] in place. The branch on ``act`` is taken once, so each
     loop below is a plain vectorisable loop (a per-element dispatch costs ~40% of a Winograd layer)."""

@@ -240,7 +240,7 @@ def conv_grouped(x, weights, groups: int, shift, act: int, pad: int, stride: int
     _conv_grouped(x, weights, groups, shift, act, pad, stride, pshape, scratch[:nthreads], out)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _dw_row(acc, row, w0, w1, w2, s, w, out_w):
     # acc[ox] += w0*row[ox*s - 1] + w1*row[ox*s] + w2*row[ox*s + 1], taps outside [0, w) being 0.
     # Interior columns (all three taps inside) run in one loop whose loads, for s=2, form a complete

@@ -111,7 +111,7 @@ def tiles(out_h: int, out_w: int) -> tuple[int, int, int]:
     return th, tw, (th * tw + NR - 1) // NR
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _transform_panel(xf, plane, wp, c, tiles_off, jn, vb, edge, want):
     # vb: (16, C*NR): B^T d B for the NR tiles of a panel, in the micro-kernel's B-panel layout. Only the
     # tiles with edge[j] == want are read, from xf at tiles_off[j] (their 4x4 window's top-left), rows wp
@@ -191,7 +191,7 @@ def tiles4(out_h: int, out_w: int) -> tuple[int, int, int]:
     return th, tw, (th * tw + NR - 1) // NR
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _bt6(d0, d1, d2, d3, d4, d5):
     # one column (or row) of B^T d
     f4 = np.float32(4.0)
@@ -205,7 +205,7 @@ def _bt6(d0, d1, d2, d3, d4, d5):
             f4 * d1 - f5 * d3 + d5)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _at6(m0, m1, m2, m3, m4, m5):
     # one column (or row) of A^T m
     a = m1 + m2
@@ -215,7 +215,7 @@ def _at6(m0, m1, m2, m3, m4, m5):
     return m0 + a + c, b + np.float32(2.0) * d, a + np.float32(4.0) * c, b + np.float32(8.0) * d + m5
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _transform_panel4(xf, plane, wp, c, tiles_off, jn, vb, edge, want):
     # vb: (36, C*NR): B^T d B for the NR tiles of a panel (6x6 windows, read as in _transform_panel).
     for ch in range(c):

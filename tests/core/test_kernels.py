@@ -595,3 +595,14 @@ def test_kernel_choices_follow_config():
     assert config.int8_conv_path(4, 1, False, lambda: 1 / 0) == "quads"   # the pair check is for odd C only
     assert config.int8_conv_path(8, 8, True, lambda: 1 / 0) == "depthwise"
     assert config.int8_conv_path(8, 4, False, lambda: 1 / 0) == "grouped"
+
+
+def test_helpers_called_from_fastmath_kernels_pin_fastmath():
+    """See kernels/__init__.py: left unset, fastmath is inherited from the first caller, and cold and warm
+    runs (compiled vs cached kernels) give different bits (Winograd F(4x4) on Tiny Darknet's layer 5)."""
+    from darknetpy.kernels import activation as kact
+    from darknetpy.kernels import depthwise as kdw2
+    from darknetpy.kernels import winograd as kwino
+    for fn in (kact.activate_scalar, kact.activate_fast, kact.activate_block, kdw2._dw_row,
+               kwino._transform_panel, kwino._bt6, kwino._at6, kwino._transform_panel4):
+        assert fn.targetoptions.get("fastmath") is False, fn.py_func.__name__
