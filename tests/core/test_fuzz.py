@@ -249,9 +249,8 @@ def test_mutated_weights_raise_only_darknetpy_errors(case, exact):
 
 # -- what the longer campaigns found -------------------------------------------------------------------------
 
-@pytest.mark.xfail(reason="kernels/activation.py (not this test's module): numba's default 'python' error model "
-                          "raises ZeroDivisionError when a NaN reaches 1/(1+exp(-x)), which surfaces as a SystemError "
-                          "from the next kernel; darknet computes NaN (error_model='numpy' would too)", strict=False)
+# NaN used to raise ZeroDivisionError inside the kernels (fast-math code inherited by activate_scalar, see
+# kernels/__init__.py); with the helpers pinned to fastmath=False, NaN propagates as in darknet.
 @pytest.mark.parametrize("exact", [False, True])
 def test_nan_through_a_logistic_layer_is_nan_not_an_exception(exact):
     from darknetpy.graph import graph_from_text
