@@ -8,11 +8,11 @@ onnx/onnxruntime and ``summary``/``fetch`` do not even import numba.
 
 Ctrl-C ends the command with ``darknetpy: interrupted`` and exit code 130 wherever it lands: in a command
 (``main`` catches it, after the command's own cleanup ran), while parsing, or while this module and the
-command modules are still being imported by the console script (an ``sys.excepthook`` installed by the first
-lines below, before any other import). Python's own SIGINT handler is kept, so ``finally`` blocks (removing
-``.part`` files, stopping helper processes) always run. What is left is the interpreter's start-up, before any
-darknetpy code runs: a Ctrl-C there is Python's own (killed by SIGINT, which a shell also shows as 130, or,
-during ``site``, "Fatal Python error: init_import_site").
+command modules are still being imported by the console script (hooks installed by the first lines below,
+before any other import). SIGINT still raises KeyboardInterrupt, as Python's own handler does (ours also
+remembers it), so ``finally`` blocks (removing ``.part`` files, stopping helper processes) always run. What is
+left is the interpreter's start-up, before any darknetpy code runs: a Ctrl-C there is Python's own (killed by
+SIGINT, which a shell also shows as 130, or, during ``site``, "Fatal Python error: init_import_site").
 """
 
 from __future__ import annotations
