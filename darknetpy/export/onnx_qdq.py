@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import layers as L
 from ..errors import ExportError
-from ..int8.qgraph import QGraph
+from ..int8.qgraph import QGraph, not_in_int8_graph
 from .common import Builder, add_metadata, check_input_layout, check_model, model_name, save_model
 
 
@@ -207,9 +207,6 @@ def _softmax(e: _QLayer, ql) -> None:
     e.flat[i] = True
 
 
-def _not_in_int8_graphs(why: str) -> L.Refuse:
-    return L.Refuse(f"{why}: the int8 graph never contains it (int8/qgraph.INT8_GRAPH refuses it)")
-
 
 # One entry per layer kind (tests/core/test_layout.py checks that none is missing). [dropout], [cost] and
 # one-input [route]s compute nothing and are aliased before the table is consulted.
@@ -223,9 +220,9 @@ QDQ_EXPORT: dict = {
     L.Softmax: _softmax,
     L.Dropout: _alias,
     L.Cost: _alias,
-    L.Upsample: _not_in_int8_graphs("[upsample]"),
-    L.Local: _not_in_int8_graphs("[local]"),
-    L.Crop: _not_in_int8_graphs("[crop]"),
-    L.BatchNorm: _not_in_int8_graphs("[batchnorm] (folded into the convolution before quantisation)"),
-    L.Activation: _not_in_int8_graphs("[activation]"),
+    L.Upsample: not_in_int8_graph("[upsample]"),
+    L.Local: not_in_int8_graph("[local]"),
+    L.Crop: not_in_int8_graph("[crop]"),
+    L.BatchNorm: not_in_int8_graph("[batchnorm] (folded into the convolution before quantisation)"),
+    L.Activation: not_in_int8_graph("[activation]"),
 }

@@ -37,7 +37,7 @@ from .. import layers as L
 from ..errors import UnsupportedError
 from ..kernels import config as kcfg
 from ..kernels import int8 as k8
-from .qgraph import LEAKY_ALPHA, QGraph, QLayer, QParams
+from .qgraph import LEAKY_ALPHA, QGraph, QLayer, QParams, not_in_int8_graph
 from .weights import saturation_free
 
 # The integer domain onnxruntime evaluates QLinearAdd in (the only kernel whose float32 rounding depends on
@@ -257,9 +257,6 @@ class Int8Plan:
                   f"range [{o.min()}, {o.max()}]", file=sys.stderr)
 
 
-def _not_in_int8_graphs(why: str) -> L.Refuse:
-    return L.Refuse(f"{why}: the int8 graph never contains it (int8/qgraph.INT8_GRAPH refuses it)")
-
 
 # One entry per layer kind (tests/core/test_layout.py checks that none is missing): layer class -> the Int8Plan
 # method that binds its step.
@@ -273,9 +270,9 @@ INT8_PLAN: dict = {
     L.Softmax: Int8Plan._bind_softmax,
     L.Dropout: Int8Plan._bind_nothing,
     L.Cost: Int8Plan._bind_nothing,
-    L.Upsample: _not_in_int8_graphs("[upsample]"),
-    L.Local: _not_in_int8_graphs("[local]"),
-    L.Crop: _not_in_int8_graphs("[crop]"),
-    L.BatchNorm: _not_in_int8_graphs("[batchnorm]"),
-    L.Activation: _not_in_int8_graphs("[activation]"),
+    L.Upsample: not_in_int8_graph("[upsample]"),
+    L.Local: not_in_int8_graph("[local]"),
+    L.Crop: not_in_int8_graph("[crop]"),
+    L.BatchNorm: not_in_int8_graph("[batchnorm]"),
+    L.Activation: not_in_int8_graph("[activation]"),
 }

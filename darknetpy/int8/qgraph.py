@@ -328,6 +328,11 @@ INT8_GRAPH: dict = {
 }
 
 
+def not_in_int8_graph(what: str) -> L.Refuse:
+    """The refusal later int8 stages (engine, QDQ export) give a kind ``INT8_GRAPH`` never lets in."""
+    return L.Refuse(f"{what}: the int8 graph never contains it (int8/qgraph.INT8_GRAPH refuses it)")
+
+
 def check_int8(graph: L.Graph) -> None:
     """Raise UnsupportedError naming the first layer the int8 graph cannot express."""
     where = os.path.basename(graph.path)
