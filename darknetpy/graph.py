@@ -23,6 +23,7 @@ Decisions on darknet's quirks (``../shared/specs/darknet.md`` §11), each tested
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -548,10 +549,57 @@ def _parse_net(sec: Section) -> L.NetInfo:
         raise r.err(f"inputs={inputs} disagrees with height*width*channels = {h * w * c}", "inputs")
     if not (h and w and c):
         h = w = c = 0                          # a flat input vector (connected-only networks)
+    mean, std = _normalisation(r, c)
     for opt in sec.unused():
         warnings.warn(CfgWarning(f"{sec.path}:{opt.line}: [net]: unknown key {opt.key!r} ignored"),
                       stacklevel=3)
-    return L.NetInfo(h=h, w=w, c=c, inputs=inputs, batch=batch, line=sec.line)
+    return L.NetInfo(h=h, w=w, c=c, inputs=inputs, batch=batch, line=sec.line, mean=mean, std=std)
+
+
+def _float_list(r: _Reader, key: str) -> tuple[float, ...] | None:
+    """A darknetpy extension key's comma-separated floats (strict: no atof leniency, our own key)."""
+    opt = r.sec.find(key)
+    if opt is None:
+        return None
+    r.check_digits(key, opt.value)
+    out = []
+    for part in opt.value.split(","):
+        m = _FLOAT.fullmatch(part.strip())
+        if m is None:
+            raise r.err(f"key {key!r}: {_short(part.strip() or opt.value)} is not a number (write "
+                        f"{key}=v1,v2,v3 with one value per channel)", key)
+        v = float(m.group())
+        if not abs(v) <= FLT_MAX:
+            raise r.err(f"key {key!r}: {_short(m.group())} is beyond the range of a float", key)
+        out.append(v)
+    return tuple(out)
+
+
+def _normalisation(r: _Reader, c: int) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """[net] ``mean=`` / ``std=``: darknetpy's input normalisation, (image - mean) / std per channel.
+
+    One value per channel (one value alone applies to every channel); a missing ``std`` is 1 and a
+    missing ``mean`` 0. Each std must be positive. Returns (None, None) without either key.
+    """
+    mean, std = _float_list(r, "mean"), _float_list(r, "std")
+    if mean is None and std is None:
+        return None, None
+    key = "mean" if mean is not None else "std"
+    if not c:
+        raise r.err("mean/std normalise image channels: give height=, width= and channels= too", key)
+    vals = {}
+    for name, v, default in (("mean", mean, 0.0), ("std", std, 1.0)):
+        if v is None:
+            v = (default,)
+        if len(v) == 1:
+            v = v * c
+        if len(v) != c:
+            raise r.err(f"key {name!r}: {len(v)} values for {c} channels (give one per channel, or one)", name)
+        vals[name] = v
+    bad = next((x for x in vals["std"] if not x > 0), None)
+    if bad is not None:
+        raise r.err(f"key 'std': {bad:g} is not positive (the input is divided by it)", "std")
+    return vals["mean"], vals["std"]
 
 
 def build_graph(sections: list[Section], path: str = "<cfg>", *, height: int | None = None,
@@ -568,7 +616,7 @@ def build_graph(sections: list[Section], path: str = "<cfg>", *, height: int | N
     if height is not None or width is not None:
         h = height if height is not None else net.h
         w = width if width is not None else net.w
-        net = L.NetInfo(h=h, w=w, c=net.c, inputs=h * w * net.c, batch=net.batch, line=net.line)
+        net = dataclasses.replace(net, h=h, w=w, inputs=h * w * net.c)
     ctx = _Ctx(net, path)
     for sec in sections[1:]:
         ctx.layers.append(_build_section(ctx, sec))

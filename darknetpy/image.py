@@ -237,3 +237,21 @@ def preprocess(img: np.ndarray, w: int, h: int, method: str = "letterbox") -> np
     if method == "resize_min":
         return resize_min(img, w)
     raise ValueError(f"unknown preprocessing {method!r}; choose from {', '.join(PREPROCESS)}")
+
+
+def normalize(x: np.ndarray, mean, std) -> np.ndarray:
+    """``(x - mean[c]) / std[c]`` per channel of a float32 (C, H, W) image, in float32 (a new array).
+
+    The arithmetic of torchvision's ``Normalize`` and of ONNX ``Sub`` then ``Div``: the exported models
+    compute the same bits. ``mean``/``std`` None (a cfg without them) returns ``x`` itself.
+
+    >>> normalize(np.full((3, 1, 1), 0.5, np.float32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).ravel()
+    array([0., 0., 0.], dtype=float32)
+    """
+    if mean is None:
+        return x
+    m = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+    s = np.asarray(std, np.float32).reshape(-1, 1, 1)
+    if x.ndim != 3 or x.shape[0] != m.shape[0]:
+        raise ImageError(f"cannot normalise an input of shape {x.shape} with {m.shape[0]} channel mean/std")
+    return (x.astype(np.float32, copy=False) - m) / s

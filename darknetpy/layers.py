@@ -281,7 +281,12 @@ def dispatch(table: dict, layer: Layer):
 
 @dataclass(frozen=True)
 class NetInfo:
-    """The [net] section's inference-relevant values."""
+    """The [net] section's inference-relevant values.
+
+    ``mean``/``std`` (one value per input channel, or None) are darknetpy's input-normalisation extension
+    keys: the network input is ``(image - mean[c]) / std[c]`` of the [0, 1] RGB image, in float32.
+    darknet ignores the keys and feeds the [0, 1] image itself.
+    """
 
     h: int
     w: int
@@ -289,6 +294,20 @@ class NetInfo:
     inputs: int
     batch: int = 1
     line: int = 0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        # a JSON round trip (QGraph.save/load) gives lists: keep the dataclass hashable
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, tuple):
+                object.__setattr__(self, name, tuple(float(x) for x in v))
+
+    @property
+    def normalizes(self) -> bool:
+        """True when the cfg states a mean/std normalisation of the input."""
+        return self.mean is not None
 
     @property
     def in_shape(self) -> tuple[int, ...]:

@@ -48,6 +48,22 @@ def set_threads(threads: int | None) -> int:
     return n
 
 
+def prepare_input(graph: L.Graph, image, method: str = "letterbox") -> np.ndarray:
+    """``Network.preprocess`` (and the int8 network's): image -> ``method`` -> [net] mean/std."""
+    from .image import load_image, normalize, preprocess
+
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(image)
+    net = graph.net
+    if len(net.in_shape) != 3:
+        raise UnsupportedError(f"{graph.path}: the network has no image input ([net] height, width, channels)")
+    image = np.asarray(image)
+    if image.dtype != np.float32 or image.ndim != 3 or image.shape[0] != net.c:
+        raise DarknetpyError(f"preprocess() takes float32 ({net.c}, H, W) images in [0, 1] (load_image), got "
+                             f"{image.dtype} {image.shape}")
+    return normalize(preprocess(image, net.w, net.h, method), net.mean, net.std)
+
+
 class Network:
     """A Darknet network ready to run.
 
@@ -82,6 +98,19 @@ class Network:
         if key not in self._plans:
             self._plans[key] = Plan(self.graph, self.weights, exact=exact, keep_all=keep_all)
         return self._plans[key]
+
+    # -- input -----------------------------------------------------------------------------------
+
+    def preprocess(self, image, method: str = "letterbox") -> np.ndarray:
+        """The network input for ``image`` (a path, or float32 (C, H, W) in [0, 1] from ``load_image``):
+        darknet's ``method`` (letterbox by default) to the network size, then the cfg's [net] mean/std
+        normalisation if it has one. ``resize_min`` returns darknet's 2016 size, which may differ from the
+        network's (run it with ``resized()``).
+
+        >>> x = net.preprocess("dog.jpg")            # doctest: +SKIP
+        >>> probs = net.predict(x)                   # doctest: +SKIP
+        """
+        return prepare_input(self.graph, image, method)
 
     # -- running ---------------------------------------------------------------------------------
 

@@ -73,6 +73,9 @@ def summary_table(graph: L.Graph) -> str:
                  f"output {graph.classes} values from layer {graph.output_index} [{graph.output_layer.kind}]")
     lines.append(f"parameters: {n:,} floats in the .weights file ({hdr + 4 * n:,} bytes with a v0.2 header)")
     lines.append(f"MACs: {graph.macs:,} ({2 * graph.macs / 1e9:.3f} BFLOPs)")
+    if graph.net.normalizes:
+        lines.append(f"input normalisation ([net], darknetpy extension): (image - mean) / std, mean "
+                     f"{', '.join(f'{v:g}' for v in graph.net.mean)}, std {', '.join(f'{v:g}' for v in graph.net.std)}")
     return "\n".join(lines)
 
 
@@ -81,6 +84,8 @@ def summary_dict(graph: L.Graph) -> dict:
     return {
         "cfg": graph.path,
         "input": list(graph.net.in_shape),
+        "mean": list(graph.net.mean) if graph.net.normalizes else None,
+        "std": list(graph.net.std) if graph.net.normalizes else None,
         "layers": [{"index": l_.index, "type": l_.kind, "input": list(l_.in_shape), "output": list(l_.out_shape),
                     "params": l_.nparams, "macs": l_.macs} for l_ in graph],
         "params": graph.nparams,

@@ -14,8 +14,7 @@ root = Path(__file__).resolve().parent.parent
 image = sys.argv[1] if len(sys.argv) > 1 else root / "weights" / "dog.jpg"
 
 net = darknetpy.load(root / "cfg" / "tiny.cfg", root / "weights" / "tiny.weights")
-c, h, w = net.input_shape                                          # (3, 224, 224)
-x = darknetpy.letterbox(darknetpy.load_image(image), w, h)         # darknet's preprocessing, float32 CHW
+x = net.preprocess(image)       # darknet's letterbox to (3, 224, 224) float32 (+ the cfg's mean/std, if any)
 probs = net.predict(x)                                             # (1000,) softmax output
 names = (root / "weights" / "imagenet.shortnames.list").read_text().splitlines()[:1000]
 for i in np.argsort(-probs, kind="stable")[:5]:

@@ -73,7 +73,7 @@ def _top_k(probs, k: int):
 def run(args) -> int:
     import numpy as np
 
-    from ..image import load_image, preprocess
+    from ..image import load_image
     from ..network import load, set_threads
 
     set_threads(args.threads)
@@ -102,7 +102,7 @@ def run(args) -> int:
     for path in args.images:
         try:
             img = load_image(path)
-            x = preprocess(img, w, h, args.preprocess)
+            x = net.preprocess(img, args.preprocess)    # + the cfg's mean/std, if it has them
             key = (x.shape[2], x.shape[1])
             if key not in sized:
                 sized[key] = net.resized(*key)
