@@ -43,6 +43,7 @@ import numpy as np
 from . import layers as L
 from .errors import OnnxImportError
 from .graph import load_graph
+from .image import normalize
 from .network import Network
 from .weights import Header, Weights, default_params
 
@@ -426,8 +427,30 @@ def import_onnx_model(model, cfg: str | os.PathLike) -> Imported:
     graph = load_graph(cfg)
     imp = _Importer(_Model(model, path), graph)
     final = imp.run()
+    _check_normalisation(graph, imp.mean, imp.std, path)
     net = Network(graph, Weights(Header(0, 2, 0, 0), imp.params))
     return Imported(net, imp.mean, imp.std, final)
+
+
+def _check_normalisation(graph: L.Graph, mean, std, path: str) -> None:
+    """The ONNX graph's own Sub/Div normalisation must be the cfg's [net] mean/std: the cfg's network then
+    computes what the ONNX model computes from the same image. (An ONNX model without one takes the
+    normalised tensor as its input, as PyTorch exports do; a cfg with or without mean/std is then the
+    user's statement of how the model was trained, which import cannot check. A normalisation folded into
+    the first conv is indistinguishable from trained weights, and needs a cfg without mean/std.)"""
+    if mean is None:
+        return
+    net = graph.net
+    want = f"mean={','.join(f'{v:.6g}' for v in mean)} and std={','.join(f'{v:.6g}' for v in std)}"
+    if not net.normalizes:
+        raise OnnxImportError(f"{graph.path}:{net.line} [net]: the ONNX model normalises its input ({want}) but "
+                              f"the cfg has no mean=/std=: add {want} to [net], or classify would feed the "
+                              f"network un-normalised images [{path}]")
+    close = np.allclose(net.mean, mean, rtol=1e-5, atol=1e-6) and np.allclose(net.std, std, rtol=1e-5, atol=1e-6)
+    if not close:
+        have = f"mean={','.join(f'{v:g}' for v in net.mean)} std={','.join(f'{v:g}' for v in net.std)}"
+        raise OnnxImportError(f"{graph.path}:{net.line} [net]: the cfg normalises with {have}, the ONNX model "
+                              f"with {want} [{path}]")
 
 
 def import_onnx(model, cfg: str | os.PathLike) -> Network:
@@ -451,10 +474,8 @@ def verify(imported: Imported, model, x: np.ndarray | None = None, *, tolerance:
     if x is None:
         x = np.random.default_rng(0).random(net.input_shape, dtype=np.float32)
     xin = x
-    if imported.mean is not None:
-        m = np.asarray(imported.mean, np.float32).reshape(-1, 1, 1)
-        s = np.asarray(imported.std, np.float32).reshape(-1, 1, 1)
-        xin = ((x - m) / s).astype(np.float32)
+    if imported.mean is not None:                # the cfg's, which import checked equal to the ONNX graph's
+        xin = normalize(x, net.graph.net.mean, net.graph.net.std)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

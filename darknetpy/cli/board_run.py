@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "the board's model was exported from, so the two should agree exactly)")
     reference.add_argument("--cfg", help="with --weights, --mode io and --input: compare with darknetpy's int8 "
                                          "engine on a network quantised here (on --calib DIR, else on the input "
-                                         "image alone: scales then differ from the board's model)")
+                                         "image alone: scales then differ from the board's model). Alone: "
+                                         "only its [net] mean/std, for an input quantised after normalisation")
     parser.add_argument("--weights", help="darknet .weights matching --cfg")
     parser.add_argument("--calib", metavar="DIR", help="calibration images for --cfg/--weights: the ones the "
                                                        "board's model was exported with")
@@ -76,16 +77,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``board-run``: connect, describe the model, time ``--runs`` inferences, print."""
-    compare = bool(args.cfg or args.weights or args.int8_graph)
-    if (args.cfg or args.weights) and not (args.cfg and args.weights):
-        raise UnsupportedError("--cfg and --weights go together")
-    if args.calib and not args.cfg:
+    compare = bool(args.weights or args.int8_graph)
+    if args.weights and not args.cfg:
+        raise UnsupportedError("--weights goes with --cfg")
+    if args.calib and not args.weights:
         raise UnsupportedError("--calib goes with --cfg/--weights")
     if compare and (args.mode != "io" or not args.input):
         raise UnsupportedError("the int8 comparison (--int8-graph or --cfg/--weights) needs --mode io and "
                                "--input IMAGE: only io mode returns the output tensor")
     # build the reference before touching the board: a bad cfg, weights or graph file fails fast
     qnet = int8_reference(args) if compare else None
+    norm = normalisation(args, qnet)
     from ..board.report import format_report, report_dict
     from ..board.results import BoardReport
     from ..board.runner import BoardSession, const_input
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         device = board.connect()
         network = board.network_info(args.model_index)
         if picture is not None:
-            inputs, image = image_inputs(picture, network)
+            inputs, image = image_inputs(picture, network, norm)
             const = False
         else:
             value = 0.0 if args.const is None else args.const
@@ -143,12 +145,15 @@ def image_layout(tensor: TensorInfo) -> tuple[str, int, int, int]:
                         f"at either end; use --const")
 
 
-def image_to_tensor(x: np.ndarray, tensor: TensorInfo) -> bytes:
+def image_to_tensor(x: np.ndarray, tensor: TensorInfo, norm=None) -> bytes:
     """Bytes of input ``tensor`` for a float32 image ``x`` (3, H, W) in [0, 1].
 
     uint8: round(x * 255); int8: round(x * 255) - 128; float32: x as is -- laid out NHWC or
     NCHW as the descriptor's shape says. These are the encodings of ST's image models
-    (scale 1/255, zero point 0 or -128); a descriptor with other quantization is refused.
+    (scale 1/255, zero point 0 or -128), and of darknetpy's exports, which normalise inside the
+    model when the cfg has [net] mean/std. An int8/uint8 input with other quantization takes the
+    normalised image when ``norm`` = (mean, std) is known (the cfg's): clip(round(((x - mean) / std)
+    / scale) + zero point), as the model's QuantizeLinear would; otherwise it is refused.
     """
     import numpy as np
 
@@ -169,11 +174,18 @@ def image_to_tensor(x: np.ndarray, tensor: TensorInfo) -> bytes:
         raise BoardRejected(f"input {tensor.name!r} is {tensor.dtype}; images can feed uint8, "
                             f"int8 or float inputs")
     if expected_zp is not None and tensor.scale and (
+            abs(tensor.scale * 255.0 - 1.0) > 1e-3 or tensor.zero_point != expected_zp) and norm is not None:
+        from ..image import normalize
+        info = np.iinfo(kind)
+        n = normalize(x, *norm)
+        values = np.clip(np.round(n / np.float32(tensor.scale)) + float(tensor.zero_point or 0), info.min, info.max)
+    elif expected_zp is not None and tensor.scale and (
             abs(tensor.scale * 255.0 - 1.0) > 1e-3 or tensor.zero_point != expected_zp):
         raise BoardRejected(
             f"input {tensor.name!r} ({tensor.dtype}) is quantized with scale {tensor.scale:g} and "
             f"zero point {tensor.zero_point}; darknetpy feeds images as scale 1/255, zero point "
-            f"{expected_zp}. Hint: regenerate with the [0, 1] input range, or use --const")
+            f"{expected_zp}. Hint: for a model whose input is the mean/std-normalised image, pass --cfg "
+            f"(its [net] mean/std); else regenerate with the [0, 1] input range, or use --const")
     if layout == "NHWC":
         values = np.transpose(values, (1, 2, 0))
     data = np.ascontiguousarray(values, dtype=kind.newbyteorder("<")).tobytes()
@@ -193,7 +205,7 @@ def load_picture(path: str) -> np.ndarray:
     return load_image(path)
 
 
-def image_inputs(picture: np.ndarray, network: NetworkInfo) -> tuple[list[bytes], np.ndarray]:
+def image_inputs(picture: np.ndarray, network: NetworkInfo, norm=None) -> tuple[list[bytes], np.ndarray]:
     """Letterbox a loaded (3, H, W) picture to the model's single image input; returns the input
     bytes and the float32 (3, h, w) image that produced them."""
     import numpy as np
@@ -206,7 +218,19 @@ def image_inputs(picture: np.ndarray, network: NetworkInfo) -> tuple[list[bytes]
     tensor = network.inputs[0]
     _, height, width, _ = image_layout(tensor)
     x = letterbox(picture, width, height).astype(np.float32)
-    return [image_to_tensor(x, tensor)], x
+    return [image_to_tensor(x, tensor, norm)], x
+
+
+def normalisation(args: argparse.Namespace, qnet=None):
+    """(mean, std) of the cfg's [net] (``--cfg``, or the ``--int8-graph``'s), or None."""
+    if qnet is not None:
+        net = qnet.graph.net
+    elif args.cfg:
+        from ..graph import load_graph
+        net = load_graph(args.cfg).net
+    else:
+        return None
+    return (net.mean, net.std) if net.normalizes else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,11 +249,8 @@ def int8_reference(args: argparse.Namespace):
     net = load(args.cfg, args.weights)
     if args.calib:
         return quantize(net, args.calib)
-    from ..image import letterbox
-
-    c, h, w = net.input_shape
     picture = load_picture(args.input)
-    return quantize(net, [letterbox(picture, w, h) if c == picture.shape[0] else picture])
+    return quantize(net, [net.preprocess(picture)])
 
 
 def compare_with_int8_engine(qnet, image: np.ndarray, outputs: list[OutputTensor]) -> dict:
@@ -244,8 +265,11 @@ def compare_with_int8_engine(qnet, image: np.ndarray, outputs: list[OutputTensor
     if tuple(image.shape) != tuple(qnet.input_shape):
         raise UnsupportedError(f"cannot compare: the board's input is {tuple(image.shape)} (C, H, W), "
                                f"darknetpy's network takes {tuple(qnet.input_shape)}")
+    from ..image import normalize
+
     qp = qnet.qgraph[qnet.qgraph.output_index].out
-    raw = qnet.predict(np.ascontiguousarray(image, np.float32), raw=True)
+    net = qnet.graph.net                 # the board got the [0, 1] image; the engine takes the network input
+    raw = qnet.predict(normalize(np.ascontiguousarray(image, np.float32), net.mean, net.std), raw=True)
     reference = np.asarray(qp.dequantize(raw) if qp is not None else raw, np.float64).ravel()
     board = outputs[0].values().ravel()
     if reference.size != board.size:

@@ -64,7 +64,7 @@ def run(args) -> int:
 
     from .. import load
     from ..fetch import find_data
-    from ..export.n6check import check_n6
+    from ..export.n6check import check_n6, input_edge
     from ..export import to_onnx
 
     cfg = Path(args.cfg) if args.cfg else _default_cfg()
@@ -110,6 +110,9 @@ def run(args) -> int:
         io = "" if args.input_layout == "nhwc-uint8" else (" --input-data-type uint8 --output-data-type float32 "
                                                            "--inputs-ch-position chlast")
         print("  STM32N6: " + ("passes check-n6" if not violations else f"{len(violations)} check-n6 violation(s)"))
+        edge = input_edge(model)
+        if edge:
+            print(f"  input preprocessing in the model, run on the MCU before the NPU: {', '.join(edge)}")
         print("next, with ST Edge AI Core:\n  " + STEDGEAI.format(model=out, io=io))
         if violations:
             for v in violations:

@@ -31,10 +31,15 @@ def run(args) -> int:
     net.save_weights(out)
     n = net.graph.nparams
     print(f"wrote {out}: {n:,} floats for {len(net.graph)} layers of {os.path.basename(args.cfg)}")
+    cfg_net = net.graph.net
     if imported.mean is not None:
         mean = ", ".join(f"{v:.4g}" for v in imported.mean)
         std = ", ".join(f"{v:.4g}" for v in imported.std)
-        print(f"the ONNX model normalises its input: mean ({mean}), std ({std})")
+        print(f"the ONNX model normalises its input: mean ({mean}), std ({std}), as the cfg's [net] does")
+    elif cfg_net.normalizes:
+        print("the ONNX model takes the normalised image as its input (PyTorch style); the cfg's [net] mean/std "
+              "normalise images for it (if the model had its normalisation folded into the first conv, remove "
+              "mean=/std= from the cfg)")
     print(f"checked against onnxruntime: largest difference {err:.3g} x max|output| "
           f"(layer {imported.output_layer}, limit {TOLERANCE:g})", file=sys.stderr)
     return 0

@@ -66,6 +66,24 @@ class Builder:
         q = self.node("QuantizeLinear", [x, *params], f"{base}_QuantizeLinear", f"{base}_quantized")
         return self.node("DequantizeLinear", [q, *params], f"{base}_DequantizeLinear", out or f"{base}_dq")
 
+    # -- the input ---------------------------------------------------------------------------------------
+
+    def normalize(self, x: str, net: L.NetInfo) -> str:
+        """x (float NCHW [0, 1] image) -> Sub(mean) -> Div(std), when the cfg has [net] mean/std.
+
+        Nodes rather than a folded first layer or a per-channel input quantisation, because they are exact:
+        the same float32 ``(x - mean) / std`` as ``image.normalize`` (folding into the first conv is wrong
+        at its zero-padded borders; a uint8 zero point cannot hold 255 * mean). ST Edge AI Core runs them
+        on the MCU, before the NPU's first epoch (n6check reports them as such).
+        """
+        if not net.normalizes:
+            return x
+        shape = (1, net.c, 1, 1)
+        m = self.const("input_mean", np.asarray(net.mean, np.float32).reshape(shape))
+        s = self.const("input_std", np.asarray(net.std, np.float32).reshape(shape))
+        x = self.node("Sub", [x, m], "input_mean_Sub", "input_centred")
+        return self.node("Div", [x, s], "input_std_Div", "input_normalized")
+
     # -- the model --------------------------------------------------------------------------------------
 
     def model(self, name: str, inputs: list, outputs: list):
@@ -97,7 +115,9 @@ def add_metadata(model, graph: L.Graph, preprocess: str, input_layout: str, **ex
         "darknetpy_version": __version__,
         "source_cfg": os.path.basename(graph.path),
         "source_cfg_sha256": sha,
-        "preprocessing": f"RGB; scale 1/255; {preprocess} to {graph.net.w}x{graph.net.h} (darknet)",
+        "preprocessing": f"RGB; scale 1/255; {preprocess} to {graph.net.w}x{graph.net.h} (darknet)"
+                         + (f"; then (x - mean) / std in the graph, mean {_floats(graph.net.mean)}, std "
+                            f"{_floats(graph.net.std)}" if graph.net.normalizes else ""),
         "input_layout": input_layout,
         "classes": str(graph.classes),
         **extra,
@@ -105,6 +125,10 @@ def add_metadata(model, graph: L.Graph, preprocess: str, input_layout: str, **ex
     for k, v in props.items():
         e = model.metadata_props.add()
         e.key, e.value = k, v
+
+
+def _floats(v) -> str:
+    return "[" + ", ".join(f"{x:g}" for x in v) + "]"
 
 
 def check_model(model, what: str = "model") -> None:

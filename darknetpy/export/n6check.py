@@ -34,6 +34,10 @@ NPU_OPS = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "Add
 # Ops that only move or reshape data: they may sit between quantised ops in float form.
 LAYOUT_OPS = {"Flatten", "Reshape", "Identity", "Slice", "Concat", "MaxPool"}
 COMPUTE_OPS = NPU_OPS - {"QuantizeLinear", "DequantizeLinear"} - LAYOUT_OPS
+# Float preprocessing between the graph input and its first QuantizeLinear (layout change, u8 -> float,
+# the cfg's mean/std): ST Edge AI Core runs it on the MCU before the first NPU epoch. Not a violation (the
+# model deploys); ``input_edge`` lists these nodes so that the commands can say so.
+INPUT_EDGE_OPS = {"Transpose", "Cast", "Sub", "Div", "Mul", "DequantizeLinear"}
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
 
 
@@ -109,8 +113,11 @@ def check_n6(model) -> list[Violation]:
                 return onnx.helper.get_attribute_value(a)
         return default
 
+    edge = {id(n) for n in _input_edge(g)}
     for n in g.node:
         name = n.name or f"{n.op_type}({','.join(n.output)})"
+        if id(n) in edge:
+            continue
         if n.domain not in ("", "ai.onnx"):
             out.append(Violation(name, "domain", f"operator {n.domain}.{n.op_type} is not a standard ONNX op"))
             continue
@@ -148,6 +155,31 @@ def check_n6(model) -> list[Violation]:
                     out.append(Violation(name, "hybrid", f"output {o!r} feeds {bad[0].op_type} {bad[0].name!r} "
                                                          "in float (no QuantizeLinear after it)"))
     return out
+
+
+def input_edge(model) -> list[str]:
+    """Names of the float preprocessing nodes before the input's first QuantizeLinear (``INPUT_EDGE_OPS``:
+    the NHWC transpose, the uint8 cast/scale, the cfg's mean/std), which run on the MCU."""
+    import onnx
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    return [n.name or n.op_type for n in _input_edge(model.graph)]
+
+
+def _input_edge(g) -> list:
+    """Nodes with ops in INPUT_EDGE_OPS that read a graph input (or another such node), the rest of their
+    inputs being initializers."""
+    inits = {t.name for t in g.initializer}
+    derived = {i.name for i in g.input} - inits
+    edge = []
+    for n in g.node:                           # nodes are in topological order (onnx.checker requires it)
+        ins = [i for i in n.input if i]
+        if (n.domain in ("", "ai.onnx") and n.op_type in INPUT_EDGE_OPS and any(i in derived for i in ins)
+                and all(i in derived or i in inits for i in ins)):
+            edge.append(n)
+            derived.update(n.output)
+    return edge
 
 
 def check_n6_graph(graph: L.Graph) -> list[Violation]:

@@ -318,7 +318,8 @@ def export_onnx(graph: L.Graph, weights: Weights, path: str | os.PathLike | None
     """Build (and optionally save) the float ONNX model of ``graph``. Returns the onnx.ModelProto.
 
     ``input_layout="nhwc-uint8"`` puts the model-zoo interface in the graph: a (1, H, W, C) uint8 input,
-    cast, divided by 255 (darknet's exact preprocessing arithmetic) and transposed to NCHW.
+    cast, divided by 255 (darknet's exact preprocessing arithmetic) and transposed to NCHW. Either way the
+    model takes the image: a cfg's [net] mean/std become Sub and Div nodes after the input.
     """
     from onnx import TensorProto, helper
 
@@ -338,6 +339,7 @@ def export_onnx(graph: L.Graph, weights: Weights, path: str | os.PathLike | None
     else:
         inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, c, h, w])
         x0 = "input"
+    x0 = b.normalize(x0, graph.net)              # the cfg's mean/std: the model takes the [0, 1] image
 
     names: dict[int, str] = {-1: x0}
     flat: dict[int, bool] = {-1: False}

@@ -8,7 +8,10 @@ asymmetric int8 activations), with the layer -> ops mapping of ``onnx_float``, o
 ==============  ==========================================================================================
 input           float NCHW ``input`` -> QuantizeLinear(1/255, -128) -> DequantizeLinear
                 (``input_layout="nhwc-uint8"``: uint8 (1,H,W,C) -> Transpose -> DequantizeLinear(1/255, 0)
-                -> the same QuantizeLinear)
+                -> the same QuantizeLinear). A cfg with [net] mean/std: Sub(mean) -> Div(std) before the
+                input's QuantizeLinear, whose parameters are then ``qgraph.input_qparams`` of the
+                normalised range (nhwc-uint8: Transpose -> Cast -> Div(255) -> Sub -> Div -> Q); exact,
+                and run on the MCU by ST Edge AI Core (see ``Builder.normalize``)
 convolutional   Conv(DQ(x), DequantizeLinear(W int8, per-channel scales, zero point 0, axis=0),
                 DequantizeLinear(B int32, scale s_x*s_w, zero point 0, axis=0)) -> Q -> DQ;
                 leaky: -> Q -> DQ -> LeakyRelu(alpha=0.1) -> Q -> DQ; relu/relu6 have no node: the output's
@@ -57,13 +60,19 @@ def export_qdq(qgraph: QGraph, path: str | os.PathLike | None = None, *, input_l
     if input_layout == "nhwc-uint8":
         inp = helper.make_tensor_value_info("input", TensorProto.UINT8, [1, h, w, c])
         t = b.node("Transpose", ["input"], "input_nchw", perm=[0, 3, 1, 2])
-        u8 = (b.const("input_u8_scale", np.array(qgraph.input.scale, np.float32)),
-              b.const("input_u8_zero_point", np.array(0, np.uint8)))
-        f = b.node("DequantizeLinear", [t, *u8], "input_u8_DequantizeLinear", "input_float")
-        x0 = b.qdq(f, qin, "input")
+        if graph.net.normalizes:
+            # u8 / 255 as darknet divides (a DequantizeLinear multiplies by float32(1/255): other bits)
+            f = b.node("Cast", [t], "input_cast", to=TensorProto.FLOAT)
+            f = b.node("Div", [f, b.const("input_255", np.array(255.0, np.float32))], "input_div255")
+            x0 = b.qdq(b.normalize(f, graph.net), qin, "input")
+        else:
+            u8 = (b.const("input_u8_scale", np.array(qgraph.input.scale, np.float32)),
+                  b.const("input_u8_zero_point", np.array(0, np.uint8)))
+            f = b.node("DequantizeLinear", [t, *u8], "input_u8_DequantizeLinear", "input_float")
+            x0 = b.qdq(f, qin, "input")
     else:
         inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, c, h, w])
-        x0 = b.qdq("input", qin, "input")
+        x0 = b.qdq(b.normalize("input", graph.net), qin, "input")
 
     names: dict[int, str] = {-1: x0}          # layer -> its float (dequantised) output name
     params: dict[int, tuple[str, str]] = {-1: qin}

@@ -12,11 +12,11 @@ import numpy as np
 from .. import __version__
 from .. import layers as L
 from ..errors import ImageError, QuantizeError, UnsupportedError
-from ..image import find_images, letterbox, load_image
+from ..image import find_images, letterbox, load_image, normalize
 from ..passes import fold_batchnorm
 from ..weights import Weights
-from .qgraph import (INPUT_SCALE, INPUT_ZERO_POINT, SOFTMAX_MODES, SOFTMAX_SCALE, SOFTMAX_ZERO_POINT, QGraph,
-                     QLayer, QParams, check_int8, qlayer_role, qparams_from_range)
+from .qgraph import (SOFTMAX_MODES, SOFTMAX_SCALE, SOFTMAX_ZERO_POINT, QGraph, QLayer, QParams, check_int8,
+                     input_qparams, input_range, qlayer_role, qparams_from_range)
 from .weights import quantize_bias, quantize_weights
 
 CALIB_METHODS = ("minmax", "percentile", "mse", "auto")
@@ -97,30 +97,33 @@ def _mse_range(v: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
     return blo, bhi
 
 
-def iter_images(source, shape: tuple[int, int, int], *, what: str = "calibration") -> tuple[int, Iterator[np.ndarray]]:
-    """(count, iterator of float32 (C, H, W) inputs) from a directory, a list of paths/arrays, an array
-    (N, C, H, W) or an int N (N seeded uniform-random [0, 1) inputs: smoke tests only).
+def iter_images(source, net: L.NetInfo, *, what: str = "calibration") -> tuple[int, Iterator[np.ndarray]]:
+    """(count, iterator of float32 (C, H, W) network inputs) from a directory, a list of paths/arrays, an
+    array (N, C, H, W) or an int N (N seeded uniform-random [0, 1) images: smoke tests only).
 
-    Images are loaded like darknet's classify: ``load_image`` then ``letterbox`` to the network size.
+    Images (files and random ones) are prepared like darknet's classify, ``load_image`` then ``letterbox``
+    to the network size, then normalised with the cfg's [net] mean/std when it has them. Arrays are taken
+    as network inputs, already normalised (what ``predict`` takes).
     """
+    shape = net.in_shape
     c, h, w = shape
     if isinstance(source, (int, np.integer)) and not isinstance(source, bool):
         n = int(source)
         if n < 1:
             raise QuantizeError(f"need at least one {what} input, got {n}")
         rng = np.random.default_rng(0)
-        return n, (rng.random(shape, dtype=np.float32) for _ in range(n))
+        return n, (normalize(rng.random(shape, dtype=np.float32), net.mean, net.std) for _ in range(n))
     if isinstance(source, np.ndarray):
         arr = source.reshape((-1,) + tuple(shape)) if source.ndim == 4 or source.shape != shape else source[None]
         return len(arr), (np.ascontiguousarray(a, np.float32) for a in arr)
     if isinstance(source, (str, os.PathLike)):
         paths = image_folder(source, what=what)
-        return len(paths), _load_many(paths, w, h, c)
+        return len(paths), _load_many(paths, net)
     items = list(source)
     if not items:
         raise QuantizeError(f"no {what} images given")
     if all(isinstance(p, (str, os.PathLike)) for p in items):
-        return len(items), _load_many([os.fspath(p) for p in items], w, h, c)
+        return len(items), _load_many([os.fspath(p) for p in items], net)
     return len(items), (np.ascontiguousarray(np.asarray(a, np.float32).reshape(shape)) for a in items)
 
 
@@ -133,12 +136,12 @@ def image_folder(directory: str | os.PathLike, *, what: str = "calibration") -> 
         raise QuantizeError(str(e)) from None
 
 
-def _load_many(paths: list[str], w: int, h: int, c: int) -> Iterator[np.ndarray]:
+def _load_many(paths: list[str], net: L.NetInfo) -> Iterator[np.ndarray]:
     for p in paths:
         img = load_image(p)
-        if img.shape[0] != c:
-            raise UnsupportedError(f"{p}: the network takes {c} channels, images are RGB")
-        yield letterbox(img, w, h)
+        if img.shape[0] != net.c:
+            raise UnsupportedError(f"{p}: the network takes {net.c} channels, images are RGB")
+        yield normalize(letterbox(img, net.w, net.h), net.mean, net.std)
 
 
 class _FloatRecorder:
@@ -177,20 +180,24 @@ def build_qgraph(graph: L.Graph, weights: Weights, calibration, *, method: str |
     methods = _method_table(method, graph)
     check_int8(graph)
     fgraph, fweights = fold_batchnorm(graph, weights)
-    n, inputs = iter_images(calibration, fgraph.net.in_shape)
+    n, inputs = iter_images(calibration, fgraph.net)
     rec = _FloatRecorder(fgraph, fweights)
     rng = np.random.default_rng(1234)
     out_stats = [TensorStats(rng) for _ in fgraph]
     pre_stats = {i: TensorStats(rng) for i in rec.leaky}
+    qin = input_qparams(fgraph.net)
+    lo, hi = input_range(fgraph.net)
+    what_in = "normalised [0, 1] images" if fgraph.net.normalizes else "images in [0, 1]"
     first = True
     done = 0
     for x in inputs:
         if x.shape != fgraph.net.in_shape:
             raise QuantizeError(f"calibration input of shape {x.shape} does not match the network input "
                                 f"{fgraph.net.in_shape}")
-        if first and (float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6):
-            raise QuantizeError(f"calibration inputs must be images in [0, 1] (the int8 input is quantised "
-                                f"with scale 1/255, zero point -128); got values in [{x.min():.3g}, {x.max():.3g}]")
+        if first and (float(x.min()) < lo - 1e-6 or float(x.max()) > hi + 1e-6):
+            raise QuantizeError(f"calibration inputs must be network inputs in [{lo:.4g}, {hi:.4g}] ({what_in}: "
+                                f"the int8 input is quantised with scale {qin.scale:.6g}, zero point "
+                                f"{qin.zero_point}); got values in [{x.min():.3g}, {x.max():.3g}]")
         first = False
         outs = rec.run(x)
         for i, o in enumerate(outs):
@@ -205,7 +212,6 @@ def build_qgraph(graph: L.Graph, weights: Weights, calibration, *, method: str |
 
     last = fgraph.output_index
     qlayers: list[QLayer] = []
-    qin = QParams(INPUT_SCALE, INPUT_ZERO_POINT)
 
     def qp_of(j: int) -> QParams:
         return qin if j < 0 else qlayers[j].out
@@ -335,7 +341,6 @@ def _correct_biases(qg: QGraph, fweights: Weights, rec: "_FloatRecorder", calibr
       also removes the mean of the error arriving from upstream; one int8 pass per corrected layer.
     """
     targets = [ql for ql in qg if ql.weight is not None]
-    shape = qg.graph.net.in_shape
 
     def wdq(ql):
         return ql.weight.astype(np.float64) * ql.weight_scale.astype(np.float64).reshape(
@@ -347,13 +352,13 @@ def _correct_biases(qg: QGraph, fweights: Weights, rec: "_FloatRecorder", calibr
                                    ql.weight_scale)
 
     if mode == "weight":
-        _, mq = _input_means(qg, rec, iter_images(calibration, shape)[1], targets, False)
+        _, mq = _input_means(qg, rec, iter_images(calibration, qg.graph.net)[1], targets, False)
         for ql in targets:
             w = fweights.params[ql.index]["weights"].astype(np.float64)
             requant_bias(ql, _apply(w - wdq(ql), ql.layer, mq[ql.index]))
         return
     for ql in targets:
-        mf, mq = _input_means(qg, rec, iter_images(calibration, shape)[1], [ql], True)
+        mf, mq = _input_means(qg, rec, iter_images(calibration, qg.graph.net)[1], [ql], True)
         w = fweights.params[ql.index]["weights"].astype(np.float64)
         p = fweights.params[ql.index]
         b_dq = ql.bias.astype(np.float64) * (np.float32(qg.tensor_qparams(ql.src[0]).scale)

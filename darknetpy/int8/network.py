@@ -39,8 +39,15 @@ class QuantizedNetwork:
             self._plan = Int8Plan(self.qgraph)
         return self._plan
 
+    def preprocess(self, image, method: str = "letterbox") -> np.ndarray:
+        """The network input for ``image`` (a path or a ``load_image`` array): letterbox, then the cfg's
+        mean/std normalisation if it has one (``Network.preprocess``)."""
+        from ..network import prepare_input
+        return prepare_input(self.graph, image, method)
+
     def predict(self, x: np.ndarray, *, all_layers: bool = False, raw: bool = False):
-        """Run the int8 network on ``x`` (float32 (C, H, W) in [0, 1]).
+        """Run the int8 network on ``x``, the network input (float32 (C, H, W): the [0, 1] image, or the
+        normalised image when the cfg has mean/std; ``preprocess`` makes it).
 
         Returns the output layer's values dequantised to float32 (shaped like the float network's), or with
         ``raw=True`` the int8 tensor itself (a float softmax output stays float). ``all_layers=True``

@@ -86,6 +86,30 @@ def qparams_from_range(lo: float, hi: float) -> QParams:
     return QParams(float(np.float32(scale)), zp)
 
 
+def input_range(net: L.NetInfo) -> tuple[float, float]:
+    """The range of the network input: [0, 1] images, or with the cfg's mean/std the extremes of
+    ``(image - mean) / std`` over channels, computed with the float32 arithmetic of ``image.normalize``."""
+    if not net.normalizes:
+        return 0.0, 1.0
+    m = np.asarray(net.mean, np.float32)
+    s = np.asarray(net.std, np.float32)
+    return float(((np.float32(0) - m) / s).min()), float(((np.float32(1) - m) / s).max())
+
+
+def input_qparams(net: L.NetInfo) -> QParams:
+    """The int8 network input's parameters, fixed by the input range rather than calibrated (every image
+    set that reaches black and white calibrates to them): ST's QuantizeLinear(1/255, -128) for [0, 1]
+    images; for a normalised input, ``qparams_from_range`` of ``input_range`` (asymmetric, one scale for
+    all channels: the int8 activations are per tensor).
+
+    >>> input_qparams(L.NetInfo(224, 224, 3, 150528, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+    QParams(scale=0.01865844801068306, zero_point=-14)
+    """
+    if not net.normalizes:
+        return QParams(INPUT_SCALE, INPUT_ZERO_POINT)
+    return qparams_from_range(*input_range(net))
+
+
 # -- the int8 graph ----------------------------------------------------------------------------------------
 
 @dataclass

@@ -134,7 +134,7 @@ def compare(net, qnet, images, *, progress=None) -> QuantReport:
     """
     qg = qnet.qgraph
     graph = qg.graph
-    n, inputs = iter_images(images, graph.net.in_shape, what="evaluation")
+    n, inputs = iter_images(images, graph.net, what="evaluation")
     try:
         fplan = net.plan(False, keep_all=True)           # every layer's own output (no conv + shortcut fusion)
     except TypeError:  # pragma: no cover - a runtime without output fusion

@@ -15,6 +15,7 @@ from darknetpy.cli import main
 from darknetpy.errors import ExportError, QuantizeError, UnsupportedError
 from darknetpy.graph import load_graph
 from darknetpy.export.n6check import check_n6
+from darknetpy.image import normalize
 from darknetpy.network import Network, load
 from darknetpy.export import to_onnx
 from darknetpy.export.onnx_float import export_onnx
@@ -45,7 +46,7 @@ def test_shipped_networks_float_export_matches(name, weights):
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 224, 224]
     assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [1, 1000]
     x = np.random.default_rng(0).random((3, 224, 224), dtype=np.float32)
-    ref = net.predict(x)
+    ref = net.predict(normalize(x, net.graph.net.mean, net.graph.net.std))   # the model takes the image
     got = session(model).run(None, {"input": x[None]})[0].reshape(-1)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
     assert np.argmax(got) == np.argmax(ref)

@@ -14,6 +14,10 @@ from conftest import CFG
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from darknetpy.export.n6check import input_edge  # noqa: E402
+from darknetpy.image import normalize  # noqa: E402
+from darknetpy.int8.qgraph import input_qparams  # noqa: E402
+
 f32 = np.float32
 # the five shipped cfgs: conv/leaky/maxpool/avgpool (tiny), shortcut/concat/relu (dla46_c), grouped (dla46x_c,
 # dla60x_c), depthwise/relu6/connected (hardnet39ds)
@@ -56,10 +60,20 @@ def test_model_header_and_io(exported):
     assert out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert [d.dim_value for d in out.type.tensor_type.shape.dim] == [1, 1000]
     init = _init(model)
-    q0 = model.graph.node[0]
-    assert q0.op_type == "QuantizeLinear" and q0.input[0] == "input"
-    assert init[q0.input[1]] == f32(1 / 255) and init[q0.input[1]].dtype == np.float32
-    assert init[q0.input[2]] == -128 and init[q0.input[2]].dtype == np.int8
+    net = qnet.graph.net
+    nodes = list(model.graph.node)
+    if net.normalizes:                   # the four model-zoo cfgs: [net] mean/std as Sub, Div on the image
+        sub, div = nodes[:2]
+        assert (sub.op_type, sub.input[0], div.op_type, div.input[0]) == ("Sub", "input", "Div", sub.output[0])
+        np.testing.assert_array_equal(init[sub.input[1]].ravel(), np.asarray(net.mean, f32))
+        np.testing.assert_array_equal(init[div.input[1]].ravel(), np.asarray(net.std, f32))
+        nodes = nodes[2:]
+    q0 = nodes[0]
+    assert q0.op_type == "QuantizeLinear" and q0.input[0] == ("input_normalized" if net.normalizes else "input")
+    want = input_qparams(net)
+    assert init[q0.input[1]] == f32(want.scale) and init[q0.input[1]].dtype == np.float32
+    assert init[q0.input[2]] == want.zero_point and init[q0.input[2]].dtype == np.int8
+    assert net.normalizes or (want.scale, want.zero_point) == (f32(1 / 255), -128)
     props = {p.key: p.value for p in model.metadata_props}
     assert "int8 QDQ" in props["quantization"] and props["classes"] == "1000"
 
@@ -98,8 +112,10 @@ def test_no_float_operator_between_quantised_ones(exported):
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     init = _init(model)
+    edge = set(input_edge(model))               # the cfg's mean/std before the input's QuantizeLinear
+    assert edge == ({"input_mean_Sub", "input_std_Div"} if qnet.graph.net.normalizes else set())
     for n in model.graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.name in edge:
             continue
         if n.op_type == "Identity" and n.output[0] == "output":
             continue
@@ -126,7 +142,7 @@ def test_export_runs_in_onnxruntime_like_the_engine(exported):
     x = np.random.default_rng(0).random((3, 224, 224), dtype=f32)
     from darknetpy.int8.engine import Int8Plan
     plan = Int8Plan(qnet.qgraph, domain="int8")
-    plan.run(x)
+    plan.run(normalize(x, qnet.graph.net.mean, qnet.graph.net.std))    # the model normalises the image itself
     qg = qnet.qgraph
     theirs = qg[qg.output_index].out.quantize(sess.run(None, {"input": x[None]})[0]).reshape(-1)
     np.testing.assert_array_equal(plan.outputs[qg.output_index].reshape(-1), theirs)

@@ -44,7 +44,12 @@ def torch_style(model, *, bn=False, clip="input", head="gemm", normalize=False, 
     g = m.graph
     inits = {t.name: t for t in g.initializer}
     nodes = []
+    own = {"input_mean_Sub", "input_std_Div"}         # darknetpy's export of a cfg's [net] mean/std: dropped,
+    for n in g.node:                                  # a PyTorch export takes the normalised tensor
+        n.input[:] = ["input" if x == "input_normalized" else x for x in n.input]
     for k, n in enumerate(g.node):
+        if n.name in own:
+            continue
         scope = re.sub(r"^l(\d+)_.*", r"/features.\1", n.name)
         if n.op_type == "Conv" and bn:
             # an unfolded BatchNormalization after the Conv, with its own random statistics
@@ -102,7 +107,12 @@ def test_own_float_export_reimports_identically(name, weights):
     assert verify(imp, model) < 1e-5
     x = np.random.default_rng(1).random(net.input_shape, dtype=np.float32)
     np.testing.assert_array_equal(imp.network.predict(x), net.predict(x))
-    assert imp.mean is None and imp.output_layer == net.graph.output_index
+    assert imp.output_layer == net.graph.output_index
+    if name == "tiny":                          # tiny.cfg has no [net] mean/std, so the export has none
+        assert imp.mean is None
+    else:                                       # the export's Sub/Div are read back as the cfg's values
+        np.testing.assert_allclose(imp.mean, IMAGENET_MEAN, rtol=1e-6)
+        np.testing.assert_allclose(imp.std, IMAGENET_STD, rtol=1e-6)
 
 
 def test_weights_identical_without_batch_norm(tmp_path):
@@ -127,6 +137,21 @@ def test_pytorch_style_unfolded_bn_normalisation_matmul_head(name, opset):
     assert verify(imp, model) < 1e-4
     np.testing.assert_allclose(imp.mean, IMAGENET_MEAN, rtol=1e-6)
     np.testing.assert_allclose(imp.std, IMAGENET_STD, rtol=1e-6)
+
+
+def test_normalisation_must_match_the_cfg(tmp_path):
+    """An ONNX model with Sub/Div normalisation into a cfg without mean/std, or with other values, is refused
+    naming the cfg's [net] line and the values to write; a cfg with mean/std takes a model without them."""
+    net = _load(CFG / "dla46_c.cfg")
+    model = torch_style(darknetpy.to_onnx(net), normalize=True)
+    text = (CFG / "dla46_c.cfg").read_text()
+    plain = write(tmp_path, "plain.cfg", text.replace("mean=0.485,0.456,0.406\n", "").replace(
+        "std=0.229,0.224,0.225\n", ""))
+    _refused(model, plain, r"plain\.cfg:\d+ \[net\]", "no mean=/std=", "add mean=0.485,0.456,0.406")
+    other = write(tmp_path, "other.cfg", text.replace("mean=0.485,0.456,0.406", "mean=0.5,0.5,0.5"))
+    _refused(model, other, r"other\.cfg:\d+ \[net\]", "mean=0.5,0.5,0.5", "mean=0.485")
+    imp = import_onnx_model(torch_style(darknetpy.to_onnx(net)), CFG / "dla46_c.cfg")
+    assert imp.mean is None and imp.network.graph.net.mean == IMAGENET_MEAN
 
 
 def test_clip_in_attribute_form_opset_10():

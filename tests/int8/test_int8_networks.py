@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from conftest import ARCH, CFG, DARKNET, needs_shared
+from darknetpy.image import normalize
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -54,7 +55,8 @@ def case(request):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = darknetpy.load(CFG / f"{name}.cfg", _weights(name))
-    qnet = quantize(net, [_photo("dog"), _photo("eagle")])
+    norm = (net.graph.net.mean, net.graph.net.std)          # the model-zoo cfgs' [net] mean/std (tiny: none)
+    qnet = quantize(net, [normalize(_photo("dog"), *norm), normalize(_photo("eagle"), *norm)])
     model = export_qdq(qnet.qgraph).SerializeToString()
     rng = np.random.default_rng(3)
     inputs = [_photo("kite"), _photo("person"), rng.random(net.input_shape, dtype=np.float32),
@@ -93,8 +95,8 @@ def _compare(qnet, model, inputs, domain, int8_allowed):
     s_out = _session(model, int8_allowed)
     s_log = _session(_logits_model(model, qg), int8_allowed)
     rows = []
-    for x in inputs:
-        plan.run(x)
+    for x in inputs:                                 # images: the model normalises them, the engine is given
+        plan.run(normalize(x, qg.graph.net.mean, qg.graph.net.std))      # the network input
         out = qg[last].out.quantize(s_out.run(None, {"input": x[None]})[0]).reshape(-1)
         logits = qg.tensor_qparams(j).quantize(s_log.run(None, {"input": x[None]})[1]).reshape(-1)
         for mine, theirs in ((plan.outputs[last].reshape(-1), out), (plan.outputs[j].reshape(-1), logits)):
