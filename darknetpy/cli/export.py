@@ -109,11 +109,18 @@ def run(args) -> int:
     if args.int8:
         io = "" if args.input_layout == "nhwc-uint8" else (" --input-data-type uint8 --output-data-type float32 "
                                                            "--inputs-ch-position chlast")
+        if net.graph.net.normalizes and args.input_layout != "nhwc-uint8":
+            # the float Sub/Div come before the input's QuantizeLinear: stedgeai cannot absorb a uint8 input
+            # into it, so the float input stays (or the uint8 image goes into the graph: nhwc-uint8)
+            io = " --output-data-type float32"
         print("  STM32N6: " + ("passes check-n6" if not violations else f"{len(violations)} check-n6 violation(s)"))
         edge = input_edge(model)
         if edge:
             print(f"  input preprocessing in the model, run on the MCU before the NPU: {', '.join(edge)}")
         print("next, with ST Edge AI Core:\n  " + STEDGEAI.format(model=out, io=io))
+        if net.graph.net.normalizes and args.input_layout != "nhwc-uint8":
+            print("  (the model normalises a float [0, 1] image; for a uint8 camera image in the graph, export with "
+                  "--input-layout nhwc-uint8)")
         if violations:
             for v in violations:
                 print(f"  {v}", file=sys.stderr)

@@ -127,3 +127,17 @@ def test_board_input_bytes(nets):
     np.testing.assert_array_equal(got, qnet.plan().input.reshape(3, 24, 24))
     with pytest.raises(BoardRejected, match="--cfg"):
         image_to_tensor(x, normed)
+
+
+def test_export_cli_says_where_the_normalisation_runs(nets, tmp_path, capsys):
+    from darknetpy.cli import main
+
+    net, _ = nets
+    cfg = write(tmp_path, "n.cfg", CFG_TEXT)
+    net.save_weights(tmp_path / "n.weights")
+    assert main(["export", str(cfg), str(tmp_path / "n.weights"), "--int8", "--calib-random", "2",
+                 "--onnx", str(tmp_path / "n.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "passes check-n6" in out and "run on the MCU before the NPU: input_mean_Sub, input_std_Div" in out
+    # Sub/Div precede the input's QuantizeLinear: stedgeai cannot turn the input into uint8, so no such flag
+    assert "--input-data-type uint8" not in out and "--input-layout nhwc-uint8" in out
