@@ -32,9 +32,10 @@ bench-int8: install                      ## int8 engine vs onnxruntime on the sa
 	$(PY) benchmarks/bench_int8.py $(ARGS)
 
 .PHONY: fuzz
-fuzz: install                            ## a longer property-based fuzzing campaign (FUZZ_EXAMPLES=20000 per test, FUZZ_SEED=n to replay)
+fuzz: install                            ## a longer property-based fuzzing campaign (FUZZ_EXAMPLES=20000 per test, FUZZ_SEED=n to replay; int8 agreement on AGREEMENT_SEEDS=40 weight sets per network)
 	DARKNETPY_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),20000) DARKNETPY_FUZZ_SEED=$(FUZZ_SEED) \
-		$(PY) -m pytest -q -p no:cacheprovider tests/core/test_fuzz.py
+		DARKNETPY_AGREEMENT_SEEDS=$(or $(AGREEMENT_SEEDS),40) \
+		$(PY) -m pytest -q -p no:cacheprovider tests/core/test_fuzz.py tests/int8/test_int8_agreement.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

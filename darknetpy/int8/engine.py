@@ -54,9 +54,14 @@ class Int8Plan:
     >>> plan.outputs[-1]                 # int8 (or float32 for a float softmax)   # doctest: +SKIP
     """
 
-    def __init__(self, qgraph: QGraph, *, domain: str = "uint8"):
+    def __init__(self, qgraph: QGraph, *, domain: str = "uint8", pairs: str | None = None):
         if domain not in DOMAINS:
             raise ValueError(f"unknown domain {domain!r}; choose from {', '.join(DOMAINS)}")
+        # how u8 x s8 products are summed: as onnxruntime's MLAS does on this CPU (saturating int16 pairs on
+        # x86 without VNNI, exact with VNNI), unless a test asks for the other
+        self.pairs = kcfg.codegen_target().int8_pairs if pairs is None else pairs
+        if self.pairs not in ("saturating", "exact"):
+            raise ValueError(f"unknown pair arithmetic {pairs!r}; choose from saturating, exact")
         self.qgraph = qgraph
         self.domain = domain
         self._offset = 128 if domain == "uint8" else 0
@@ -91,12 +96,12 @@ class Int8Plan:
     def _qp(self, j: int) -> QParams:
         return self.qgraph.tensor_qparams(j)
 
-    @staticmethod
-    def _conv_path(ql: QLayer) -> str:
+    def _conv_path(self, ql: QLayer) -> str:
         """The int8 kernel of a [convolutional] layer (kernels/config.int8_conv_path)."""
         lay = ql.layer
         return kcfg.int8_conv_path(lay.c, lay.groups, ql.depthwise,
-                                   lambda: saturation_free(ql.weight, "flat") and saturation_free(ql.weight, "quads"))
+                                   lambda: saturation_free(ql.weight, "flat") and saturation_free(ql.weight, "quads"),
+                                   self.pairs)
 
     def _scratch_bytes(self, ql: QLayer) -> int:
         lay = ql.layer
@@ -199,7 +204,8 @@ class Int8Plan:
         bias, scale, fp, ip = self._requant_params(ql)
         w0, w1 = k8.split_pairs(ql.weight)
         x1, o1 = self._src(ql.src[0]).reshape(-1), out.reshape(-1)
-        return lambda nt: k8.connected(x1, w0, w1, bias, scale, fp, ip, o1)
+        pairs = self.pairs
+        return lambda nt: k8.connected(x1, w0, w1, bias, scale, fp, ip, o1, pairs)
 
     def _bind_conv(self, ql: QLayer, out: np.ndarray) -> Callable[[int], None]:
         lay = ql.layer
@@ -213,7 +219,7 @@ class Int8Plan:
             xs = self._scratch_view(shape)
             prep = k8.bind_prepare_quads(x3, pad, qi.zero_point, xs)
             koff = k8.conv_koff(lay.c, shape[1], stride, shape[3], size)
-            conv = k8.bind_conv_quads(xs, k8.pack_quads(ql.weight), koff, bias, scale, fp, ip, out)
+            conv = k8.bind_conv_quads(xs, k8.pack_quads(ql.weight), koff, bias, scale, fp, ip, out, self.pairs)
         else:
             shape = k8.planes_shape(lay.c, lay.h, lay.w, pad, stride)
             xs = self._scratch_view(shape)
@@ -222,13 +228,14 @@ class Int8Plan:
             prep = k8.bind_prepare_planes(x3, pad, qi.zero_point, xs)
             if path == "im2col":
                 conv = k8.bind_conv_im2col(xflat, wq, k8.pack_flat(k8.flat_kernel(ql.weight)),
-                                           k8.im2col_index(lay.c, size, stride, hq, wq), bias, scale, fp, ip, out)
+                                           k8.im2col_index(lay.c, size, stride, hq, wq), bias, scale, fp, ip, out,
+                                           self.pairs)
             elif path == "depthwise":
                 w, toff = k8.depthwise_taps(ql.weight, stride, hq, wq)
                 conv = k8.bind_conv_depthwise(xflat, wq, w, toff, bias, scale, fp, ip, out)
             else:
                 pw, poff = k8.grouped_pairs(ql.weight, lay.groups, stride, hq, wq)
-                conv = k8.bind_conv_grouped(xflat, wq, pw, poff, bias, scale, fp, ip, out)
+                conv = k8.bind_conv_grouped(xflat, wq, pw, poff, bias, scale, fp, ip, out, self.pairs)
 
         def run_conv(nt):
             prep()

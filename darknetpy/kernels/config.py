@@ -22,6 +22,7 @@ for one choice is never loaded on a CPU that would choose otherwise.
 from __future__ import annotations
 
 import functools
+import platform
 from dataclasses import dataclass
 from typing import Callable
 
@@ -60,6 +61,15 @@ class CodegenTarget:
     float_mr: int          # rows of the float micro-tile
     float_lanes: int       # floats per vector in the float micro-kernel (16: AVX-512, 8: AVX2)
     int8_avx2: bool        # the int8 micro-kernel calls vpmaddubsw/vpmaddwd as x86 intrinsics
+    int8_vnni: bool = False   # ... and its exact variant vpdpbusd (AVX512-VNNI with VL, or AVX-VNNI)
+    x86: bool = True       # an x86 CPU (onnxruntime's MLAS pairs u8 x s8 products there, see int8_pairs)
+
+    @property
+    def int8_pairs(self) -> str:
+        """How onnxruntime's MLAS sums u8 x s8 products on this CPU, which the int8 engine reproduces:
+        "exact" (int32 sums: vpdpbusd with VNNI, and non-x86 CPUs) or "saturating" (x86 without VNNI:
+        vpmaddubsw adds neighbouring products in a saturating int16)."""
+        return "exact" if self.int8_vnni or not self.x86 else "saturating"
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,6 +82,8 @@ def codegen_target() -> CodegenTarget:
     * int8: the x86 intrinsics when the host has AVX2. LLVM matches the generic IR to vpmaddubsw too, but
       inside the micro-kernel's loop, with the ones vector hoisted out of it, it turns the pair sum into a
       7-instruction sequence. Without AVX2 the portable IR compiles to correct (slower) generic code.
+      With AVX512-VNNI (+VL) or AVX-VNNI, the exact variant is vpdpbusd: on those CPUs onnxruntime's MLAS
+      sums u8 x s8 products exactly (``CodegenTarget.int8_pairs``), and the engine must too.
     """
     import numba
 
@@ -86,10 +98,38 @@ def codegen_target() -> CodegenTarget:
     except Exception:                          # pragma: no cover - odd llvmlite builds
         wide = False
     try:
-        avx2 = features is not None and "+avx2" in features.flatten().split(",")
+        flags = set(features.flatten().split(",")) if features is not None else set()
     except Exception:                          # pragma: no cover
-        avx2 = False
-    return CodegenTarget(float_mr=8 if wide else 6, float_lanes=16 if wide else 8, int8_avx2=avx2)
+        flags = set()
+    if chosen:                                 # numba compiles for the named CPU/features, not the host
+        flags = _chosen_flags(flags)
+    return choose_target(flags, wide=wide, machine=platform.machine())
+
+
+def _chosen_flags(host: set[str]) -> set[str]:
+    """The features numba compiles for under NUMBA_CPU_NAME/NUMBA_CPU_FEATURES: only those named in
+    NUMBA_CPU_FEATURES count (a named CPU alone: assume none beyond AVX2 if the host has it, the portable
+    baseline darknetpy documents)."""
+    import numba
+    named = set((numba.config.CPU_FEATURES or "").split(","))
+    if named != {""}:
+        return {f for f in named if f.startswith("+")}
+    return {"+avx2"} & host
+
+
+def choose_target(flags: set[str], *, wide: bool, machine: str) -> CodegenTarget:
+    """The code generators' choice from the CPU's LLVM feature flags ("+avx2", "+avx512vnni", ...).
+
+    >>> choose_target({"+avx2", "+avx512f", "+avx512vl", "+avx512vnni"}, wide=True, machine="x86_64").int8_pairs
+    'exact'
+    >>> choose_target({"+avx2"}, wide=False, machine="x86_64").int8_pairs
+    'saturating'
+    """
+    x86 = machine.lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+    avx2 = "+avx2" in flags
+    vnni = avx2 and (("+avx512vnni" in flags and "+avx512vl" in flags) or "+avxvnni" in flags)
+    return CodegenTarget(float_mr=8 if wide else 6, float_lanes=16 if wide else 8, int8_avx2=avx2,
+                         int8_vnni=vnni, x86=x86)
 
 
 # -- elementwise passes -----------------------------------------------------------------------------------
@@ -187,7 +227,8 @@ INT8_MIN_ITEMS_PER_THREAD = 8
 
 
 
-def int8_conv_path(c: int, groups: int, depthwise: bool, pairs_safe: Callable[[], bool]) -> str:
+def int8_conv_path(c: int, groups: int, depthwise: bool, pairs_safe: Callable[[], bool],
+                   pairs: str = "saturating") -> str:
     """Which int8 kernel runs a convolution: "depthwise" (exact int32, as MLAS's depthwise kernels),
     "grouped" (MLAS's per-group pairs), "quads" (the vpmaddubsw GEMM on a 4-channel interleaved input) or
     "im2col" (a GEMM on MLAS's flat (ky, kx, c) order). All compute onnxruntime's values.
@@ -195,12 +236,13 @@ def int8_conv_path(c: int, groups: int, depthwise: bool, pairs_safe: Callable[[]
     With an even channel count the pairs MLAS forms along (ky, kx, c) are pairs of channels, which "quads"
     forms too. With an odd count (the RGB input) onnxruntime pairs products across kernel taps: "quads"
     (channels padded to 4, much faster) then computes the same values only when no pair of either pairing
-    can saturate, which ``pairs_safe()`` checks on the weights (only called for odd C).
+    can saturate, which ``pairs_safe()`` checks on the weights (only called for odd C). With ``pairs`` "exact"
+    (a VNNI CPU: MLAS's sums do not saturate, see ``CodegenTarget.int8_pairs``) the pairing does not matter.
     """
     if depthwise:
         return "depthwise"
     if groups > 1:
         return "grouped"
-    if c % 2 == 0 or pairs_safe():
+    if c % 2 == 0 or pairs == "exact" or pairs_safe():
         return "quads"
     return "im2col"

@@ -13,6 +13,7 @@ operator experiments at the bottom of this file, which keep them honest):
 
 from __future__ import annotations
 
+import os
 import math
 
 import numpy as np
@@ -78,7 +79,7 @@ def conv_scale(sx, sw, sy):
     return ((f32(sx) * sw.astype(f32)).astype(f32) / f32(sy)).astype(f32)
 
 
-def run_conv(path, xq, zx, w, bias, scale, zp, groups=1, stride=1, pad=0, leaky=None):
+def run_conv(path, xq, zx, w, bias, scale, zp, groups=1, stride=1, pad=0, leaky=None, pairs="saturating"):
     """Run one of the engine's convolution paths the way int8_runtime binds it."""
     c, h, wd = xq.shape
     m, _, k, _ = w.shape
@@ -94,7 +95,8 @@ def run_conv(path, xq, zx, w, bias, scale, zp, groups=1, stride=1, pad=0, leaky=
         shape = k8.quads_shape(c, h, wd, pad, stride)
         xs = np.zeros(shape, np.uint8)
         k8.prepare_quads(xq, pad, zx, xs)
-        k8.conv_quads(xs, k8.pack_quads(w), k8.conv_koff(c, shape[1], stride, shape[3], k), b, sc, fp, ip, out, 2)
+        k8.conv_quads(xs, k8.pack_quads(w), k8.conv_koff(c, shape[1], stride, shape[3], k), b, sc, fp, ip, out, 2,
+                      pairs)
         return out
     shape = k8.planes_shape(c, h, wd, pad, stride)
     buf = np.zeros(int(np.prod(shape)) + k8.PLANE_SLACK, np.uint8)
@@ -102,13 +104,13 @@ def run_conv(path, xq, zx, w, bias, scale, zp, groups=1, stride=1, pad=0, leaky=
     hq, wq = shape[3], shape[4]
     if path == "im2col":
         k8.conv_im2col(buf, wq, k8.pack_flat(k8.flat_kernel(w)), k8.im2col_index(c, k, stride, hq, wq), b, sc, fp, ip,
-                       out, 2)
+                       out, 2, pairs)
     elif path == "depthwise":
         wt, toff = k8.depthwise_taps(w, stride, hq, wq)
         k8.conv_depthwise(buf, wq, wt, toff, b, sc, fp, ip, out, 2)
     else:
         pw, poff = k8.grouped_pairs(w, groups, stride, hq, wq)
-        k8.conv_grouped(buf, wq, pw, poff, b, sc, fp, ip, out, 2)
+        k8.conv_grouped(buf, wq, pw, poff, b, sc, fp, ip, out, 2, pairs)
     return out
 
 
@@ -132,7 +134,10 @@ CONV_CASES = [
 @pytest.mark.parametrize("case", CONV_CASES, ids=[f"{c[0]}-{c[1]}x{c[3]}x{c[4]}-k{c[5]}s{c[6]}" for c in CONV_CASES])
 @pytest.mark.parametrize("leaky", [False, True], ids=["linear", "leaky"])
 @pytest.mark.parametrize("adversarial", [False, True], ids=["random", "saturating"])
-def test_conv_paths_match_reference(case, leaky, adversarial):
+@pytest.mark.parametrize("pairs", ["saturating", "exact"])
+def test_conv_paths_match_reference(case, leaky, adversarial, pairs):
+    """Each path in both pair arithmetics (MLAS without and with VNNI), against the int64 reference: the
+    exact one runs vpdpbusd on a VNNI CPU and portable IR elsewhere, so every machine tests what it has."""
     path, c, m, h, w_, k, stride, pad, groups = case
     cg = c // groups
     xq = RNG.integers(-128, 128, (c, h, w_)).astype(np.int8)
@@ -147,13 +152,13 @@ def test_conv_paths_match_reference(case, leaky, adversarial):
     bias = RNG.integers(-3000, 3000, m).astype(np.int32)
     sx, sw, sy = f32(0.05), RNG.uniform(0.002, 0.01, m).astype(f32), f32(0.9)
     scale = conv_scale(sx, sw, sy)
-    acc = ref_conv_acc(xq, zx, w, groups, stride, pad) + bias.reshape(-1, 1, 1)
+    acc = ref_conv_acc(xq, zx, w, groups, stride, pad, saturate=pairs == "saturating") + bias.reshape(-1, 1, 1)
     ref = ref_requant(acc, scale, zp)
     lk = None
     if leaky:
         lk = (-90, 0.4, float(f32(0.1)), float(sy))
         ref = ref_leaky(ref, zp, sy, -90, 0.4)
-    got = run_conv(path, xq, zx, w, bias, scale, zp, groups, stride, pad, lk)
+    got = run_conv(path, xq, zx, w, bias, scale, zp, groups, stride, pad, lk, pairs)
     np.testing.assert_array_equal(got, ref)
 
 
@@ -166,7 +171,8 @@ def test_saturation_is_what_the_reference_models():
     assert (exact != sat).all()
 
 
-def test_connected_matches_reference():
+@pytest.mark.parametrize("pairs", ["saturating", "exact"])
+def test_connected_matches_reference(pairs):
     k, n = 101, 37                                   # odd K: the last element is paired with a zero
     xq = RNG.integers(-128, 128, k).astype(np.int8)
     xq[:20] = 127
@@ -176,14 +182,14 @@ def test_connected_matches_reference():
     bias = RNG.integers(-500, 500, n).astype(np.int32)
     sw = RNG.uniform(0.002, 0.01, n).astype(f32)
     scale = conv_scale(0.02, sw, 0.7)
-    acc = ref_conv_acc(xq.reshape(k, 1, 1), zx, w.reshape(n, k, 1, 1))
+    acc = ref_conv_acc(xq.reshape(k, 1, 1), zx, w.reshape(n, k, 1, 1), saturate=pairs == "saturating")
     # connected pairs run over the flat input: (k, 1, 1) with a 1x1 kernel has the same (ky, kx, c) order
     ref = ref_requant(acc.reshape(n) + bias, scale, zp)
     b = (bias.astype(np.int64) - (zx + 128) * w.astype(np.int64).sum(1)).astype(np.int32)
     fp, ip = k8.epilogue_params(zp, None)
     out = np.zeros(n, np.int8)
     w0, w1 = k8.split_pairs(w)
-    k8.connected(xq, w0, w1, b, scale, fp, ip, out)
+    k8.connected(xq, w0, w1, b, scale, fp, ip, out, pairs)
     np.testing.assert_array_equal(out, ref)
 
 
@@ -362,8 +368,10 @@ def test_onnxruntime_add_leaky_avgpool_softmax_are_the_references():
     np.testing.assert_array_equal(got, ref_softmax(pooled, sp, 256))
 
 
-def test_generic_ir_micro_kernel(monkeypatch):
-    """The portable IR (used on CPUs without AVX2) computes what the AVX2 intrinsics compute."""
+@pytest.mark.parametrize("pairs", ["saturating", "exact"])
+def test_generic_ir_micro_kernel(monkeypatch, pairs):
+    """The portable IR (CPUs without AVX2, or without VNNI for the exact sums) computes what the x86
+    intrinsics (vpmaddubsw + vpmaddwd; vpdpbusd) compute, and both what the reference says."""
     from numba import njit
 
     from darknetpy.kernels.int8 import microkernel
@@ -374,22 +382,86 @@ def test_generic_ir_micro_kernel(monkeypatch):
     ap[:8] = 127
     bp = rng.integers(0, 256, k4 * k8.NR * 4).astype(np.uint8)
     bp[:64] = 255
+    exact = int(pairs == "exact")
 
     def build():
         @njit(cache=False)
         def run(ap, bp, tile, ones):
-            k8.microkernel_u8s8(ap.ctypes.data, bp.ctypes.data, 0, k4, tile.ctypes.data, ones.ctypes.data)
+            k8.microkernel_u8s8(ap.ctypes.data, bp.ctypes.data, 0, k4, tile.ctypes.data, ones.ctypes.data, exact)
         return run
 
     fast = np.zeros(k8.MR * k8.NR, np.int32)
     build()(ap, bp, fast, k8.ONES16)
     monkeypatch.setattr(microkernel, "_AVX2", False)      # read while generating the IR (config.codegen_target)
+    monkeypatch.setattr(microkernel, "_VNNI", False)
     generic = np.zeros_like(fast)
     build()(ap, bp, generic, k8.ONES16)
     a = ap.reshape(k4, k8.MR, 4).astype(np.int64)
     b = bp.reshape(k4, k8.NR, 4).astype(np.int64)
     prod = a[:, :, None, :] * b[:, None, :, :]                 # (k4, MR, NR, 4)
-    ref = (np.clip(prod[..., 0] + prod[..., 1], -32768, 32767)
-           + np.clip(prod[..., 2] + prod[..., 3], -32768, 32767)).sum(0).reshape(-1)
+    if exact:
+        ref = prod.sum(-1).sum(0).reshape(-1)
+    else:
+        ref = (np.clip(prod[..., 0] + prod[..., 1], -32768, 32767)
+               + np.clip(prod[..., 2] + prod[..., 3], -32768, 32767)).sum(0).reshape(-1)
+    assert exact or (ref != prod.sum(-1).sum(0).reshape(-1)).any()     # the data does saturate
     np.testing.assert_array_equal(fast, ref)
     np.testing.assert_array_equal(generic, ref)
+
+
+def test_target_choice_follows_mlas():
+    """The pair arithmetic is the one MLAS picks from the CPU's features: VNNI (AVX512-VNNI with VL, or
+    AVX-VNNI) sums exactly, AVX2 without it saturates; other architectures are exact. And the host's."""
+    from darknetpy.kernels.config import choose_target, codegen_target
+
+    zen3 = {"+avx2", "+fma"}
+    zen4 = zen3 | {"+avx512f", "+avx512bw", "+avx512vl", "+avx512vnni"}
+    alder = zen3 | {"+avxvnni"}
+    assert choose_target(zen3, wide=False, machine="x86_64").int8_pairs == "saturating"
+    assert choose_target(zen4, wide=True, machine="x86_64").int8_pairs == "exact"
+    assert choose_target(zen4, wide=True, machine="x86_64").int8_vnni
+    assert choose_target(alder, wide=False, machine="x86_64").int8_pairs == "exact"
+    assert choose_target(zen4 - {"+avx512vl"}, wide=True, machine="x86_64").int8_pairs == "saturating"
+    assert choose_target(set(), wide=False, machine="aarch64").int8_pairs == "exact"
+    from llvmlite import binding as llvm
+    host = set(llvm.get_host_cpu_features().flatten().split(","))
+    if not (os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES")):
+        assert codegen_target().int8_vnni == _host_has_vnni() and ("+avx2" in host or not _host_has_vnni())
+
+
+def test_engine_follows_the_host_pairs_on_saturating_weights(tmp_path):
+    """Weights quantised without the pair constraint, large inputs: products pairs do saturate in MLAS's
+    AVX2 kernels. The engine's default arithmetic is the host's (``int8_pairs``), so it matches onnxruntime
+    on this machine whichever kind it is, and the other arithmetic would not."""
+    import darknetpy
+    from darknetpy.export.onnx_qdq import export_qdq
+    from darknetpy.int8 import quantize
+    from darknetpy.int8.engine import Int8Plan
+    from darknetpy.kernels.config import codegen_target
+
+    cfg = tmp_path / "sat.cfg"
+    cfg.write_text("[net]\nheight=20\nwidth=20\nchannels=3\n"
+                   "[convolutional]\nfilters=8\nsize=7\npad=1\nactivation=linear\n"      # odd C: cross-tap pairs
+                   "[convolutional]\nfilters=8\nsize=3\npad=1\nactivation=linear\n")     # even C: channel pairs
+    net = darknetpy.load(cfg)
+    for p in net.weights.params:                       # same-sign weights: the largest pairs
+        p["weights"][...] = np.abs(p["weights"]) + np.float32(0.05)
+    x = np.ones(net.input_shape, f32)                  # white: u8 = 255 after the input's zero point
+    qnet = quantize(net, [x, np.zeros_like(x)], pair_safe=False)
+    model = export_qdq(qnet.qgraph).SerializeToString()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    qg = qnet.qgraph
+    theirs = qg[qg.output_index].out.quantize(sess.run(None, {"input": x[None]})[0]).reshape(-1)
+    host = codegen_target().int8_pairs
+    results = {}
+    for pairs in ("saturating", "exact"):
+        plan = Int8Plan(qg, pairs=pairs)
+        plan.run(x)
+        results[pairs] = plan.outputs[qg.output_index].reshape(-1).copy()
+    assert (results["saturating"] != results["exact"]).any(), "the weights must saturate some pair"
+    np.testing.assert_array_equal(results[host], theirs)
+    default = Int8Plan(qg)
+    default.run(x)
+    np.testing.assert_array_equal(default.outputs[qg.output_index].reshape(-1), theirs)

@@ -216,10 +216,23 @@ def flat_kernel(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1))
 
 
+# How a pair of u8 x s8 products is summed (``config.CodegenTarget.int8_pairs``): clamped to int16 (MLAS's
+# vpmaddubsw on x86 without VNNI) or exactly (VNNI, other CPUs). The scalar kernels take these bounds; the
+# micro-kernel an exact flag.
+PAIR_BOUNDS = {"saturating": np.array([-32768, 32767], np.int32),
+               "exact": np.array([np.iinfo(np.int32).min, np.iinfo(np.int32).max], np.int32)}
+
+
+def _exact(pairs: str) -> int:
+    if pairs not in PAIR_BOUNDS:
+        raise ValueError(f"unknown pair arithmetic {pairs!r}; choose from {', '.join(PAIR_BOUNDS)}")
+    return int(pairs == "exact")
+
+
 # -- groups=1 convolution: implicit GEMM on the interleaved input ------------------------------------------
 
 @njit(cache=True, parallel=True)
-def _conv_quads(xs, ap, koff, bias, scale, fp, ip, ones, direct_rows, nthreads, min_items, out):
+def _conv_quads(xs, ap, koff, bias, scale, fp, ip, ones, direct_rows, nthreads, min_items, exact, out):
     # xs: (C4, Hp, S, Wq, 4) uint8 viewed as uint32 per pixel; out: (M, out_h, out_w) int8
     m, out_h, out_w = out.shape
     n = out_h * out_w
@@ -272,9 +285,9 @@ def _conv_quads(xs, ap, koff, bias, scale, fp, ip, ones, direct_rows, nthreads, 
                 if jn == NR:
                     microkernel_u8s8_fused(aaddr + ip_ * astride, bsrc, boff, k4, oaddr + i0 * n + n0, n,
                                            bias.ctypes.data + 4 * i0, scale.ctypes.data + 4 * i0, fp.ctypes.data,
-                                           ip.ctypes.data, m - i0, onesaddr)
+                                           ip.ctypes.data, m - i0, onesaddr, exact)
                     continue
-                microkernel_u8s8(aaddr + ip_ * astride, bsrc, boff, k4, tile.ctypes.data, onesaddr)
+                microkernel_u8s8(aaddr + ip_ * astride, bsrc, boff, k4, tile.ctypes.data, onesaddr, exact)
                 for r in range(min(MR, m - i0)):
                     o_ = i0 + r
                     orow = out2d[o_]
@@ -291,17 +304,19 @@ def conv_koff(c: int, hp: int, s: int, wq: int, size: int) -> np.ndarray:
     return np.ascontiguousarray((4 * off).reshape(-1).astype(np.int64))
 
 
-def conv_quads(xs, ap, koff, bias, scale, fp, ip, out, nthreads: int) -> None:
+def conv_quads(xs, ap, koff, bias, scale, fp, ip, out, nthreads: int, pairs: str = "saturating") -> None:
     """groups=1 int8 convolution (C even) from ``prepare_quads``'s buffer, requantised per
-    ``epilogue_params``. ``bias``/``scale`` must have a multiple of MR entries (zero padded)."""
+    ``epilogue_params``. ``bias``/``scale`` must have a multiple of MR entries (zero padded). ``pairs``:
+    "saturating" or "exact" sums (``config.CodegenTarget.int8_pairs``)."""
     direct = xs.shape[2] == 1 and xs.shape[1] * xs.shape[3] == out.shape[1] * out.shape[2]
-    _conv_quads(xs, ap, koff, bias, scale, fp, ip, ONES16, direct, nthreads, config.INT8_MIN_ITEMS_PER_THREAD, out)
+    _conv_quads(xs, ap, koff, bias, scale, fp, ip, ONES16, direct, nthreads, config.INT8_MIN_ITEMS_PER_THREAD,
+                _exact(pairs), out)
 
 
 # -- im2col convolution (odd channel counts: pairs cross kernel taps, as in MLAS's flat K) -----------------
 
 @njit(cache=True, parallel=True)
-def _conv_im2col(xs, wq, ap, kidx, bias, scale, fp, ip, ones, nthreads, out):
+def _conv_im2col(xs, wq, ap, kidx, bias, scale, fp, ip, ones, nthreads, exact, out):
     # xs: flat planes (prepare_planes); kidx: (K4*4,) tap offsets of flat k (ky, kx, c), -1 = padding of K
     m, out_h, out_w = out.shape
     n = out_h * out_w
@@ -334,9 +349,9 @@ def _conv_im2col(xs, wq, ap, kidx, bias, scale, fp, ip, ones, nthreads, out):
                 if jn == NR:
                     microkernel_u8s8_fused(aaddr + ip_ * astride, bp.ctypes.data, 0, k4, oaddr + i0 * n + n0, n,
                                            bias.ctypes.data + 4 * i0, scale.ctypes.data + 4 * i0, fp.ctypes.data,
-                                           ip.ctypes.data, m - i0, onesaddr)
+                                           ip.ctypes.data, m - i0, onesaddr, exact)
                     continue
-                microkernel_u8s8(aaddr + ip_ * astride, bp.ctypes.data, 0, k4, tile.ctypes.data, onesaddr)
+                microkernel_u8s8(aaddr + ip_ * astride, bp.ctypes.data, 0, k4, tile.ctypes.data, onesaddr, exact)
                 for r in range(min(MR, m - i0)):
                     o_ = i0 + r
                     orow = out2d[o_]
@@ -351,16 +366,16 @@ def im2col_index(c: int, size: int, s: int, hq: int, wq: int) -> np.ndarray:
     return np.array(idx, np.int64)
 
 
-def conv_im2col(xflat, wq: int, ap, kidx, bias, scale, fp, ip, out, nthreads: int) -> None:
+def conv_im2col(xflat, wq: int, ap, kidx, bias, scale, fp, ip, out, nthreads: int, pairs: str = "saturating") -> None:
     """groups=1 convolution with onnxruntime's cross-tap pairs (odd C), from ``prepare_planes``'s buffer
     (``xflat``: its flat view plus PLANE_SLACK bytes; ``wq``: the planes' width)."""
-    _conv_im2col(xflat, wq, ap, kidx, bias, scale, fp, ip, ONES16, nthreads, out)
+    _conv_im2col(xflat, wq, ap, kidx, bias, scale, fp, ip, ONES16, nthreads, _exact(pairs), out)
 
 
 # -- grouped convolution (MLAS: a GEMM per group, pairs over the group's flat (ky, kx, c)) ----------------
 
 @njit(cache=True, parallel=True)
-def _conv_grouped(xs, wq, pw, poff, bias, scale, fp, ip, nthreads, out):
+def _conv_grouped(xs, wq, pw, poff, bias, scale, fp, ip, bounds, nthreads, out):
     # pw: (M, P, 2) int32 pair weights; poff: (G, P, 2) tap offsets of the pair's inputs; the whole output
     # map of a channel is accumulated as one run of oh*Wq values (Wq - out_w of them unused per row)
     m, out_h, out_w = out.shape
@@ -368,6 +383,7 @@ def _conv_grouped(xs, wq, pw, poff, bias, scale, fp, ip, nthreads, out):
     npair = poff.shape[1]
     mg = m // g
     nrun = out_h * wq
+    lo, hi = bounds[0], bounds[1]                  # a pair's sum is clamped to these (PAIR_BOUNDS)
     for th in prange(nthreads):
         acc = np.empty(nrun, dtype=np.int32)
         q = np.empty(nrun, dtype=np.int8)
@@ -383,7 +399,7 @@ def _conv_grouped(xs, wq, pw, poff, bias, scale, fp, ip, nthreads, out):
                 for j in range(nrun):
                     ju = np.uint64(j)
                     v = np.int32(w0 * np.int32(xs[a0 + ju]) + w1 * np.int32(xs[a1 + ju]))
-                    acc[ju] = np.int32(acc[ju] + min(max(v, np.int32(-32768)), np.int32(32767)))
+                    acc[ju] = np.int32(acc[ju] + min(max(v, lo), hi))
             requant_row(acc, nrun, bias[o], scale[o], fp, ip, q)
             for oy in range(out_h):
                 dst = out[o, oy]
@@ -411,9 +427,9 @@ def grouped_pairs(w: np.ndarray, groups: int, s: int, hq: int, wq: int) -> tuple
     return np.ascontiguousarray(pw.reshape(m, kp // 2, 2)), np.ascontiguousarray(offs.reshape(groups, kp // 2, 2))
 
 
-def conv_grouped(xflat, wq: int, pw, poff, bias, scale, fp, ip, out, nthreads: int) -> None:
+def conv_grouped(xflat, wq: int, pw, poff, bias, scale, fp, ip, out, nthreads: int, pairs: str = "saturating") -> None:
     """Grouped convolution (not depthwise) with MLAS's per-group pairs, from ``prepare_planes``'s buffer."""
-    _conv_grouped(xflat, wq, pw, poff, bias, scale, fp, ip, nthreads, out)
+    _conv_grouped(xflat, wq, pw, poff, bias, scale, fp, ip, PAIR_BOUNDS[pairs], nthreads, out)
 
 
 # -- depthwise convolution (exact int32: MLAS's depthwise kernels do not pair) -----------------------------
@@ -474,9 +490,10 @@ def conv_depthwise(xflat, wq: int, w, toff, bias, scale, fp, ip, out, nthreads: 
 # -- connected (QGemm: pairs over the flat input) ----------------------------------------------------------
 
 @njit(cache=True, parallel=True)
-def _gemv_pairs(u0, u1, w0, w1, bias, scale, fp, ip, out):
+def _gemv_pairs(u0, u1, w0, w1, bias, scale, fp, ip, bounds, out):
     # u0/u1: (K2,) int32 even/odd inputs + 128; w0/w1: (N, K2) int32 even/odd weights; out (N,) int8
     n, k2 = w0.shape
+    lo, hi = bounds[0], bounds[1]
     for o in prange(n):
         acc = np.int32(0)
         a = w0[o]
@@ -484,7 +501,7 @@ def _gemv_pairs(u0, u1, w0, w1, bias, scale, fp, ip, out):
         for j in range(k2):
             ju = np.uint64(j)
             v = np.int32(a[ju] * u0[ju] + b[ju] * u1[ju])
-            acc = np.int32(acc + min(max(v, np.int32(-32768)), np.int32(32767)))
+            acc = np.int32(acc + min(max(v, lo), hi))
         out[o] = epilogue(acc, bias[o], scale[o], fp, ip)
 
 
@@ -496,12 +513,13 @@ def split_pairs(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(wp[:, 0::2]), np.ascontiguousarray(wp[:, 1::2])
 
 
-def connected(x, w0, w1, bias, scale, fp, ip, out) -> None:
+def connected(x, w0, w1, bias, scale, fp, ip, out, pairs: str = "saturating") -> None:
     """[connected] as onnxruntime's QGemm (``split_pairs`` weights); ``bias`` holds -(zp_x + 128) * sum(w)."""
     k = x.size
     u = np.zeros(k + k % 2, np.int32)
     u[:k] = x.astype(np.int32) + 128
-    _gemv_pairs(np.ascontiguousarray(u[0::2]), np.ascontiguousarray(u[1::2]), w0, w1, bias, scale, fp, ip, out)
+    _gemv_pairs(np.ascontiguousarray(u[0::2]), np.ascontiguousarray(u[1::2]), w0, w1, bias, scale, fp, ip,
+                PAIR_BOUNDS[pairs], out)
 
 
 # -- bound calls: argument conversions done once, at plan time (the engine's steps call these per run) ------
@@ -521,21 +539,24 @@ def bind_prepare_planes(x, pad: int, zero_point: int, xs):
     return lambda: f(x, pad, zpu, xs)
 
 
-def bind_conv_quads(xs, ap, koff, bias, scale, fp, ip, out):
+def bind_conv_quads(xs, ap, koff, bias, scale, fp, ip, out, pairs: str = "saturating"):
     """``conv_quads`` with its arguments fixed: returns run(nthreads)."""
     direct = xs.shape[2] == 1 and xs.shape[1] * xs.shape[3] == out.shape[1] * out.shape[2]
     min_items = config.INT8_MIN_ITEMS_PER_THREAD
-    return lambda nt: _conv_quads(xs, ap, koff, bias, scale, fp, ip, ONES16, direct, nt, min_items, out)
+    ex = _exact(pairs)
+    return lambda nt: _conv_quads(xs, ap, koff, bias, scale, fp, ip, ONES16, direct, nt, min_items, ex, out)
 
 
-def bind_conv_im2col(xflat, wq: int, ap, kidx, bias, scale, fp, ip, out):
-    return lambda nt: _conv_im2col(xflat, wq, ap, kidx, bias, scale, fp, ip, ONES16, nt, out)
+def bind_conv_im2col(xflat, wq: int, ap, kidx, bias, scale, fp, ip, out, pairs: str = "saturating"):
+    ex = _exact(pairs)
+    return lambda nt: _conv_im2col(xflat, wq, ap, kidx, bias, scale, fp, ip, ONES16, nt, ex, out)
 
 
 def bind_conv_depthwise(xflat, wq: int, w, toff, bias, scale, fp, ip, out):
     return lambda nt: _conv_depthwise(xflat, wq, w, toff, bias, scale, fp, ip, nt, out)
 
 
-def bind_conv_grouped(xflat, wq: int, pw, poff, bias, scale, fp, ip, out):
-    return lambda nt: _conv_grouped(xflat, wq, pw, poff, bias, scale, fp, ip, nt, out)
+def bind_conv_grouped(xflat, wq: int, pw, poff, bias, scale, fp, ip, out, pairs: str = "saturating"):
+    bounds = PAIR_BOUNDS[pairs]
+    return lambda nt: _conv_grouped(xflat, wq, pw, poff, bias, scale, fp, ip, bounds, nt, out)
 

@@ -11,6 +11,11 @@ Quad k of pixel j is 4 bytes: 4 consecutive channels of one tap (``conv.prepare_
 elements of MLAS's flat K (``conv.conv_im2col``'s packed panel); the packed weights hold the same quads
 (``conv.pack_quads``/``conv.pack_flat``). The epilogue requantises in registers with the formulas of
 ``requant.py``.
+
+Two sums, chosen at run time by an argument: the saturating pairs above (MLAS on x86 without VNNI), and
+the exact sum of each quad's four products (``_dot_quads``: ``vpdpbusd`` on CPUs with AVX512-VNNI or
+AVX-VNNI, where MLAS is exact too; portable IR elsewhere). ``config.CodegenTarget.int8_pairs`` says which
+one onnxruntime computes on this CPU.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ def _vec(t, n):
 # run time). numba keys its cache on the CPU, so code built with the x86 intrinsics is never loaded on a CPU
 # without AVX2.
 _AVX2 = config.codegen_target().int8_avx2
+_VNNI = config.codegen_target().int8_vnni
 
 
 def _x86(builder, name: str, ret, args):
@@ -81,12 +87,30 @@ def _madd_quads(builder, b, w, ones):
                                    builder.sext(builder.shuffle_vector(ones, ones, o2), v8)))  # -> vpmaddwd
 
 
-def _codegen_microkernel(builder, ap_i, base_i, koff_i, k_i, t_i, ones_i, epilogue=None):
+def _dot_quads(builder, acc, b, w):
+    """acc + <8 x i32>: per 32-bit lane, the exact sum b0*w0 + b1*w1 + b2*w2 + b3*w3 (b uint8, w int8).
+
+    On VNNI CPUs this is ``vpdpbusd`` (MLAS's VNNI kernels use vpdpbusds, which saturates only the int32
+    accumulator: never reached here); elsewhere the same sums in portable IR (correct, slower)."""
+    v8 = _vec(_i32, 8)
+    if _VNNI:
+        return _x86(builder, "llvm.x86.avx512.vpdpbusd.256", v8,
+                    [acc, builder.bitcast(b, v8), builder.bitcast(w, v8)])
+    v32 = _vec(_i32, 32)
+    prod = builder.mul(builder.zext(b, v32), builder.sext(w, v32))
+    for lane in range(4):
+        pick = ir.Constant(_vec(_i32, 8), list(range(lane, 32, 4)))
+        acc = builder.add(acc, builder.shuffle_vector(prod, prod, pick))
+    return acc
+
+
+def _codegen_microkernel(builder, ap_i, base_i, koff_i, k_i, t_i, ones_i, epilogue=None, exact=False):
     """tile[r*NR + j] = sum over quads k of pairs(B[k, j, :], A[k, r, :]) for an MR x NR tile.
 
     Quad k of pixel j is the 4 bytes at base + koff[k] + 4*j (koff: int64 array of byte offsets), or at
     base + 64*k when koff_i is None (a packed B panel). With ``epilogue`` (see ``_codegen_epilogue``) the
-    accumulators are requantised in registers and stored as int8 to t_i instead.
+    accumulators are requantised in registers and stored as int8 to t_i instead. ``exact``: the quads'
+    four products are summed exactly (``_dot_quads``) instead of in two saturating pairs (``_madd_quads``).
     """
     u8v = _vec(_i8, 32)
     ap = builder.inttoptr(ap_i, _i32.as_pointer())
@@ -115,7 +139,10 @@ def _codegen_microkernel(builder, ap_i, base_i, koff_i, k_i, t_i, ones_i, epilog
             wb = builder.bitcast(builder.shuffle_vector(builder.insert_element(undef, wv, ir.Constant(_i32, 0)),
                                                         undef, bcast), u8v)
             for h in range(2):
-                new.append(builder.add(acc[r * 2 + h], _madd_quads(builder, b[h], wb, ones)))
+                if exact:
+                    new.append(_dot_quads(builder, acc[r * 2 + h], b[h], wb))
+                else:
+                    new.append(builder.add(acc[r * 2 + h], _madd_quads(builder, b[h], wb, ones)))
         return new
 
     res = count_loop(builder, k_i, [zero] * nacc, step, "q8")
@@ -211,42 +238,50 @@ def _codegen_epilogue(builder, res, out_i, ldc, bias_i, scale_i, fp_i, ip_i, row
                     emit_rows(1)
 
 
+def _four_variants(builder, koff_i, exact_i, emit):
+    """emit(koff or None, exact) under run-time branches on koff == 0 (a packed panel) and exact != 0."""
+    packed = builder.icmp_signed("==", koff_i, ir.Constant(_i64, 0))
+    exact = builder.icmp_signed("!=", exact_i, ir.Constant(_i64, 0))
+    with builder.if_else(exact) as (ex, sat):
+        for flag, block in ((True, ex), (False, sat)):
+            with block:
+                with builder.if_else(packed) as (then, otherwise):
+                    with then:
+                        emit(None, flag)
+                    with otherwise:
+                        emit(koff_i, flag)
+
+
 @intrinsic
-def microkernel_u8s8(typingctx, ap, base, koff, k, tile, ones):
-    """int32 tile[MR*NR] of an MR x NR block: see _codegen_microkernel. koff == 0 selects a packed panel.
-    Arguments are addresses (intp) and k (quads)."""
-    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp)
+def microkernel_u8s8(typingctx, ap, base, koff, k, tile, ones, exact):
+    """int32 tile[MR*NR] of an MR x NR block: see _codegen_microkernel. koff == 0 selects a packed panel,
+    exact != 0 the exact sums (``config.CodegenTarget.int8_pairs``). Arguments are addresses (intp), k
+    (quads) and exact (0/1)."""
+    sig = types.void(*([types.intp] * 7))
 
     def codegen(context, builder, signature, args):
-        ap_i, base_i, koff_i, k_i, t_i, ones_i = args
-        packed = builder.icmp_signed("==", koff_i, ir.Constant(_i64, 0))
-        with builder.if_else(packed) as (then, otherwise):
-            with then:
-                _codegen_microkernel(builder, ap_i, base_i, None, k_i, t_i, ones_i)
-            with otherwise:
-                _codegen_microkernel(builder, ap_i, base_i, koff_i, k_i, t_i, ones_i)
+        ap_i, base_i, koff_i, k_i, t_i, ones_i, exact_i = args
+        _four_variants(builder, koff_i, exact_i, lambda ko, ex: _codegen_microkernel(
+            builder, ap_i, base_i, ko, k_i, t_i, ones_i, exact=ex))
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 @intrinsic
-def microkernel_u8s8_fused(typingctx, ap, base, koff, k, out, ldc, bias, scale, fparams, iparams, rows, ones):
+def microkernel_u8s8_fused(typingctx, ap, base, koff, k, out, ldc, bias, scale, fparams, iparams, rows, ones,
+                           exact):
     """The micro-kernel with the requantisation epilogue: int8 out[r*ldc + j] for r < rows, all NR columns.
 
     ``fparams`` float32[7] = (lo - zp, hi - zp, s_pre, s_out, alpha, lo - zp_out, hi - zp_out) and ``iparams``
     int32[3] = (zp, leaky, zp_out), see _codegen_epilogue; ``bias`` int32 and ``scale`` float32 per row."""
-    sig = types.void(*([types.intp] * 12))
+    sig = types.void(*([types.intp] * 13))
 
     def codegen(context, builder, signature, args):
-        ap_i, base_i, koff_i, k_i, o_i, ldc_i, b_i, s_i, fp_i, ip_i, rows_i, ones_i = args
+        ap_i, base_i, koff_i, k_i, o_i, ldc_i, b_i, s_i, fp_i, ip_i, rows_i, ones_i, exact_i = args
         ep = (ldc_i, b_i, s_i, fp_i, ip_i, rows_i)
-        packed = builder.icmp_signed("==", koff_i, ir.Constant(_i64, 0))
-        with builder.if_else(packed) as (then, otherwise):
-            with then:
-                _codegen_microkernel(builder, ap_i, base_i, None, k_i, o_i, ones_i, ep)
-            with otherwise:
-                _codegen_microkernel(builder, ap_i, base_i, koff_i, k_i, o_i, ones_i, ep)
+        _four_variants(builder, koff_i, exact_i, lambda ko, ex: _codegen_microkernel(
+            builder, ap_i, base_i, ko, k_i, o_i, ones_i, ep, exact=ex))
         return context.get_dummy_value()
 
     return sig, codegen
