@@ -1,20 +1,21 @@
-"""darknetpy vs onnxruntime, side by side in one process, interleaved (``make bench``).
+"""darknetpy vs onnxruntime on the same network (``make bench``): each engine in its own process, alternating.
 
 For each network (tiny.cfg and the four model-zoo translations, 224x224, batch 1) and each thread count,
-onnxruntime runs darknetpy's own float ONNX export of the same cfg and weights. Both engines are first
-checked to give the same output, warmed up, then timed alternately (one darknetpy run, one onnxruntime
-run, ...) so that load from other processes on this shared machine hits both alike. Reported: median,
-min and max per engine, the darknetpy/onnxruntime ratio of medians, and darknetpy's GFLOP/s
-(2 x MACs / median).
+onnxruntime runs darknetpy's own float ONNX export of the same cfg and weights. By default (``--mode
+process``) each engine runs in its own worker process with its default settings (darknetpy's thread count
+set with ``set_threads``; onnxruntime with ``intra_op_num_threads`` and everything else default, its
+spin-waiting included), as a user comparing them would. Both are checked to give the same output and warmed
+up; then the parent alternates rounds (``--round`` runs of one engine, a pause so that spinning threads
+settle, then the other) so that load from other processes on a shared machine hits both alike. Reported:
+median, min and max per engine, the darknetpy/onnxruntime ratio of medians, and darknetpy's GFLOP/s.
 
-Threads: darknetpy's kernels use numba's pool (numba.set_num_threads), onnxruntime its intra-op pool
-(intra_op_num_threads); neither uses BLAS threads. Idle threads: darknetpy's OpenMP workers spin ~50-100 us
-after each parallel region and then sleep (its default, GOMP_SPINCOUNT=3000: see darknetpy/kernels), which
-covers the gaps inside one inference. onnxruntime's workers spin far longer by default -- long enough to
-take a core from the darknetpy run that follows in this interleaved loop (measured: darknetpy at 2 threads
-5.9 -> 16 ms) -- so its spinning is turned off (``session.intra_op.allow_spinning=0``; ``--spin`` keeps it).
+``--busy`` runs the contention case: a busy loop pinned to one core for the whole measurement (another
+process taking one of the two cores, as on a shared machine).
 
-    python benchmarks/bench.py [--runs 50] [--threads 1 2] [--nets tiny dla46_c ...] [--json] [--exact]
+``--mode interleaved`` is the older measurement: both engines in this process, one run each in turn, with
+onnxruntime's spinning off (``--spin`` keeps it), which in one process would take a core from darknetpy.
+
+    python benchmarks/bench.py [--runs 60] [--round 10] [--threads 1 2] [--nets tiny ...] [--busy] [--json]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -66,7 +68,9 @@ def bench_network(name: str, threads: list[int], runs: int, warmup: int, spin: b
         wpath = _weights_for(name)
         net = darknetpy.load(ROOT / "cfg" / f"{name}.cfg", wpath, exact=exact)
     model = export_onnx(net.graph, net.weights).SerializeToString()
-    x = np.random.default_rng(0).random(net.input_shape, dtype=np.float32)
+    from darknetpy.image import normalize
+    img = np.random.default_rng(0).random(net.input_shape, dtype=np.float32)       # the ONNX model's input
+    x = normalize(img, net.graph.net.mean, net.graph.net.std)                      # darknetpy's
     plan = net.plan()
     macs = net.graph.macs
     rows = []
@@ -80,7 +84,7 @@ def bench_network(name: str, threads: list[int], runs: int, warmup: int, spin: b
         if not spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-        feed = {"input": x[None]}
+        feed = {"input": img[None]}
         out = sess.run(None, feed)[0].reshape(-1)
         mine = net.predict(x).reshape(-1)
         err = float(np.abs(out - mine).max() / (np.abs(out).max() or 1.0))
@@ -108,6 +112,140 @@ def bench_network(name: str, threads: list[int], runs: int, warmup: int, spin: b
     return rows
 
 
+# -- process mode: one worker process per engine ------------------------------------------------------------
+
+def _load(name: str, exact: bool):
+    import darknetpy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wpath = _weights_for(name)
+        net = darknetpy.load(ROOT / "cfg" / f"{name}.cfg", wpath, exact=exact)
+    return net, wpath
+
+
+def worker(engine: str, name: str, threads: int, exact: bool) -> int:
+    """A worker: load, answer "output" (the output as JSON) and "run K" (K timings in seconds) on stdin."""
+    net, _ = _load(name, exact)
+    # the input the exported model takes (the image; it normalises in the graph when the cfg says so)
+    img = np.random.default_rng(0).random(net.input_shape, dtype=np.float32)
+    if engine == "darknetpy":
+        from darknetpy.network import set_threads
+        set_threads(threads)
+        plan = net.plan()
+        from darknetpy.image import normalize
+        x = normalize(img, net.graph.net.mean, net.graph.net.std)      # what the ONNX model does in its graph
+
+        def once():
+            plan.run(x)
+            return plan.outputs[net.graph.output_index]
+    else:
+        import onnxruntime as ort
+        from darknetpy.export.onnx_float import export_onnx
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads                 # everything else: onnxruntime's defaults
+        sess = ort.InferenceSession(export_onnx(net.graph, net.weights).SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"])
+        feed = {"input": img[None]}
+
+        def once():
+            return sess.run(None, feed)[0]
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[0] == "output":
+            print(json.dumps([float(v) for v in np.asarray(once(), np.float64).reshape(-1)]), flush=True)
+        elif cmd[0] == "run":
+            times = []
+            for _ in range(int(cmd[1])):
+                t = time.perf_counter()
+                once()
+                times.append(time.perf_counter() - t)
+            print(json.dumps(times), flush=True)
+        else:
+            break
+    return 0
+
+
+class _Worker:
+    def __init__(self, engine: str, name: str, threads: int, exact: bool):
+        cmd = [sys.executable, __file__, "--worker", engine, "--nets", name, "--threads", str(threads)]
+        if exact:
+            cmd.append("--exact")
+        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(self, line: str):
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+        answer = self.p.stdout.readline()
+        if not answer:
+            raise SystemExit(f"a benchmark worker died (exit code {self.p.wait()})")
+        return json.loads(answer)
+
+    def close(self):
+        try:
+            self.p.stdin.write("quit\n")
+            self.p.stdin.close()
+        except OSError:
+            pass
+        self.p.wait(timeout=30)
+
+
+def _busy_loop(cpu: int):
+    """A process spinning on one core for the whole measurement (``--busy``)."""
+    code = ("import os\n"
+            f"os.sched_setaffinity(0, {{{cpu}}})\n"
+            "while True:\n    pass\n")
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def bench_network_processes(name: str, threads: list[int], runs: int, warmup: int, per_round: int,
+                            exact: bool) -> list[dict]:
+    net, wpath = _load(name, exact)
+    macs = net.graph.macs
+    rows = []
+    for nt in threads:
+        workers = {e: _Worker(e, name, nt, exact) for e in ("darknetpy", "onnxruntime")}
+        try:
+            mine = np.asarray(workers["darknetpy"].ask("output"))
+            ref = np.asarray(workers["onnxruntime"].ask("output"))
+            err = float(np.abs(ref - mine).max() / (np.abs(ref).max() or 1.0))
+            if err > 1e-4:
+                raise SystemExit(f"{name}: darknetpy and onnxruntime disagree (relative error {err:.3g})")
+            for w in workers.values():
+                w.ask(f"run {warmup}")
+            times: dict[str, list[float]] = {e: [] for e in workers}
+            order = list(workers)
+            rounds = -(-runs // per_round)
+            for r in range(rounds):
+                for e in (order if r % 2 == 0 else order[::-1]):     # alternate who goes first
+                    times[e] += workers[e].ask(f"run {per_round}")
+                    time.sleep(0.05)                                  # let spinning workers settle
+        finally:
+            for w in workers.values():
+                w.close()
+        td, to = times["darknetpy"], times["onnxruntime"]
+        md, mo = statistics.median(td), statistics.median(to)
+        rows.append({
+            "network": name, "threads": nt, "weights": "file" if wpath else "random", "macs": macs,
+            "darknetpy_ms": {"median": md * 1e3, "min": min(td) * 1e3, "max": max(td) * 1e3},
+            "onnxruntime_ms": {"median": mo * 1e3, "min": min(to) * 1e3, "max": max(to) * 1e3},
+            "ratio": md / mo, "darknetpy_gflops": 2 * macs / md / 1e9, "onnxruntime_gflops": 2 * macs / mo / 1e9,
+            "max_rel_diff": err, "runs": len(td),
+        })
+    return rows
+
+
+def cpu_flags() -> str:
+    """AVX-512 / VNNI, as the figures depend on them (the CPU is chosen per session)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return "?"
+    have = [n for n, f in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AVX512-VNNI", "avx512_vnni"),
+                           ("AVX-VNNI", "avx_vnni")) if f in flags]
+    return ", ".join(have) or "no AVX2"
+
+
 def table(rows: list[dict]) -> str:
     out = [f"{'network':12s} {'thr':>3s} {'darknetpy ms (min-max)':>24s} {'onnxruntime ms (min-max)':>26s} "
            f"{'ratio':>6s} {'GFLOP/s':>8s}"]
@@ -121,32 +259,48 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--mode", choices=("process", "interleaved"), default="process")
+    ap.add_argument("--runs", type=int, default=60, help="timed runs per engine (default 60)")
+    ap.add_argument("--round", type=int, default=10, help="runs per round in process mode (default 10)")
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--busy", action="store_true", help="a busy loop pinned to one core meanwhile")
+    ap.add_argument("--worker", choices=("darknetpy", "onnxruntime"), help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--nets", nargs="+", default=NETS, choices=NETS)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--spin", action="store_true", help="keep onnxruntime's spin-waiting threads")
     ap.add_argument("--exact", action="store_true", help="time darknetpy's darknet-exact kernels")
     a = ap.parse_args(argv)
+    if a.worker:
+        return worker(a.worker, a.nets[0], a.threads[0], a.exact)
     import numba
     import onnxruntime as ort
 
     from darknetpy import __version__
     a.threads = [t for t in a.threads if t <= numba.config.NUMBA_NUM_THREADS]
+    busy = _busy_loop((os.cpu_count() or 1) - 1) if a.busy else None
     rows = []
-    for name in a.nets:
-        rows += bench_network(name, a.threads, a.runs, a.warmup, a.spin, a.exact)
-        if not a.json:
-            print(table([r for r in rows if r["network"] == name]).split("\n", 1)[-1] if len(rows) > len(a.threads)
-                  else table(rows), flush=True)
-    info = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cores": os.cpu_count(),
-            "darknetpy": __version__, "onnxruntime": ort.__version__, "numba": numba.__version__,
-            "spin": a.spin, "results": rows}
+    try:
+        for name in a.nets:
+            if a.mode == "process":
+                rows += bench_network_processes(name, a.threads, a.runs, a.warmup, a.round, a.exact)
+            else:
+                rows += bench_network(name, a.threads, a.runs, a.warmup, a.spin, a.exact)
+            if not a.json:
+                print(table([r for r in rows if r["network"] == name]).split("\n", 1)[-1]
+                      if len(rows) > len(a.threads) else table(rows), flush=True)
+    finally:
+        if busy is not None:
+            busy.kill()
+    info = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cpu_features": cpu_flags(),
+            "cores": os.cpu_count(), "mode": a.mode, "busy": a.busy, "darknetpy": __version__,
+            "onnxruntime": ort.__version__, "numba": numba.__version__,
+            "spin": a.spin if a.mode == "interleaved" else "onnxruntime default", "results": rows}
     if a.json:
         print(json.dumps(info, indent=1))
     else:
-        print(f"\n{info['date']}, {info['cpu']}, {info['cores']} cores, onnxruntime {ort.__version__}, "
+        print(f"\n{info['date']}, {info['cpu']} ({info['cpu_features']}), {info['cores']} cores, "
+              f"{a.mode} mode{', a busy loop on one core' if a.busy else ''}, onnxruntime {ort.__version__}, "
               f"numba {numba.__version__}; ratio = darknetpy median / onnxruntime median")
     return 0
 
