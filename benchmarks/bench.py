@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("DARKNETPY_SHARED", ROOT.parent / "shared"))
 NETS = ["tiny", "dla46_c", "dla46x_c", "dla60x_c", "hardnet39ds"]
+PAUSE = 0.05          # seconds between rounds (onnxruntime's workers stop spinning well before)
 
 
 def _weights_for(name: str) -> Path | None:
@@ -218,7 +219,7 @@ def bench_network_processes(name: str, threads: list[int], runs: int, warmup: in
             for r in range(rounds):
                 for e in (order if r % 2 == 0 else order[::-1]):     # alternate who goes first
                     times[e] += workers[e].ask(f"run {per_round}")
-                    time.sleep(0.05)                                  # let spinning workers settle
+                    time.sleep(PAUSE)                                 # let spinning workers settle
         finally:
             for w in workers.values():
                 w.close()
