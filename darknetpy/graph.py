@@ -19,6 +19,9 @@ Decisions on darknet's quirks (``../shared/specs/darknet.md`` §11), each tested
   norm with bias 0, which is what darknet's code intends.
 * Keys that other darknet forks use to change the computation (dilation, stride_x, route groups, ...)
   are errors when set to a non-default value, not warnings: ignoring them would give wrong answers.
+* The detection heads ([region], [yolo], [reorg], [detection]) are built in ``heads.py``, with the checks
+  darknet lacks (``../shared/specs/detection.md`` §13). Recurrent layers and yolo9000's softmax tree are out
+  of scope and refused as such.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Callable
 from . import layers as L
 from .cfg import CfgWarning, Section, parse_cfg_bytes, parse_cfg_text, read_cfg_bytes
 from .errors import CfgError
+from .heads import HEAD_BUILDERS, HEAD_FORK_KEYS, HEAD_KEYS
 from .keys import (INT_RE, MAX_COUNT, Ctx, Reader, absolute_index, base_fields, cdiv, layer_index, need_spatial,
                    short)
 
@@ -71,6 +75,7 @@ SECTION_KEYS = {
     "crop": {"crop_height", "crop_width", "flip", "angle", "saturation", "exposure", "noadjust", "shift"},
     "batchnorm": set(),
     "activation": {"activation"},
+    **HEAD_KEYS,                                # [region] [yolo] [reorg] [detection]: heads.py
 }
 
 # Keys of other darknet forks that change the forward pass: allowed only at their neutral value.
@@ -84,6 +89,7 @@ FORK_KEYS = {
     "shortcut": {"weights_type": "none", "weights_normalization": "none"},
     "avgpool": {},
     "upsample": {},
+    **HEAD_FORK_KEYS,
 }
 
 def _build_convolutional(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
@@ -172,7 +178,7 @@ def _build_softmax(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
     temperature = r.float("temperature", 1.0)
     r.check_positive("groups", groups)
     if r.str("tree", None) is not None:
-        raise r.err("softmax with a hierarchy tree (tree=) is not supported", "tree")
+        raise r.err("a softmax tree (tree=, yolo9000's hierarchical classes) is out of darknetpy's scope", "tree")
     r.int("spatial", 0)                        # read but unused on darknet's CPU path
     r.int("noloss", 0)
     if inputs % groups:
@@ -348,13 +354,16 @@ BUILDERS: dict[str, tuple[str, Builder]] = {
     "crop": ("crop", _build_crop),
     "batchnorm": ("batchnorm", _build_batchnorm),
     "activation": ("activation", _build_activation),
+    **HEAD_BUILDERS,                           # [region] [yolo] [reorg] [detection]: heads.py
 }
 
 # Darknet section kinds that exist (pjreddie or AlexeyAB) but darknetpy does not run.
-KNOWN_UNSUPPORTED = ("logistic", "l2norm", "lrn", "normalization", "deconv", "deconvolutional", "reorg",
-                     "region", "yolo", "detection", "iseg", "rnn", "gru", "lstm", "crnn", "conv_lstm",
+KNOWN_UNSUPPORTED = ("logistic", "l2norm", "lrn", "normalization", "deconv", "deconvolutional", "iseg",
                      "reorg3d", "gaussian_yolo", "sam", "scale_channels", "empty", "silence", "implicit_add",
                      "implicit_mul", "contrastive", "local_avgpool", "history")
+
+# Kinds darknetpy will not run: recurrent networks (their state across calls is not an image -> output function).
+OUT_OF_SCOPE = ("rnn", "gru", "lstm", "crnn", "conv_lstm")
 
 
 def _parse_net(sec: Section) -> L.NetInfo:
@@ -413,6 +422,9 @@ def _build_section(ctx: Ctx, sec: Section) -> L.Layer:
     if entry is None:
         if sec.kind in ("net", "network"):
             raise CfgError(f"{where}: [net] may only appear once, as the first section", sec.path, sec.line)
+        if sec.kind in OUT_OF_SCOPE:
+            raise CfgError(f"{where}: recurrent layers ([{sec.kind}]) are out of darknetpy's scope: it runs "
+                           "feed-forward image networks", sec.path, sec.line)
         if sec.kind in KNOWN_UNSUPPORTED:
             raise CfgError(f"{where}: darknetpy does not support [{sec.kind}] layers yet; supported: "
                            f"{', '.join(sorted(BUILDERS))}", sec.path, sec.line)

@@ -342,9 +342,11 @@ class DetectionLayer(Layer):
     softmax: bool
 
 
-# Region, Yolo, Reorg and DetectionLayer join LAYER_CLASSES together with their cfg builders and table entries.
 LAYER_CLASSES = (Convolutional, Connected, MaxPool, AvgPool, Softmax, Cost, Route, Shortcut, Upsample,
-                 Dropout, Local, Crop, BatchNorm, Activation)
+                 Dropout, Local, Crop, BatchNorm, Activation, Region, Yolo, Reorg, DetectionLayer)
+
+# The kinds of ../shared/specs/detection.md ([reorg] included: it only appears in detectors).
+DETECTION_HEADS = (Region, Yolo, Reorg, DetectionLayer)
 
 
 # -- dispatch tables ---------------------------------------------------------------------------------------
