@@ -11,6 +11,7 @@ kept xz-compressed there; each test module run decompresses them once into a tem
   detection layer too;
 * fast mode: per layer |err| <= 1e-5 max|ref| isolated and 5e-5 max|ref| chained (darknet.md §9, detection.md
   §11.2);
+* ``darknetpy summary`` names every layer as darknet's own table does;
 * on glibc/x86-64 (the C library and the CPU family darknet ran on), the heads are bit-identical too: the
   softmax reproduces libmvec's vector expf and calls the C library's scalar expf (kernels/detection.py).
 """
@@ -20,13 +21,16 @@ from __future__ import annotations
 import hashlib
 import lzma
 import platform
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import CONFORMANCE, detection_cases, rel_err
+from darknetpy import layers as L
 from darknetpy.network import Network
+from darknetpy.summary import SUMMARY_ROWS, summary_table
 from darknetpy.weights import Header, read_weights, weights_to_bytes
 from test_conformance import Case, feed_and_run
 
@@ -146,3 +150,23 @@ def test_heads_bit_exact(name, weights_file):
         got = feed_and_run(net, True, x, refs, layer.index)
         bad = int((got != refs[layer.index]).sum())
         assert bad == 0, f"{layer.describe()}: {bad} of {got.size} values differ from darknet's"
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_summary_names_layers_like_darknets_table(name):
+    """``darknetpy summary`` calls each layer what darknet's own table (darknet_stderr.txt) calls it: a
+    [region] is "detection", a [detection] "Detection Layer", a [reorg] shows its stride as "/ s"."""
+    case = Case(name)
+    g = case.graph()
+    rows = [line for line in (case.dir / "darknet_stderr.txt").read_text().splitlines()
+            if re.match(r"\s+\d+ \S", line)]
+    assert len(rows) == len(g)
+    table = summary_table(g).splitlines()[1:len(g) + 1]
+    for layer, row, ours in zip(g, rows, table):
+        words = row.split()
+        kind = "Detection Layer" if words[1] == "Detection" else words[1]
+        ours_kind, _, size = L.dispatch(SUMMARY_ROWS, layer)(layer)
+        assert ours_kind == kind, f"{layer.describe()}: darknet prints {row.strip()!r}"
+        assert ours.split()[:len(kind.split()) + 1] == [str(layer.index), *kind.split()]
+        if kind == "reorg":
+            assert size.split() == words[2:4]                  # "/", stride
