@@ -31,6 +31,7 @@ carries, so that ``decode`` works from a ``Network``, a ``Graph`` or that dict a
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -133,13 +134,19 @@ HEAD_CLASSES = (L.Region, L.Yolo, L.DetectionLayer)
 
 def describe(net) -> dict:
     """The heads description of ``net``: a ``Network`` (anything with ``.graph``), a ``Graph``, or the dict
-    itself (checked)."""
+    itself or its JSON text (as a model's metadata may carry it), checked."""
+    if isinstance(net, str) and net.lstrip().startswith("{"):
+        try:
+            net = json.loads(net)
+        except ValueError as e:
+            raise DarknetpyError(f"heads description: not valid JSON: {e}") from None
     if isinstance(net, dict):
         return check_heads(net)
     graph = getattr(net, "graph", net)
     if isinstance(graph, L.Graph):
         return heads_from_graph(graph)
-    raise DarknetpyError(f"decode() needs a Network, a Graph or a heads description (dict), got {type(net).__name__}")
+    raise DarknetpyError(f"decode() needs a Network, a Graph or a heads description (a dict or its JSON text), got "
+                         f"{type(net).__name__}")
 
 
 def _need(cond: bool, where: str, msg: str) -> None:
@@ -504,7 +511,8 @@ def decode(net, head_inputs, image_size, thresh: float = 0.5, hier_thresh: float
            names: list[str] | None = None) -> list[Detection]:
     """Boxes exactly as darknet's ``detector test`` prints them, from the tensors entering the heads.
 
-    ``net``: a ``Network``, a ``Graph`` or a heads description (``heads_from_graph``); ``head_inputs``: one
+    ``net``: a ``Network``, a ``Graph`` or a heads description (``heads_from_graph``, or its JSON text);
+    ``head_inputs``: one
     float32 array per [region]/[yolo]/[detection] layer, in layer order, as it enters that layer (the raw
     conv/connected output; shape (C, H, W), (1, C, H, W) or flat); ``image_size``: (width, height) of the
     original image. ``nms=0`` skips NMS like darknet. ``names``: class names (default: the description's

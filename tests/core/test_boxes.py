@@ -145,6 +145,8 @@ def test_decode_from_the_plain_description(name):
     r = c.rec
     dets = B.decode(desc, c.head_inputs(), c.size, r["thresh"], r["hier_thresh"], r["nms"])
     assert dets == c.decode()
+    text = json.dumps(B.heads_from_graph(c.graph, names=c.names))               # as model metadata carries it
+    assert B.decode(text, c.head_inputs(), c.size, r["thresh"], r["hier_thresh"], r["nms"]) == dets
     # batch-of-one and flat inputs are accepted too
     flat = [x.reshape(-1) for x in c.head_inputs()]
     assert B.decode(desc, flat, c.size, r["thresh"], r["hier_thresh"], r["nms"]) == dets
@@ -196,6 +198,8 @@ def test_bad_inputs_are_clear_errors():
         B.decode(g, [a, b], (10, 10), thresh=float("nan"))
     with pytest.raises(DarknetpyError, match="Network, a Graph or a heads description"):
         B.decode("net.cfg", [a, b], (10, 10))
+    with pytest.raises(DarknetpyError, match="not valid JSON"):
+        B.decode("{format: 1}", [a, b], (10, 10))
     with pytest.raises(UnsupportedError, match="no \\[region\\], \\[yolo\\] or \\[detection\\] layer"):
         B.heads_from_graph(load_graph(CONFORMANCE / "route" / "net.cfg"))
 
