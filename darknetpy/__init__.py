@@ -24,6 +24,8 @@ _LAZY = {
     "read_weights": ("weights", "read_weights"),
     "save_weights": ("weights", "save_weights"),
     "fetch": ("fetch", "fetch"),
+    "decode": ("network", "decode"),
+    "Detection": ("boxes", "Detection"),
     "to_onnx": ("export", "to_onnx"),
     "export_onnx": ("export.onnx_float", "export_onnx"),
     "check_n6": ("export.n6check", "check_n6"),

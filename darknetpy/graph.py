@@ -19,6 +19,9 @@ Decisions on darknet's quirks (``../shared/specs/darknet.md`` §11), each tested
   norm with bias 0, which is what darknet's code intends.
 * Keys that other darknet forks use to change the computation (dilation, stride_x, route groups, ...)
   are errors when set to a non-default value, not warnings: ignoring them would give wrong answers.
+* The detection heads ([region], [yolo], [reorg], [detection]) are built in ``heads.py``, with the checks
+  darknet lacks (``../shared/specs/detection.md`` §13). Recurrent layers and yolo9000's softmax tree are out
+  of scope and refused as such.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
 import warnings
 from typing import Callable
 
 from . import layers as L
 from .cfg import CfgWarning, Section, parse_cfg_bytes, parse_cfg_text, read_cfg_bytes
 from .errors import CfgError
+from .heads import HEAD_BUILDERS, HEAD_FORK_KEYS, HEAD_KEYS
+from .keys import (INT_RE, MAX_COUNT, Ctx, Reader, absolute_index, base_fields, cdiv, layer_index, need_spatial,
+                   short)
 
 # Keys darknet reads for every layer (parse_network_cfg); only the load/save ones matter at inference.
 COMMON_KEYS = {"truth", "onlyforward", "stopbackward", "dontsave", "dontload", "numload",
@@ -71,6 +76,7 @@ SECTION_KEYS = {
     "crop": {"crop_height", "crop_width", "flip", "angle", "saturation", "exposure", "noadjust", "shift"},
     "batchnorm": set(),
     "activation": {"activation"},
+    **HEAD_KEYS,                                # [region] [yolo] [reorg] [detection]: heads.py
 }
 
 # Keys of other darknet forks that change the forward pass: allowed only at their neutral value.
@@ -84,183 +90,12 @@ FORK_KEYS = {
     "shortcut": {"weights_type": "none", "weights_normalization": "none"},
     "avgpool": {},
     "upsample": {},
+    **HEAD_FORK_KEYS,
 }
 
-# ASCII digits only: darknet's atoi/atof read 0-9, while Python's \d (and int()) also take other scripts'
-# digits ("４" would be 4 here and 0 in darknet).
-_INT = re.compile(r"[+-]?[0-9]+")
-_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
-
-# Bounds of darknet's C types, checked when a value is read. darknet reads integers with atoi into an int,
-# where anything outside [INT_MIN, INT_MAX] is undefined behaviour (glibc gives -1 or 0 for long inputs),
-# and floats with atof into a float, where anything beyond FLT_MAX becomes infinity. darknetpy refuses such
-# values instead of computing with a number darknet never had (and never calls int() on a 5000-digit string:
-# Python refuses those itself, with a ValueError). Shapes are bounded the same way (MAX_COUNT): darknet
-# counts every layer's outputs and every parameter array in an int.
-INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1
-FLT_MAX = 3.4028234663852886e38
-MAX_COUNT = INT_MAX
-
-
-def _atoi(text: str) -> int | None:
-    """``text`` (an _INT match) as an int, or None when it is outside darknet's int range."""
-    digits = text.lstrip("+-").lstrip("0")
-    if len(digits) > 10:                       # more digits than INT_MAX (2147483647) has
-        return None
-    v = int(digits or "0")                     # never int() of the whole text: "000...04" may be long
-    v = -v if text.startswith("-") else v
-    return v if INT_MIN <= v <= INT_MAX else None
-
-
-def _non_ascii_digit(text: str) -> str | None:
-    """The first non-ASCII digit in ``text`` ("４", "٣", ...), which darknet's atoi/atof do not read."""
-    return next((ch for ch in text if ch.isdigit() and not ch.isascii()), None)
-
-
-def _cdiv(a: int, b: int) -> int:
-    """C integer division: truncates toward zero (Python's // floors)."""
-    q = abs(a) // abs(b)
-    return q if (a >= 0) == (b > 0) else -q
-
-
-def _short(value: str, limit: int = 40) -> str:
-    """repr of a cfg value for a message, cut to ``limit`` characters (a value can be 100 000 digits long)."""
-    if len(value) <= limit:
-        return repr(value)
-    return repr(value[:limit]) + f"... ({len(value):,} characters)"
-
-
-class _Reader:
-    """Reads one section's keys with darknet's parsing (atoi/atof) and our error messages."""
-
-    def __init__(self, sec: Section, where: str):
-        self.sec = sec
-        self.where = where            # "layer 7 [maxpool]" or "[net]"
-
-    def err(self, message: str, key: str | None = None) -> CfgError:
-        return self.sec.error(f"{self.where}: {message}", key)
-
-    def warn(self, message: str, key: str | None = None) -> None:
-        line = self.sec.line
-        if key is not None:
-            opt = next((o for o in self.sec.options if o.key == key), None)
-            if opt is not None:
-                line = opt.line
-        warnings.warn(CfgWarning(f"{self.sec.path}:{line}: {self.where}: {message}"), stacklevel=3)
-
-    def has(self, key: str) -> bool:
-        return any(o.key == key for o in self.sec.options)
-
-    def str(self, key: str, default: str | None) -> str | None:
-        opt = self.sec.find(key)
-        return default if opt is None else opt.value
-
-    def check_digits(self, key: str, value: str) -> None:
-        bad = _non_ascii_digit(value)
-        if bad is not None:
-            raise self.err(f"key {key!r}: {_short(value)} contains the non-ASCII digit {bad!r} "
-                           f"(U+{ord(bad):04X}); darknet reads only the digits 0-9", key)
-
-    def int(self, key: str, default: int) -> int:
-        opt = self.sec.find(key)
-        if opt is None:
-            return default
-        self.check_digits(key, opt.value)
-        m = _INT.match(opt.value)
-        if m is None:
-            raise self.err(f"key {key!r}: {_short(opt.value)} is not a number", key)
-        v = _atoi(m.group())
-        if v is None:
-            raise self.err(f"key {key!r}: {_short(m.group())} is outside darknet's int range "
-                           f"({INT_MIN}..{INT_MAX}; atoi overflows)", key)
-        if m.end() != len(opt.value):
-            # darknet's atoi stops at the first non-digit: "1.9" -> 1, "16#x" -> 16.
-            self.warn(f"key {key!r}: {_short(opt.value)} read as {v} (darknet reads integers with "
-                      "atoi, which stops at the first non-digit)", key)
-        return v
-
-    def float(self, key: str, default: float) -> float:
-        opt = self.sec.find(key)
-        if opt is None:
-            return default
-        self.check_digits(key, opt.value)
-        m = _FLOAT.match(opt.value)
-        if m is None:
-            raise self.err(f"key {key!r}: {_short(opt.value)} is not a number", key)
-        v = float(m.group())
-        if not abs(v) <= FLT_MAX:
-            raise self.err(f"key {key!r}: {_short(m.group())} is beyond the range of darknet's float "
-                           f"(|x| <= {FLT_MAX:.7g}; it would become infinity)", key)
-        if m.end() != len(opt.value):
-            self.warn(f"key {key!r}: {_short(opt.value)} read as {v} (darknet uses atof)", key)
-        return v
-
-    def activation(self, key: str, default: str) -> str:
-        name = self.str(key, default)
-        if name not in L.ACTIVATIONS:
-            hint = ""
-            if "#" in name or ";" in name:
-                hint = " (darknet cfgs have no inline comments: put the comment on its own line)"
-            raise self.err(f"unknown activation {name!r}{hint}; valid names: {', '.join(L.ACTIVATIONS)} "
-                           "(darknet itself would silently use relu)", key)
-        return name
-
-    def check_positive(self, key: str, value: int) -> None:
-        if value <= 0:
-            raise self.err(f"key {key!r} must be positive, got {value}", key)
-
-
-class _Ctx:
-    """What a builder needs: the layers built so far and the previous output geometry."""
-
-    def __init__(self, net: L.NetInfo, path: str):
-        self.net = net
-        self.path = path
-        self.layers: list[L.Layer] = []
-
-    @property
-    def prev(self) -> tuple[int, int, int, int]:
-        """(c, h, w, inputs) of the next layer's input: darknet's size_params."""
-        if not self.layers:
-            n = self.net
-            return n.c, n.h, n.w, n.inputs
-        p = self.layers[-1]
-        return p.out_c, p.out_h, p.out_w, p.outputs
-
-
-def _need_spatial(r: _Reader, c: int, h: int, w: int, what: str) -> None:
-    if c <= 0 or h <= 0 or w <= 0:
-        raise r.err(f"{what} needs an image input (c x h x w), but its input is a flat vector "
-                    "(it follows a [softmax], [cost], or a [route] over layers of different sizes)")
-
-
-def _index(r: _Reader, key: str, text: str) -> int:
-    """A layer index (an _INT match) read like atoi; one outside darknet's int range is an error."""
-    v = _atoi(text)
-    if v is None:
-        raise r.err(f"key {key!r}: {_short(text)} is outside darknet's int range ({INT_MIN}..{INT_MAX})", key)
-    return v
-
-
-def _absolute(r: _Reader, ctx: _Ctx, key: str, raw: int) -> int:
-    idx = len(ctx.layers) + raw if raw < 0 else raw
-    if not 0 <= idx < len(ctx.layers):
-        raise r.err(f"key {key!r}: index {raw} refers to layer {idx}, but only layers 0..{len(ctx.layers) - 1} "
-                    "come before this one", key)
-    return idx
-
-
-def _base(ctx: _Ctx, sec: Section, r: _Reader, out: tuple[int, int, int, int]) -> dict:
-    c, h, w, inputs = ctx.prev
-    return dict(index=len(ctx.layers), line=sec.line, section=sec.kind, c=c, h=h, w=w, inputs=inputs,
-                out_c=out[0], out_h=out[1], out_w=out[2], outputs=out[3],
-                dontload=r.int("dontload", 0), numload=r.int("numload", 0),
-                dontloadscales=r.int("dontloadscales", 0), dontsave=r.int("dontsave", 0))
-
-
-def _build_convolutional(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
+def _build_convolutional(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
     c, h, w, _ = ctx.prev
-    _need_spatial(r, c, h, w, "a convolution")
+    need_spatial(r, c, h, w, "a convolution")
     filters = r.int("filters", 1)
     size = r.int("size", 1)
     stride = r.int("stride", 1)
@@ -291,18 +126,18 @@ def _build_convolutional(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
     if h + 2 * padding < size or w + 2 * padding < size:
         raise r.err(f"kernel size {size} is larger than the padded input {h + 2 * padding}x{w + 2 * padding}",
                     "size")
-    out_h = _cdiv(h + 2 * padding - size, stride) + 1
-    out_w = _cdiv(w + 2 * padding - size, stride) + 1
+    out_h = cdiv(h + 2 * padding - size, stride) + 1
+    out_w = cdiv(w + 2 * padding - size, stride) + 1
     if size == 1 and stride > 1:
         r.warn(f"size=1 stride={stride}: darknet does not subsample here (it reads the first "
                f"{out_h}x{out_w} values of its input rows); darknetpy reproduces that. For a real strided "
                "1x1 convolution use stride=1 followed by [maxpool] size=1 stride=2 padding=0", "stride")
-    return L.Convolutional(**_base(ctx, sec, r, (filters, out_h, out_w, filters * out_h * out_w)),
+    return L.Convolutional(**base_fields(ctx, sec, r, (filters, out_h, out_w, filters * out_h * out_w)),
                            filters=filters, size=size, stride=stride, padding=padding, groups=groups,
                            batch_normalize=bn, activation=activation, flipped=flipped)
 
 
-def _build_connected(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
+def _build_connected(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
     _, _, _, inputs = ctx.prev
     output = r.int("output", 1)
     r.check_positive("output", output)
@@ -310,13 +145,13 @@ def _build_connected(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
     bn = r.int("batch_normalize", 0)
     if inputs <= 0:
         raise r.err("its input is empty")
-    return L.Connected(**_base(ctx, sec, r, (output, 1, 1, output)), output=output, batch_normalize=bn,
+    return L.Connected(**base_fields(ctx, sec, r, (output, 1, 1, output)), output=output, batch_normalize=bn,
                        activation=activation)
 
 
-def _build_maxpool(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
+def _build_maxpool(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
     c, h, w, _ = ctx.prev
-    _need_spatial(r, c, h, w, "a maxpool")
+    need_spatial(r, c, h, w, "a maxpool")
     stride = r.int("stride", 1)
     size = r.int("size", stride)
     padding = r.int("padding", size - 1)
@@ -326,53 +161,53 @@ def _build_maxpool(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
         raise r.err(f"key 'padding' must not be negative, got {padding}", "padding")
     if h + padding < size or w + padding < size:
         raise r.err(f"window size {size} is larger than the padded input", "size")
-    out_h = _cdiv(h + padding - size, stride) + 1
-    out_w = _cdiv(w + padding - size, stride) + 1
-    return L.MaxPool(**_base(ctx, sec, r, (c, out_h, out_w, c * out_h * out_w)), size=size, stride=stride,
+    out_h = cdiv(h + padding - size, stride) + 1
+    out_w = cdiv(w + padding - size, stride) + 1
+    return L.MaxPool(**base_fields(ctx, sec, r, (c, out_h, out_w, c * out_h * out_w)), size=size, stride=stride,
                      padding=padding)
 
 
-def _build_avgpool(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
+def _build_avgpool(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
     c, h, w, _ = ctx.prev
-    _need_spatial(r, c, h, w, "an avgpool")
-    return L.AvgPool(**_base(ctx, sec, r, (c, 1, 1, c)))
+    need_spatial(r, c, h, w, "an avgpool")
+    return L.AvgPool(**base_fields(ctx, sec, r, (c, 1, 1, c)))
 
 
-def _build_softmax(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
+def _build_softmax(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
     _, _, _, inputs = ctx.prev
     groups = r.int("groups", 1)
     temperature = r.float("temperature", 1.0)
     r.check_positive("groups", groups)
     if r.str("tree", None) is not None:
-        raise r.err("softmax with a hierarchy tree (tree=) is not supported", "tree")
+        raise r.err("a softmax tree (tree=, yolo9000's hierarchical classes) is out of darknetpy's scope", "tree")
     r.int("spatial", 0)                        # read but unused on darknet's CPU path
     r.int("noloss", 0)
     if inputs % groups:
         raise r.err(f"groups={groups} does not divide the {inputs} inputs", "groups")
     if temperature == 0:
         raise r.err("temperature must not be 0", "temperature")
-    return L.Softmax(**_base(ctx, sec, r, (0, 0, 0, inputs)), groups=groups, temperature=temperature)
+    return L.Softmax(**base_fields(ctx, sec, r, (0, 0, 0, inputs)), groups=groups, temperature=temperature)
 
 
-def _build_cost(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
+def _build_cost(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
     _, _, _, inputs = ctx.prev
     kind = r.str("type", "sse")
     for key in ("scale", "ratio", "noobj", "thresh"):
         r.float(key, 0.0)
-    return L.Cost(**_base(ctx, sec, r, (0, 0, 0, inputs)), type=kind)
+    return L.Cost(**base_fields(ctx, sec, r, (0, 0, 0, inputs)), type=kind)
 
 
-def _build_route(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
+def _build_route(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
     raw = r.str("layers", None)
     if raw is None:
         raise r.err("[route] needs a 'layers=' key (darknet crashes without it)")
     idx = []
     r.check_digits("layers", raw)
     for item in raw.split(","):
-        m = _INT.fullmatch(item)
+        m = INT_RE.fullmatch(item)
         if m is None:
-            raise r.err(f"key 'layers': {_short(item)} in {_short(raw)} is not a layer index", "layers")
-        idx.append(_absolute(r, ctx, "layers", _index(r, "layers", item)))
+            raise r.err(f"key 'layers': {short(item)} in {short(raw)} is not a layer index", "layers")
+        idx.append(absolute_index(r, ctx, "layers", layer_index(r, "layers", item)))
     first = ctx.layers[idx[0]]
     out_c, out_h, out_w = first.out_c, first.out_h, first.out_w
     outputs = first.outputs
@@ -386,41 +221,41 @@ def _build_route(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
     if out_c == 0 and len(idx) > 1 and first.spatial:
         sizes = ", ".join(f"{ctx.layers[i].out_w}x{ctx.layers[i].out_h}" for i in idx)
         r.warn(f"route over layers of different sizes ({sizes}) gives a flat output (as in darknet)", "layers")
-    layer = L.Route(**_base(ctx, sec, r, (out_c, out_h, out_w, outputs)), layers=tuple(idx))
+    layer = L.Route(**base_fields(ctx, sec, r, (out_c, out_h, out_w, outputs)), layers=tuple(idx))
     return layer
 
 
-def _build_shortcut(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
+def _build_shortcut(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
     c, h, w, inputs = ctx.prev
     raw = r.str("from", None)
     if raw is None:
         raise r.err("[shortcut] needs a 'from=' key")
     r.check_digits("from", raw)
-    m = _INT.fullmatch(raw)
+    m = INT_RE.fullmatch(raw)
     if m is None:
-        raise r.err(f"key 'from': {_short(raw)} is not a single layer index (several 'from' layers are an "
+        raise r.err(f"key 'from': {short(raw)} is not a single layer index (several 'from' layers are an "
                     "AlexeyAB extension darknetpy does not support)", "from")
-    src = _absolute(r, ctx, "from", _index(r, "from", raw))
+    src = absolute_index(r, ctx, "from", layer_index(r, "from", raw))
     if not ctx.layers:
         raise r.err("a shortcut cannot be the first layer")
-    _need_spatial(r, c, h, w, "a shortcut")
+    need_spatial(r, c, h, w, "a shortcut")
     f = ctx.layers[src]
     if not f.spatial:
         raise r.err(f"'from' layer {src} has a flat output; a shortcut needs an image", "from")
     # darknet asserts that both ratios agree (C integer division), then adds on a strided grid.
-    if _cdiv(f.out_w, w) != _cdiv(f.out_h, h) or _cdiv(w, f.out_w) != _cdiv(h, f.out_h):
+    if cdiv(f.out_w, w) != cdiv(f.out_h, h) or cdiv(w, f.out_w) != cdiv(h, f.out_h):
         raise r.err(f"'from' layer {src} is {f.out_w}x{f.out_h} and the previous layer {w}x{h}: their width "
                     "and height ratios differ (darknet aborts on an assertion)", "from")
     activation = r.activation("activation", "linear")
     alpha = r.float("alpha", 1.0)
     beta = r.float("beta", 1.0)
-    return L.Shortcut(**_base(ctx, sec, r, (c, h, w, inputs)), from_=src, activation=activation,
+    return L.Shortcut(**base_fields(ctx, sec, r, (c, h, w, inputs)), from_=src, activation=activation,
                       alpha=alpha, beta=beta)
 
 
-def _build_upsample(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
+def _build_upsample(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
     c, h, w, _ = ctx.prev
-    _need_spatial(r, c, h, w, "an upsample")
+    need_spatial(r, c, h, w, "an upsample")
     stride = r.int("stride", 2)
     scale = r.float("scale", 1.0)
     if stride == 0:
@@ -433,19 +268,19 @@ def _build_upsample(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
             raise r.err(f"downsampling {w}x{h} by {s} leaves nothing", "stride")
     else:
         out_h, out_w = h * s, w * s
-    return L.Upsample(**_base(ctx, sec, r, (c, out_h, out_w, c * out_h * out_w)), stride=s, scale=scale,
+    return L.Upsample(**base_fields(ctx, sec, r, (c, out_h, out_w, c * out_h * out_w)), stride=s, scale=scale,
                       reverse=reverse)
 
 
-def _build_dropout(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
+def _build_dropout(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
     c, h, w, inputs = ctx.prev
     probability = r.float("probability", 0.5)
-    return L.Dropout(**_base(ctx, sec, r, (c, h, w, inputs)), probability=probability)
+    return L.Dropout(**base_fields(ctx, sec, r, (c, h, w, inputs)), probability=probability)
 
 
-def _build_local(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
+def _build_local(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
     c, h, w, _ = ctx.prev
-    _need_spatial(r, c, h, w, "a local layer")
+    need_spatial(r, c, h, w, "a local layer")
     filters = r.int("filters", 1)
     size = r.int("size", 1)
     stride = r.int("stride", 1)
@@ -458,20 +293,20 @@ def _build_local(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
     # darknet: out = ((pad ? h-1 : h-size))/stride + 1, while im2col lays out (h+2*pad-size)/stride + 1
     # rows; the two agree only when pad == 0 or size == 2*pad+1. Otherwise darknet reads its workspace
     # inconsistently, so we refuse.
-    out_h = _cdiv(h - 1 if pad else h - size, stride) + 1
-    out_w = _cdiv(w - 1 if pad else w - size, stride) + 1
-    col_h = _cdiv(h + 2 * pad - size, stride) + 1
-    col_w = _cdiv(w + 2 * pad - size, stride) + 1
+    out_h = cdiv(h - 1 if pad else h - size, stride) + 1
+    out_w = cdiv(w - 1 if pad else w - size, stride) + 1
+    col_h = cdiv(h + 2 * pad - size, stride) + 1
+    col_w = cdiv(w + 2 * pad - size, stride) + 1
     if (out_h, out_w) != (col_h, col_w) or out_h <= 0 or out_w <= 0:
         raise r.err(f"[local] with size={size} pad={pad} on a {w}x{h} input is inconsistent in darknet "
                     "(its output and im2col sizes differ); use pad=0 or size=2*pad+1", "pad")
-    return L.Local(**_base(ctx, sec, r, (filters, out_h, out_w, filters * out_h * out_w)), filters=filters,
+    return L.Local(**base_fields(ctx, sec, r, (filters, out_h, out_w, filters * out_h * out_w)), filters=filters,
                    size=size, stride=stride, pad=pad, activation=activation)
 
 
-def _build_crop(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
+def _build_crop(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
     c, h, w, _ = ctx.prev
-    _need_spatial(r, c, h, w, "a crop")
+    need_spatial(r, c, h, w, "a crop")
     ch = r.int("crop_height", 1)
     cw = r.int("crop_width", 1)
     for key in ("flip",):
@@ -481,23 +316,23 @@ def _build_crop(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
     noadjust = r.int("noadjust", 0)
     if not (0 < ch <= h and 0 < cw <= w):
         raise r.err(f"crop {cw}x{ch} does not fit in the {w}x{h} input", "crop_height")
-    return L.Crop(**_base(ctx, sec, r, (c, ch, cw, c * ch * cw)), crop_height=ch, crop_width=cw,
+    return L.Crop(**base_fields(ctx, sec, r, (c, ch, cw, c * ch * cw)), crop_height=ch, crop_width=cw,
                   noadjust=noadjust)
 
 
-def _build_batchnorm(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
+def _build_batchnorm(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
     c, h, w, inputs = ctx.prev
-    _need_spatial(r, c, h, w, "a batchnorm")
-    return L.BatchNorm(**_base(ctx, sec, r, (c, h, w, inputs)))
+    need_spatial(r, c, h, w, "a batchnorm")
+    return L.BatchNorm(**base_fields(ctx, sec, r, (c, h, w, inputs)))
 
 
-def _build_activation(ctx: _Ctx, sec: Section, r: _Reader) -> L.Layer:
+def _build_activation(ctx: Ctx, sec: Section, r: Reader) -> L.Layer:
     c, h, w, inputs = ctx.prev
     activation = r.activation("activation", "linear")
-    return L.Activation(**_base(ctx, sec, r, (c, h, w, inputs)), activation=activation)
+    return L.Activation(**base_fields(ctx, sec, r, (c, h, w, inputs)), activation=activation)
 
 
-Builder = Callable[[_Ctx, Section, _Reader], L.Layer]
+Builder = Callable[[Ctx, Section, Reader], L.Layer]
 
 # Section name (and aliases) -> (canonical kind, builder).
 BUILDERS: dict[str, tuple[str, Builder]] = {
@@ -520,17 +355,20 @@ BUILDERS: dict[str, tuple[str, Builder]] = {
     "crop": ("crop", _build_crop),
     "batchnorm": ("batchnorm", _build_batchnorm),
     "activation": ("activation", _build_activation),
+    **HEAD_BUILDERS,                           # [region] [yolo] [reorg] [detection]: heads.py
 }
 
 # Darknet section kinds that exist (pjreddie or AlexeyAB) but darknetpy does not run.
-KNOWN_UNSUPPORTED = ("logistic", "l2norm", "lrn", "normalization", "deconv", "deconvolutional", "reorg",
-                     "region", "yolo", "detection", "iseg", "rnn", "gru", "lstm", "crnn", "conv_lstm",
+KNOWN_UNSUPPORTED = ("logistic", "l2norm", "lrn", "normalization", "deconv", "deconvolutional", "iseg",
                      "reorg3d", "gaussian_yolo", "sam", "scale_channels", "empty", "silence", "implicit_add",
                      "implicit_mul", "contrastive", "local_avgpool", "history")
 
+# Kinds darknetpy will not run: recurrent networks (their state across calls is not an image -> output function).
+OUT_OF_SCOPE = ("rnn", "gru", "lstm", "crnn", "conv_lstm")
+
 
 def _parse_net(sec: Section) -> L.NetInfo:
-    r = _Reader(sec, "[net]")
+    r = Reader(sec, "[net]")
     batch = r.int("batch", 1)
     h = r.int("height", 0)
     w = r.int("width", 0)
@@ -556,32 +394,13 @@ def _parse_net(sec: Section) -> L.NetInfo:
     return L.NetInfo(h=h, w=w, c=c, inputs=inputs, batch=batch, line=sec.line, mean=mean, std=std)
 
 
-def _float_list(r: _Reader, key: str) -> tuple[float, ...] | None:
-    """A darknetpy extension key's comma-separated floats (strict: no atof leniency, our own key)."""
-    opt = r.sec.find(key)
-    if opt is None:
-        return None
-    r.check_digits(key, opt.value)
-    out = []
-    for part in opt.value.split(","):
-        m = _FLOAT.fullmatch(part.strip())
-        if m is None:
-            raise r.err(f"key {key!r}: {_short(part.strip() or opt.value)} is not a number (write "
-                        f"{key}=v1,v2,v3 with one value per channel)", key)
-        v = float(m.group())
-        if not abs(v) <= FLT_MAX:
-            raise r.err(f"key {key!r}: {_short(m.group())} is beyond the range of a float", key)
-        out.append(v)
-    return tuple(out)
-
-
-def _normalisation(r: _Reader, c: int) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+def _normalisation(r: Reader, c: int) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
     """[net] ``mean=`` / ``std=``: darknetpy's input normalisation, (image - mean) / std per channel.
 
     One value per channel (one value alone applies to every channel); a missing ``std`` is 1 and a
     missing ``mean`` 0. Each std must be positive. Returns (None, None) without either key.
     """
-    mean, std = _float_list(r, "mean"), _float_list(r, "std")
+    mean, std = r.floats("mean"), r.floats("std")
     if mean is None and std is None:
         return None, None
     key = "mean" if mean is not None else "std"
@@ -617,7 +436,7 @@ def build_graph(sections: list[Section], path: str = "<cfg>", *, height: int | N
         h = height if height is not None else net.h
         w = width if width is not None else net.w
         net = dataclasses.replace(net, h=h, w=w, inputs=h * w * net.c)
-    ctx = _Ctx(net, path)
+    ctx = Ctx(net, path)
     for sec in sections[1:]:
         ctx.layers.append(_build_section(ctx, sec))
     if not ctx.layers:
@@ -625,20 +444,23 @@ def build_graph(sections: list[Section], path: str = "<cfg>", *, height: int | N
     return L.Graph(net=net, layers=tuple(ctx.layers), path=path, source_sha256=source_sha256)
 
 
-def _build_section(ctx: _Ctx, sec: Section) -> L.Layer:
+def _build_section(ctx: Ctx, sec: Section) -> L.Layer:
     index = len(ctx.layers)
     where = f"layer {index} [{sec.kind}]"
     entry = BUILDERS.get(sec.kind)
     if entry is None:
         if sec.kind in ("net", "network"):
             raise CfgError(f"{where}: [net] may only appear once, as the first section", sec.path, sec.line)
+        if sec.kind in OUT_OF_SCOPE:
+            raise CfgError(f"{where}: recurrent layers ([{sec.kind}]) are out of darknetpy's scope: it runs "
+                           "feed-forward image networks", sec.path, sec.line)
         if sec.kind in KNOWN_UNSUPPORTED:
             raise CfgError(f"{where}: darknetpy does not support [{sec.kind}] layers yet; supported: "
                            f"{', '.join(sorted(BUILDERS))}", sec.path, sec.line)
         raise CfgError(f"{where}: unknown section [{sec.kind}]; valid sections: "
                        f"{', '.join(sorted(BUILDERS))}", sec.path, sec.line)
     kind, builder = entry
-    r = _Reader(sec, where)
+    r = Reader(sec, where)
     for key, neutral in FORK_KEYS.get(kind, {}).items():
         opt = next((o for o in sec.options if o.key == key), None)
         if opt is not None:
@@ -655,7 +477,7 @@ def _build_section(ctx: _Ctx, sec: Section) -> L.Layer:
     return layer
 
 
-def _check_counts(r: _Reader, layer: L.Layer) -> None:
+def _check_counts(r: Reader, layer: L.Layer) -> None:
     """Refuse a layer whose output or parameter arrays hold more values than darknet's int can count.
 
     darknet computes ``outputs`` and ``nweights`` in int, so beyond INT_MAX it overflows (and a chain of

@@ -254,8 +254,99 @@ class Activation(Layer):
     activation: str
 
 
+# -- detection heads (../shared/specs/detection.md). None has parameters; the weights that produce a head are
+# the preceding layer's. Field names are darknet's cfg keys / layer struct members.
+
+@dataclass(frozen=True, kw_only=True)
+class Region(Layer):
+    """[region], YOLOv2's head (``region_layer.c``). Input and output are ``c x h x w`` with
+    ``c == num * (classes + coords + 1)``; the output has the input's shape.
+
+    Channels are grouped per anchor: anchor ``a`` owns channels ``a*P .. a*P+P-1`` (``P = classes+coords+1``):
+    x, y, w, h, ``coords-4`` extra planes, objectness, then one plane per class. The forward pass applies
+    logistic to x, y, objectness (unless ``background``) and the classes (unless ``softmax``, then a softmax
+    over each cell's ``classes`` values, which includes the objectness plane with ``background``); w, h and
+    the extra planes stay raw.
+    """
+
+    kind: ClassVar[str] = "region"
+    classes: int
+    coords: int                         # entries per box before objectness (4 in every real cfg)
+    num: int                            # anchors per cell
+    anchors: tuple[float, ...]          # 2*num values (w0, h0, w1, h1, ...) in grid cells; default all 0.5
+    softmax: bool
+    background: bool
+
+    @property
+    def entries(self) -> int:
+        """Channels per anchor: ``classes + coords + 1``."""
+        return self.classes + self.coords + 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Yolo(Layer):
+    """[yolo], YOLOv3's head (``yolo_layer.c``). Input and output are ``c x h x w`` with
+    ``c == n * (classes + 5)``, ``n = len(mask)``; the output has the input's shape.
+
+    Anchor ``k < n`` owns channels ``k*(classes+5) ..``: x, y, w, h, objectness, then one plane per class.
+    The forward pass applies logistic to x, y, objectness and the classes; w and h stay raw. Box ``k`` of a
+    cell uses the anchor pair ``mask[k]`` of ``anchors`` (network-input pixels).
+    """
+
+    kind: ClassVar[str] = "yolo"
+    classes: int
+    num: int                            # total anchors listed in the cfg (darknet's ``total``)
+    mask: tuple[int, ...]               # this layer's anchor indices, each in 0..num-1; default 0..num-1
+    anchors: tuple[float, ...]          # 2*num values (w0, h0, w1, h1, ...) in network-input pixels
+
+    @property
+    def n(self) -> int:
+        """Boxes per cell (darknet's ``l.n``): ``len(mask)``."""
+        return len(self.mask)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reorg(Layer):
+    """[reorg] (``reorg_layer.c``, ``reorg_cpu`` in ``blas.c``), input ``c x h x w``.
+
+    ``reverse=False`` (yolov2's passthrough): output ``c*s*s x h/s x w/s`` with darknet's own index scramble
+    (not the textbook space-to-depth: detection.md §4.3). ``reverse=True``: a depth-to-space to
+    ``c/(s*s) x h*s x w*s``. ``flatten``: instead, a CHW -> HWC transpose of the input buffer (HWC -> CHW with
+    ``reverse``), the declared output shape unchanged. ``extra > 0``: instead, a flat copy of the input
+    followed by ``extra`` zeros (``outputs = inputs + extra``, out_c = out_h = out_w = 0).
+    """
+
+    kind: ClassVar[str] = "reorg"
+    stride: int
+    reverse: bool
+    flatten: bool = False
+    extra: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectionLayer(Layer):
+    """[detection], YOLOv1's head (``detection_layer.c``). Input: a flat vector of
+    ``side*side*((1+coords)*num + classes)`` values; output: the same (flat, out_c = out_h = out_w = 0).
+
+    Layout (cell ``i = row*side + col``): ``side*side*classes`` class values (cell-major), then
+    ``side*side*num`` confidences, then ``side*side*num*4`` coordinates x, y, w, h. The forward pass only
+    applies, with ``softmax``, a softmax over each cell's classes; ``sqrt`` squares w and h when decoding.
+    """
+
+    kind: ClassVar[str] = "detection"
+    classes: int
+    coords: int                         # 4 (darknet's box decoding reads 4 values per box)
+    side: int                           # grid side S
+    num: int                            # boxes per cell (darknet's ``l.n``)
+    sqrt: bool
+    softmax: bool
+
+
 LAYER_CLASSES = (Convolutional, Connected, MaxPool, AvgPool, Softmax, Cost, Route, Shortcut, Upsample,
-                 Dropout, Local, Crop, BatchNorm, Activation)
+                 Dropout, Local, Crop, BatchNorm, Activation, Region, Yolo, Reorg, DetectionLayer)
+
+# The kinds of ../shared/specs/detection.md ([reorg] included: it only appears in detectors).
+DETECTION_HEADS = (Region, Yolo, Reorg, DetectionLayer)
 
 
 # -- dispatch tables ---------------------------------------------------------------------------------------

@@ -6,9 +6,11 @@ import os
 
 import numpy as np
 
+from . import boxes as B
 from . import layers as L
 from .errors import DarknetpyError, UnsupportedError
 from .graph import load_graph
+from .image import letterbox, resize_image
 from .runtime import Plan
 from .weights import Weights, random_params, read_weights, save_weights
 
@@ -129,6 +131,41 @@ class Network:
         layer = self.graph.output_layer
         return p.outputs[layer.index].reshape(layer.out_shape).copy()
 
+    def detect(self, image: np.ndarray, thresh: float = 0.5, hier_thresh: float = 0.5, nms: float = 0.45, *,
+               names: list[str] | None = None, exact: bool | None = None) -> list[B.Detection]:
+        """Detect objects in ``image`` like ``darknet detector test``: one ``Detection`` per printed line.
+
+        ``image``: float32 (C, H, W) in [0, 1], as ``darknetpy.load_image`` returns it. It is letterboxed to the
+        network size (darknet's letterbox_image), the network runs, and the [region]/[yolo] boxes are decoded
+        and mapped back onto the image (``boxes.decode``). A YOLOv1 network ([detection] head) is run as
+        ``darknet yolo test`` runs it: the image resized without letterbox, boxes relative to the image (that
+        command's own thresholds are ``thresh=0.2, nms=0.4``). ``hier_thresh`` has no effect, as in darknet.
+        ``names``: class names; default coco.names (80 classes) or voc.names (20) when they were fetched
+        (``darknetpy fetch coco.names``), else the class index as a string.
+
+        >>> net = darknetpy.load("yolov3-tiny.cfg", "yolov3-tiny.weights")      # doctest: +SKIP
+        >>> for d in net.detect(darknetpy.load_image("dog.jpg")):              # doctest: +SKIP
+        ...     print(d.line, d.left, d.top, d.right, d.bottom)
+        """
+        B.unsupported_if_no_heads(self.graph)
+        heads = B.heads_of(self.graph)
+        shape = self.input_shape
+        img = np.asarray(image)
+        if img.dtype != np.float32 or img.ndim != 3:
+            raise DarknetpyError(f"detect() needs a float32 (C, H, W) image (darknetpy.load_image), got "
+                                 f"{img.dtype} {img.shape}")
+        if len(shape) != 3 or img.shape[0] != shape[0]:
+            raise DarknetpyError(f"detect(): a {img.shape[0]}-channel image for a network whose input is {shape}")
+        c, h, w = shape
+        yolov1 = any(isinstance(layer, L.DetectionLayer) for layer in heads)
+        x = resize_image(img, w, h) if yolov1 else letterbox(img, w, h)
+        # TODO(runtime): a plan that keeps only the head inputs alive would avoid keep_all's unfused plan.
+        outs = self.predict(x, all_layers=True, exact=exact)
+        inputs = [outs[layer.index - 1] if layer.index else x for layer in heads]
+        if names is None:
+            names = default_names(self.graph)
+        return B.decode(self, inputs, (img.shape[2], img.shape[1]), thresh, hier_thresh, nms, names=names)
+
     def resized(self, width: int, height: int) -> "Network":
         """The same network run at another input size, with darknet's resize_network rules.
 
@@ -152,6 +189,41 @@ class Network:
     def save_weights(self, path: str | os.PathLike, *, keep_header: bool = False) -> None:
         """Write the parameters in darknet's .weights format (see weights.save_weights)."""
         save_weights(path, self.graph, self.weights, keep_header=keep_header)
+
+
+def default_names(graph: L.Graph) -> list[str] | None:
+    """darknet's label file for a detector with 80 (coco.names) or 20 (voc.names) classes, when it was fetched
+    (``fetch.find_data``; nothing is downloaded here); else None (class indices)."""
+    from .fetch import find_data, read_names
+
+    heads = B.heads_of(graph)
+    if not heads:
+        return None
+    classes = getattr(heads[-1], "classes", 0)
+    name = {80: "coco.names", 20: "voc.names"}.get(classes)
+    path = find_data(name) if name else None
+    if path is None:
+        return None
+    try:
+        names = read_names(path)
+    except DarknetpyError:
+        return None
+    return names[:classes] if len(names) >= classes else None
+
+
+def decode(net, head_inputs, image_size, thresh: float = 0.5, hier_thresh: float = 0.5, nms: float = 0.45, *,
+           names: list[str] | None = None) -> list[B.Detection]:
+    """``boxes.decode`` (see there), with the names of ``default_names`` when ``net`` is a Network or Graph
+    and no ``names`` are given.
+
+    >>> outs = net.predict(darknetpy.letterbox(img, 416, 416), all_layers=True)        # doctest: +SKIP
+    >>> dets = darknetpy.decode(net, [outs[15], outs[22]], (768, 576))                 # doctest: +SKIP
+    """
+    if names is None and not isinstance(net, dict):
+        graph = getattr(net, "graph", net)
+        if isinstance(graph, L.Graph):
+            names = default_names(graph)
+    return B.decode(net, head_inputs, image_size, thresh, hier_thresh, nms, names=names)
 
 
 def load(cfg: str | os.PathLike, weights: str | os.PathLike | None = None, *, exact: bool | None = None,

@@ -402,6 +402,7 @@ ONNX_IMPORT: dict = {
     L.Crop: _not_imported("crop"),
     L.BatchNorm: _not_imported("batchnorm"),
     L.Activation: _not_imported("activation"),
+    **{kind: _not_imported(kind.kind) for kind in L.DETECTION_HEADS},
 }
 
 

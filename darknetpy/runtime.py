@@ -37,6 +37,7 @@ from .kernels import config as kcfg
 from .kernels import conv as kconv
 from .kernels import elementwise as kel
 from .kernels import depthwise as kdw
+from .kernels import detection as kdet
 from .kernels import exact as kex
 from .kernels import winograd as kwino
 from .kernels.activation import CODE as ACT
@@ -272,6 +273,23 @@ class Plan:
             activate(o1, name)
         return run_act
 
+    def _bind_region(self, layer: L.Region, p: dict, x, out) -> Callable[[], None]:
+        x1, o1, hw = x.reshape(-1), out.reshape(-1), layer.out_h * layer.out_w
+        return lambda: kdet.region(x1, layer.num, layer.coords, layer.classes, layer.softmax, layer.background, hw, o1)
+
+    def _bind_yolo(self, layer: L.Yolo, p: dict, x, out) -> Callable[[], None]:
+        x1, o1, hw = x.reshape(-1), out.reshape(-1), layer.out_h * layer.out_w
+        return lambda: kdet.yolo(x1, layer.n, layer.classes, hw, o1)
+
+    def _bind_reorg(self, layer: L.Reorg, p: dict, x, out) -> Callable[[], None]:
+        x1, o1 = x.reshape(-1), out.reshape(-1)
+        return lambda: kdet.reorg(x1, layer.c, layer.h, layer.w, layer.stride, layer.reverse, layer.flatten,
+                                  layer.extra, o1)
+
+    def _bind_detection(self, layer: L.DetectionLayer, p: dict, x, out) -> Callable[[], None]:
+        x1, o1 = x.reshape(-1), out.reshape(-1)
+        return lambda: kdet.detection(x1, layer.side * layer.side, layer.classes, layer.softmax, o1)
+
     def _bind_conv_exact(self, layer: L.Convolutional, p: dict, x, out) -> Callable[[], None]:
         a = ACT[layer.activation]
         w, b = p["weights"], p["biases"]
@@ -463,6 +481,10 @@ FAST_PLAN: dict = {
     L.Crop: Plan._bind_crop,
     L.BatchNorm: Plan._bind_batchnorm,         # a standalone [batchnorm]: darknet's formula
     L.Activation: Plan._bind_activation,
+    L.Region: Plan._bind_region,               # the detection heads: darknet-exact kernels in both modes
+    L.Yolo: Plan._bind_yolo,
+    L.Reorg: Plan._bind_reorg,
+    L.DetectionLayer: Plan._bind_detection,
 }
 
 EXACT_PLAN: dict = {
@@ -480,4 +502,8 @@ EXACT_PLAN: dict = {
     L.Crop: Plan._bind_crop,
     L.BatchNorm: Plan._bind_batchnorm,
     L.Activation: Plan._bind_activation,
+    L.Region: Plan._bind_region,
+    L.Yolo: Plan._bind_yolo,
+    L.Reorg: Plan._bind_reorg,
+    L.DetectionLayer: Plan._bind_detection,
 }

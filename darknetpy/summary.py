@@ -44,6 +44,11 @@ SUMMARY_ROWS: dict = {
     L.Crop: _plain,
     L.BatchNorm: _plain,
     L.Activation: _plain,
+    # the detection heads, as darknet's own table names them (a [region] prints "detection")
+    L.Region: lambda layer: ("detection", "", ""),
+    L.Yolo: lambda layer: ("yolo", "", ""),
+    L.Reorg: lambda layer: ("reorg", "", f"     /{layer.stride:2d}"),
+    L.DetectionLayer: lambda layer: ("Detection Layer", "", ""),
 }
 
 
@@ -64,7 +69,8 @@ def summary_table(graph: L.Graph) -> str:
         arrow = "->" if inp else "  "
         bflops = f"{2 * layer.macs / 1e9:8.3f}" if layer.macs else ""
         params = f"{layer.nparams:10,d}" if layer.nparams else ""
-        lines.append(f"{layer.index:5d} {kind:10s} {filters:>7s}  {size:14s} {inp:>18s} {arrow} {out:>18s} "
+        head = f"{kind:10s} {filters:>7s}" if len(kind) <= 10 or filters else f"{kind:18s}"
+        lines.append(f"{layer.index:5d} {head}  {size:14s} {inp:>18s} {arrow} {out:>18s} "
                      f"{params:>10s} {bflops:>8s}")
     n = graph.nparams
     hdr = 20

@@ -136,7 +136,8 @@ WEIGHTS_STORAGE: dict = {
     L.Local: Storage(fan_in=lambda layer, w: w.size // (w.shape[0] * w.shape[1])),
     L.BatchNorm: Storage(),
     **{kind: Storage() for kind in (L.MaxPool, L.AvgPool, L.Softmax, L.Cost, L.Route, L.Shortcut, L.Upsample,
-                                    L.Dropout, L.Crop, L.Activation)},   # no parameters
+                                    L.Dropout, L.Crop, L.Activation,
+                                    L.Region, L.Yolo, L.Reorg, L.DetectionLayer)},   # no parameters
 }
 
 

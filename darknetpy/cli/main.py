@@ -98,7 +98,7 @@ import warnings  # noqa: E402
 
 from .. import __version__  # noqa: E402
 from ..errors import DarknetpyError  # noqa: E402
-from . import board_run, check_n6, classify, export, fetch, import_onnx, quantize, summary  # noqa: E402
+from . import board_run, check_n6, classify, detect, export, fetch, import_onnx, quantize, summary  # noqa: E402
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
@@ -113,6 +113,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
 # silently missing command.
 COMMANDS = (
     ("classify", classify, "classify images like `darknet classify`"),
+    ("detect", detect, "detect objects like `darknet detector test`: darknet's lines, boxes and picture"),
     ("summary", summary, "print the layer table, parameters and MACs of a cfg"),
     ("fetch", fetch, "download tiny.weights, dog.jpg and the ImageNet labels (SHA-256 checked)"),
     ("quantize", quantize, "quantize a network to int8 and report the accuracy cost per layer"),

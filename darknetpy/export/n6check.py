@@ -59,6 +59,8 @@ N6_LAYERS: dict = {
     L.Crop: L.Refuse("[crop] is not in darknetpy's int8 graph"),
     L.BatchNorm: L.Refuse("a standalone [batchnorm] is not in darknetpy's int8 graph"),
     L.Activation: L.Refuse("a standalone [activation] is not in darknetpy's int8 graph"),
+    **{kind: L.Refuse(f"[{kind.kind}] is not in darknetpy's int8 graph yet (detection export lands with issue #14 "
+                      "items 6-7)") for kind in L.DETECTION_HEADS},
 }
 # activations that are their own node in the QDQ export (relu and relu6 are the QuantizeLinear's saturation)
 _ACTIVATION_OPS = {"leaky": {"LeakyRelu"}}

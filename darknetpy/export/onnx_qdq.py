@@ -234,4 +234,5 @@ QDQ_EXPORT: dict = {
     L.Crop: not_in_int8_graph("[crop]"),
     L.BatchNorm: not_in_int8_graph("[batchnorm] (folded into the convolution before quantisation)"),
     L.Activation: not_in_int8_graph("[activation]"),
+    **{kind: not_in_int8_graph(f"[{kind.kind}]") for kind in L.DETECTION_HEADS},
 }

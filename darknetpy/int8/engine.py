@@ -282,4 +282,5 @@ INT8_PLAN: dict = {
     L.Crop: not_in_int8_graph("[crop]"),
     L.BatchNorm: not_in_int8_graph("[batchnorm]"),
     L.Activation: not_in_int8_graph("[activation]"),
+    **{kind: not_in_int8_graph(f"[{kind.kind}]") for kind in L.DETECTION_HEADS},
 }

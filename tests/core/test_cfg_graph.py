@@ -119,8 +119,14 @@ def test_unknown_section_lists_valid_names():
 
 
 def test_known_but_unsupported_section():
-    m = err("[conv]\nactivation=linear\n[yolo]\nmask=0\n")
-    assert "t.cfg:7: layer 1 [yolo]: darknetpy does not support [yolo]" in m
+    m = err("[conv]\nactivation=linear\n[deconvolutional]\nfilters=1\n")
+    assert "t.cfg:7: layer 1 [deconvolutional]: darknetpy does not support [deconvolutional]" in m
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm", "crnn", "conv_lstm"])
+def test_recurrent_layers_are_out_of_scope(kind):
+    m = err(f"[conv]\nactivation=linear\n[{kind}]\noutput=4\n")
+    assert m.startswith(f"t.cfg:7: layer 1 [{kind}]: recurrent layers ([{kind}]) are out of darknetpy's scope"), m
 
 
 def test_unknown_activation_lists_names_and_hints_inline_comments():
@@ -172,7 +178,7 @@ def test_value_that_is_not_a_number(text, key):
     ("[conv]\ndilation=2\nactivation=linear\n", "another darknet fork"),
     ("[conv]\nactivation=linear\n[route]\nlayers=0\ngroups=2\n", "another darknet fork"),
     ("[conv]\nactivation=linear\n[shortcut]\nfrom=-1,0\n", "several 'from' layers"),
-    ("[softmax]\ntree=data/9k.tree\n", "hierarchy tree"),
+    ("[softmax]\ntree=data/9k.tree\n", "softmax tree (tree=, yolo9000's hierarchical classes) is out of darknetpy's scope"),
 ])
 def test_shapes_and_options_that_do_not_fit(text, what):
     m = err(text)

@@ -12,6 +12,9 @@ Per case, as far as its files allow:
   1e-5 with the same top-5;
 * image cases: preprocessing bit-exact from ``decoded_u8.npy``; darknet's printed top-5 reproduced.
 
+The detection cases (``det_*``, ../shared/specs/detection.md) get the same layer-by-layer checks in
+``test_conformance_detection.py``, which reuses ``Case`` and ``feed_and_run`` from here.
+
 Quirk cases are reproduced unless listed in ``REJECTED`` (a documented decision, see graph.py).
 """
 
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CFG, CONFORMANCE, conformance_cases, detection_cases, rel_err
+from conftest import CFG, CONFORMANCE, conformance_cases, rel_err
 from darknetpy import layers as L
 from darknetpy.errors import CfgError
 from darknetpy.graph import load_graph
@@ -98,20 +101,6 @@ def test_rejected_quirks(name):
     assert re.match(r".*net\.cfg:\d+: ", msg), "the error names file and line"
 
 
-@pytest.mark.parametrize("name", detection_cases() or [pytest.param("none", marks=pytest.mark.skip(
-    reason=f"no det_* cases at {CONFORMANCE}"))])
-def test_detection_cases_refused_until_supported(name):
-    """Detection layers are issue #14; until then every det_* cfg must be refused at parse time with one
-    clear error naming the file, the line and the section (never a wrong answer or a traceback).
-    Replace this test with the layer-by-layer comparison when the detection layers land."""
-    cfg = CONFORMANCE / name / "net.cfg"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(CfgError) as e:
-            load_graph(cfg)
-    assert re.search(r"net\.cfg:\d+: layer \d+ \[(region|yolo|reorg|detection)\]: darknetpy does not support", str(e.value))
-
-
 @pytest.mark.parametrize("name", _cases("meta.txt"))
 def test_shapes_match_darknet(name):
     case = Case(name)
@@ -150,7 +139,7 @@ def test_weights_header_and_resave(name):
         assert darknet_save == data
 
 
-def _feed_and_run(net: Network, exact: bool, x: np.ndarray, refs: list[np.ndarray], i: int) -> np.ndarray:
+def feed_and_run(net: Network, exact: bool, x: np.ndarray, refs: list[np.ndarray], i: int) -> np.ndarray:
     """Run layer i alone, its inputs set to darknet's dumped outputs."""
     plan = net.plan(exact, keep_all=True)
     layer = net.graph[i]
@@ -171,7 +160,7 @@ def test_layers_isolated(name, exact):
     net = _network(case, exact)
     x = np.load(case.dir / "input.npy")
     for i, layer in enumerate(net.graph):
-        got = _feed_and_run(net, exact, x, refs, i)
+        got = feed_and_run(net, exact, x, refs, i)
         assert got.shape == refs[i].shape
         if exact and layer.kind != "softmax":
             assert np.array_equal(got, refs[i], equal_nan=True), f"{layer.describe()} not bit-exact: " \

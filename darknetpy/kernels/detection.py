@@ -1,0 +1,222 @@
+"""The detection heads' forward passes: [region], [yolo], [reorg], [detection] (``../shared/specs/detection.md`` §4).
+
+All are darknet-exact and cheap (a copy and a few exponentials per value), so the fast and the exact plans
+share them:
+
+* logistic is darknet's ``1/(1+exp(-x))`` in double (``activation.activate_scalar``);
+* the softmax of [region] and [detection] is darknet's ``softmax()`` as gcc ``-Ofast`` compiled it: the
+  arguments ``x - max`` in float; with 11 values or more the exponentials of the first ``4*floor(n/4)`` come
+  from glibc's SSE4 vector ``expf`` (libmvec ``_ZGVbN4v_expf``, reproduced bit for bit by ``_expf_vec``) summed
+  in four float lanes combined as ``(l0+l2)+(l1+l3)``, the rest from scalar ``expf`` added one by one; with
+  fewer values scalar ``expf`` and a sequential sum; then every value times ``1/sum``. Scalar ``expf`` is
+  ``math.exp`` of a float32, which numba compiles to a call of the C library's ``expf`` (glibc's, as darknet
+  calls it);
+* [reorg] is darknet's ``reorg_cpu`` index map (its ``reverse=0`` direction is not the textbook
+  space-to-depth), ``flatten`` its channel/space transpose, ``extra`` a copy followed by zeros.
+
+Shapes: every tensor is passed flat (float32, C-contiguous), with the layer's geometry as arguments; a plane
+is ``h*w`` consecutive values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .activation import LOGISTIC, activate_scalar
+
+FLT_MAX = np.float32(3.4028234663852886e38)
+
+# glibc 2.36 libmvec, sysdeps/x86_64/fpu/multiarch/svml_s_expf4_core_sse4.S (detection.md §4.1).
+_LOG2E = np.float32(1.4426950408889634)
+_SHIFT = np.float32(12582912.0)                      # 1.5 * 2^23: rounds to an integer
+_LN2_HI = np.float32(0.693145751953125)
+_LN2_LO = np.float32(1.4286068e-06)
+_C1, _C2, _C3, _C4, _C5 = np.array([0x3F7FFFFE, 0x3EFFFF34, 0x3E2AACAC, 0x3D2B8392, 0x3C07D9FE],
+                                   np.uint32).view(np.float32)
+_VEC_LIMIT = np.float32(87.336548)                   # beyond: libmvec falls back to scalar expf
+
+
+@njit(cache=True, fastmath=False)
+def _expf_vec(x):
+    """One lane of libmvec's SSE4 expf, every operation rounded to float32 and no FMA. float32 -> float32."""
+    if abs(x) > _VEC_LIMIT:
+        return math.exp(x)
+    t = x * _LOG2E + _SHIFT
+    n = t - _SHIFT
+    r = (x - n * _LN2_HI) - n * _LN2_LO
+    p = (((_C5 * r + _C4) * r + _C3) * r + _C2) * r + _C1
+    y = r * p + np.float32(1.0)
+    return np.float32(math.ldexp(np.float64(y), int(n)))
+
+
+@njit(cache=True, fastmath=False)
+def _softmax(v, base, n, stride):
+    """darknet's softmax (temperature 1) in place over v[base + i*stride], i < n (see the module docstring)."""
+    largest = -FLT_MAX
+    for i in range(n):
+        if v[base + i * stride] > largest:
+            largest = v[base + i * stride]
+    total = np.float32(0.0)
+    start = 0
+    if n >= 11:
+        l0 = np.float32(0.0)
+        l1 = np.float32(0.0)
+        l2 = np.float32(0.0)
+        l3 = np.float32(0.0)
+        start = (n // 4) * 4
+        for i in range(0, start, 4):
+            j = base + i * stride
+            e0 = _expf_vec(v[j] - largest)
+            e1 = _expf_vec(v[j + stride] - largest)
+            e2 = _expf_vec(v[j + 2 * stride] - largest)
+            e3 = _expf_vec(v[j + 3 * stride] - largest)
+            l0 += e0
+            l1 += e1
+            l2 += e2
+            l3 += e3
+            v[j] = e0
+            v[j + stride] = e1
+            v[j + 2 * stride] = e2
+            v[j + 3 * stride] = e3
+        total = (l0 + l2) + (l1 + l3)
+    for i in range(start, n):
+        j = base + i * stride
+        e = math.exp(v[j] - largest)                 # float32 argument: the C library's expf
+        total += e
+        v[j] = e
+    inv = np.float32(1.0) / total
+    for i in range(n):
+        v[base + i * stride] *= inv
+
+
+def softmax_strided(v: np.ndarray, base: int, n: int, stride: int) -> None:
+    """darknet's compiled softmax over ``v[base + i*stride]``, ``i < n``, in place (``v`` flat float32)."""
+    _check(v)
+    _softmax(v, base, n, stride)
+
+
+@njit(cache=True, fastmath=False)
+def _logistic(v, start, count):
+    for i in range(start, start + count):
+        v[i] = activate_scalar(v[i], LOGISTIC)
+
+
+@njit(cache=True, fastmath=False)
+def _region(x, num, coords, classes, softmax, background, hw, out):
+    # x, out: (num * (classes+coords+1) * hw,). region_layer.c forward_region_layer (CPU).
+    for i in range(x.size):
+        out[i] = x[i]
+    planes = classes + coords + 1
+    for a in range(num):
+        base = a * planes * hw
+        _logistic(out, base, 2 * hw)                                     # x, y
+        if not background:
+            _logistic(out, base + coords * hw, hw)                       # objectness
+        if not softmax:
+            _logistic(out, base + (coords + 1) * hw, classes * hw)       # classes
+    if softmax:
+        # from the raw values (those planes were not touched above): classes (+ objectness with background)
+        first = coords + (0 if background else 1)
+        for a in range(num):
+            base = (a * planes + first) * hw
+            for cell in range(hw):
+                _softmax(out, base + cell, classes + (1 if background else 0), hw)
+
+
+def region(x: np.ndarray, num: int, coords: int, classes: int, softmax: bool, background: bool, hw: int,
+           out: np.ndarray) -> None:
+    """[region] forward: ``x`` and ``out`` flat, ``num*(classes+coords+1)`` planes of ``hw`` values."""
+    _check(x, out)
+    _region(x, num, coords, classes, softmax, background, hw, out)
+
+
+@njit(cache=True, fastmath=False)
+def _yolo(x, n, classes, hw, out):
+    # x, out: (n * (classes+5) * hw,). yolo_layer.c forward_yolo_layer (CPU).
+    for i in range(x.size):
+        out[i] = x[i]
+    for a in range(n):
+        base = a * (classes + 5) * hw
+        _logistic(out, base, 2 * hw)                                     # x, y
+        _logistic(out, base + 4 * hw, (1 + classes) * hw)                # objectness, classes
+
+
+def yolo(x: np.ndarray, n: int, classes: int, hw: int, out: np.ndarray) -> None:
+    """[yolo] forward: ``x`` and ``out`` flat, ``n*(classes+5)`` planes of ``hw`` values."""
+    _check(x, out)
+    _yolo(x, n, classes, hw, out)
+
+
+@njit(cache=True, fastmath=False)
+def _reorg(x, c, h, w, s, forward, out):
+    # blas.c reorg_cpu over the layer INPUT's (c, h, w): forward=1 scatters x into out, forward=0 gathers.
+    cp = c // (s * s)
+    for k in range(c):
+        c2 = k % cp
+        off = k // cp
+        for j in range(h):
+            h2 = j * s + off // s
+            for i in range(w):
+                w2 = i * s + off % s
+                src = (k * h + j) * w + i
+                dst = (c2 * h * s + h2) * w * s + w2
+                if forward:
+                    out[dst] = x[src]
+                else:
+                    out[src] = x[dst]
+
+
+@njit(cache=True, fastmath=False)
+def _flatten(x, size, layers, forward, out):
+    # blas.c flatten: forward = (layers, size) -> (size, layers), i.e. CHW -> HWC; else the inverse.
+    for ch in range(layers):
+        for i in range(size):
+            if forward:
+                out[i * layers + ch] = x[ch * size + i]
+            else:
+                out[ch * size + i] = x[i * layers + ch]
+
+
+@njit(cache=True, fastmath=False)
+def _copy_extra(x, out):
+    for i in range(x.size):
+        out[i] = x[i]
+    for i in range(x.size, out.size):
+        out[i] = np.float32(0.0)
+
+
+def reorg(x: np.ndarray, c: int, h: int, w: int, stride: int, reverse: bool, flatten: bool, extra: int,
+          out: np.ndarray) -> None:
+    """[reorg] forward (reorg_layer.c): ``x`` flat ``c*h*w`` (the layer input), ``out`` flat ``outputs``."""
+    _check(x, out)
+    if flatten:
+        _flatten(x, h * w, c, not reverse, out)
+    elif extra:
+        _copy_extra(x, out)
+    else:
+        _reorg(x, c, h, w, stride, reverse, out)      # reverse=1 runs reorg_cpu's forward=1
+
+
+@njit(cache=True, fastmath=False)
+def _detection(x, cells, classes, softmax, out):
+    # detection_layer.c forward_detection_layer (CPU): a copy, then a softmax over each cell's classes.
+    for i in range(x.size):
+        out[i] = x[i]
+    if softmax:
+        for cell in range(cells):
+            _softmax(out, cell * classes, classes, 1)
+
+
+def detection(x: np.ndarray, cells: int, classes: int, softmax: bool, out: np.ndarray) -> None:
+    """[detection] forward: ``x`` and ``out`` flat; the first ``cells*classes`` values are class scores."""
+    _check(x, out)
+    _detection(x, cells, classes, softmax, out)
+
+
+def _check(*arrays):
+    for a in arrays:
+        if a.dtype != np.float32 or a.ndim != 1 or not a.flags.c_contiguous:
+            raise TypeError(f"kernel needs flat C-contiguous float32 arrays, got {a.dtype} {a.shape}")
