@@ -4,6 +4,7 @@ choose each tensor's range (``CALIB_METHODS``), and build the ``QGraph``; option
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable, Iterable, Iterator
 
@@ -62,12 +63,30 @@ def _quant_mse(v: np.ndarray, lo: float, hi: float) -> float:
     return float(np.mean((qp.dequantize(qp.quantize(v)) - v) ** 2)) if v.size else 0.0
 
 
+def check_percentile(p) -> float:
+    """The percentile method's upper percentile ``p`` as a float, if 50 < p <= 100; else a QuantizeError.
+
+    choose_range clips each tensor to [percentile(100 - p), percentile(p)]: numpy accepts only 0..100 (150 or
+    nan raised ValueError), and p <= 50 puts the lower bound at or above the upper one. The one definition of
+    the rule: ``darknetpy quantize --percentile`` (cli/args.py) checks its argument with it too.
+    """
+    try:
+        v = float(p)
+    except (TypeError, ValueError):
+        raise QuantizeError(f"the percentile must be a number, got {p!r}") from None
+    if not (math.isfinite(v) and 50 < v <= 100):
+        raise QuantizeError(f"the percentile must be above 50 and at most 100, got {p}")
+    return v
+
+
 def choose_range(stats: TensorStats, method: str, percentile: float = 99.99) -> tuple[float, float]:
     """The real range [lo, hi] to quantise a tensor to, by ``method`` (see the module docstring)."""
     lo, hi = min(stats.min, 0.0), max(stats.max, 0.0)
     if method == "minmax" or stats.count == 0:
         return lo, hi
     v = stats.samples.astype(np.float64)
+    if method in ("percentile", "auto"):
+        percentile = check_percentile(percentile)
     if method == "percentile":
         plo = float(np.percentile(v, 100.0 - percentile)) if lo < 0 else 0.0
         phi = float(np.percentile(v, percentile)) if hi > 0 else 0.0
@@ -174,6 +193,7 @@ def build_qgraph(graph: L.Graph, weights: Weights, calibration, *, method: str |
         raise QuantizeError(f"unknown bias correction {bias_correction!r}; choose from False, 'weight', 'sequential'")
     if softmax not in SOFTMAX_MODES:
         raise QuantizeError(f"unknown softmax mode {softmax!r}; choose from {', '.join(SOFTMAX_MODES)}")
+    percentile = check_percentile(percentile)
     methods = _method_table(method, graph)
     check_int8(graph)
     fgraph, fweights = fold_batchnorm(graph, weights)

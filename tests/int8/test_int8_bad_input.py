@@ -67,3 +67,32 @@ def test_qgraph_save_and_load_round_trip(qgraph, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["q"]
     back = QGraph.load(tmp_path / "q")
     assert [ql.out for ql in back] == [ql.out for ql in qgraph]
+
+
+# -- the percentile option: one rule, in the library and on the command line -------------------------------------
+
+@pytest.mark.parametrize("p", [150, float("nan"), float("inf"), -1, 50, 0, "x", None])
+def test_percentile_out_of_range_is_a_quantize_error(small, p):
+    from darknetpy.int8 import quantize
+    from darknetpy.int8.calibrate import build_qgraph
+    with pytest.raises(QuantizeError, match="the percentile must be"):
+        build_qgraph(small.graph, small.weights, 1, method="percentile", percentile=p)
+    with pytest.raises(QuantizeError, match="the percentile must be"):
+        quantize(small, 1, method="minmax", percentile=p)   # checked whatever the method
+
+
+def test_choose_range_checks_the_percentile():
+    from darknetpy.int8.calibrate import TensorStats, choose_range
+    st = TensorStats(np.random.default_rng(0))
+    st.add(np.arange(10, dtype=np.float32))
+    assert choose_range(st, "percentile", 100) == (0.0, 9.0)
+    with pytest.raises(QuantizeError, match="above 50 and at most 100, got 150"):
+        choose_range(st, "percentile", 150)
+
+
+def test_cli_percentile_uses_the_library_rule(capsys):
+    from darknetpy.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", "cfg/tiny.cfg", "w.weights", "--calib-random", "2", "--percentile", "150"])
+    assert e.value.code == 2
+    assert "argument --percentile: the percentile must be above 50 and at most 100, got 150\n" in capsys.readouterr().err
