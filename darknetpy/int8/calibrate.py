@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -134,12 +135,12 @@ def iter_images(source, shape: tuple[int, int, int], *, what: str = "calibration
         return len(arr), (np.ascontiguousarray(a, np.float32) for a in arr)
     if isinstance(source, (str, os.PathLike)):
         paths = image_folder(source, what=what)
-        return len(paths), _load_many(paths, w, h, c)
+        return len(paths), _load_many(paths, w, h, c, what=what, folder=source)
     items = list(source)
     if not items:
         raise QuantizeError(f"no {what} images given")
     if all(isinstance(p, (str, os.PathLike)) for p in items):
-        return len(items), _load_many([os.fspath(p) for p in items], w, h, c)
+        return len(items), _load_many([os.fspath(p) for p in items], w, h, c, what=what)
     return len(items), (np.ascontiguousarray(np.asarray(a, np.float32).reshape(shape)) for a in items)
 
 
@@ -152,12 +153,26 @@ def image_folder(directory: str | os.PathLike, *, what: str = "calibration") -> 
         raise QuantizeError(str(e)) from None
 
 
-def _load_many(paths: list[str], w: int, h: int, c: int) -> Iterator[np.ndarray]:
+def _load_many(paths: list[str], w: int, h: int, c: int, *, what: str = "calibration",
+               folder: str | os.PathLike | None = None) -> Iterator[np.ndarray]:
+    """The images letterboxed to w x h. One that cannot be used (corrupt, too thin to letterbox, ...) is a
+    warning naming it, and the others go on; a QuantizeError (naming ``folder``) if none can be used."""
+    used = 0
     for p in paths:
-        img = load_image(p)
-        if img.shape[0] != c:
-            raise UnsupportedError(f"{p}: the network takes {c} channels, images are RGB")
-        yield letterbox(img, w, h)
+        try:
+            img = load_image(p)
+            if img.shape[0] != c:
+                raise UnsupportedError(f"{p}: the network takes {c} channels, images are RGB")
+            x = letterbox(img, w, h)
+        except ImageError as e:
+            msg = str(e) if str(e).startswith(f"{p}:") else f"{p}: {e}"
+            warnings.warn(f"{msg} (skipped: {what} goes on with the other images)")
+            continue
+        used += 1
+        yield x
+    if not used:
+        where = f"{what} directory {os.fspath(folder)}" if folder is not None else f"{what} images"
+        raise QuantizeError(f"{where}: none of the {len(paths)} images can be used (each is named in a warning)")
 
 
 class _FloatRecorder:

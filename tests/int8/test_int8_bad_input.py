@@ -96,3 +96,57 @@ def test_cli_percentile_uses_the_library_rule(capsys):
         main(["quantize", "cfg/tiny.cfg", "w.weights", "--calib-random", "2", "--percentile", "150"])
     assert e.value.code == 2
     assert "argument --percentile: the percentile must be above 50 and at most 100, got 150\n" in capsys.readouterr().err
+
+
+# -- calibration folders with images that cannot be used ----------------------------------------------------------
+
+def _png(path, w, h):
+    from PIL import Image
+    Image.fromarray(np.random.default_rng(w * h).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def calib_dir(tmp_path):
+    d = tmp_path / "calib"
+    d.mkdir()
+    _png(d / "a_good.png", 12, 10)
+    (d / "b_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    _png(d / "c_thin.png", 1000, 1)                  # letterboxed into 8x8 it would be 8x0
+    return d
+
+
+def test_calibration_skips_unusable_images_with_a_warning(small, calib_dir):
+    from darknetpy.int8.calibrate import build_qgraph
+    with pytest.warns(UserWarning) as rec:
+        qg = build_qgraph(small.graph, small.weights, calib_dir)
+    msgs = [str(w.message) for w in rec]
+    assert any(m.startswith(f"{calib_dir / 'b_corrupt.jpg'}: ") and "skipped" in m for m in msgs), msgs
+    assert any(m.startswith(f"{calib_dir / 'c_thin.png'}: ") and "too thin to letterbox" in m for m in msgs), msgs
+    assert qg.info["calibration_images"] == 1
+
+
+def test_calibration_with_no_usable_image_names_the_folder(small, calib_dir):
+    from darknetpy.int8.calibrate import build_qgraph
+    (calib_dir / "a_good.png").unlink()
+    with pytest.warns(UserWarning), pytest.raises(QuantizeError) as e:
+        build_qgraph(small.graph, small.weights, calib_dir)
+    assert str(e.value) == f"calibration directory {calib_dir}: none of the 2 images can be used (each is named " \
+                           "in a warning)"
+
+
+def test_cli_quantize_goes_on_past_unusable_images(small, calib_dir, tmp_path, capsys):
+    from darknetpy.cli import main
+    small.save_weights(tmp_path / "n.weights")
+    code = main(["quantize", small.graph.path, str(tmp_path / "n.weights"), "--calib", str(calib_dir)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"darknetpy: warning: {calib_dir / 'b_corrupt.jpg'}: " in err and "Traceback" not in err
+    assert f"darknetpy: warning: {calib_dir / 'c_thin.png'}: " in err
+    assert "minmax calibration on 1 image)" in out
+    (calib_dir / "a_good.png").unlink()
+    code = main(["quantize", small.graph.path, str(tmp_path / "n.weights"), "--calib", str(calib_dir)])
+    err = capsys.readouterr().err
+    assert code == QuantizeError.exit_code
+    assert err.splitlines()[-1] == f"darknetpy: error: calibration directory {calib_dir}: none of the 2 images " \
+                                   "can be used (each is named in a warning)"
