@@ -6,9 +6,10 @@
 
 Calibration images are found recursively under DIR and preprocessed like darknet's classify (RGB, /255,
 letterbox to the network size); one that cannot be used (corrupt, too thin to letterbox) is a warning naming
-it, and the others go on (a folder with no usable image is an error, exit code 9). The report compares the int8 network (darknetpy's int8 engine, the same
-arithmetic onnxruntime applies to the QDQ export) with the float network on the --eval images, or on the
-calibration images when --eval is not given. Progress goes to stderr; results to stdout.
+it, and the others go on (a folder with no usable image is an error, exit code 9). The report compares the
+int8 network (darknetpy's int8 engine, the same arithmetic onnxruntime applies to the QDQ export) with the
+float network on the --eval images, or on the calibration images when --eval is not given. Progress goes to
+stderr; results to stdout.
 """
 
 from __future__ import annotations

@@ -95,7 +95,8 @@ def test_cli_percentile_uses_the_library_rule(capsys):
     with pytest.raises(SystemExit) as e:
         main(["quantize", "cfg/tiny.cfg", "w.weights", "--calib-random", "2", "--percentile", "150"])
     assert e.value.code == 2
-    assert "argument --percentile: the percentile must be above 50 and at most 100, got 150\n" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "argument --percentile: the percentile must be above 50 and at most 100, got 150\n" in err
 
 
 # -- calibration folders with images that cannot be used ----------------------------------------------------------
