@@ -42,7 +42,7 @@ from .kernels import winograd as kwino
 from .kernels.activation import CODE as ACT
 from .kernels.activation import activate
 from .kernels.gemm import pack_a
-from .passes import bn_scale_shift
+from .passes import bn_scale_shift, numpy_warnings
 from .weights import Weights
 
 # Layers whose activation ``pre_activation`` can separate from the rest of their computation.
@@ -94,7 +94,10 @@ class Plan:
                           for l_ in graph if isinstance(l_, L.Convolutional) and not exact
                           and not l_.quirk_1x1_no_subsample and not kcfg.winograd_variant(l_)] or [0])
         self._thread_scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, per_thread), dtype=np.float32)
-        self.steps: list[Callable[[], None]] = [self._bind(layer, weights.params[layer.index]) for layer in graph]
+        self.steps: list[Callable[[], None]] = []
+        for layer in graph:
+            with numpy_warnings(graph, layer, "preparing its parameters"):
+                self.steps.append(self._bind(layer, weights.params[layer.index]))
         # which kernels each step runs (steps with the same key call the same compiled functions)
         self.kernel_keys: list[str] = [self._kernel_key(layer) for layer in graph]
         self.debug = os.environ.get("DARKNETPY_DEBUG", "") not in ("", "0")

@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import layers as L
 from ..errors import UnsupportedError
-from ..passes import bn_scale_shift, fold_batchnorm
+from ..passes import bn_scale_shift, fold_batchnorm, numpy_warnings
 from ..weights import Weights
 from .common import (Builder, Emitter, add_metadata, check_input_layout, check_model, model_name,
                      save_model)
@@ -356,7 +356,8 @@ def export_onnx(graph: L.Graph, weights: Weights, path: str | os.PathLike | None
     for layer, p in zip(graph.layers[: last + 1], weights.params):
         out = "output" if layer.index == last else f"l{layer.index}"
         ctx = _Layer(b, graph, layer, names, flat, out)
-        names[layer.index], flat[layer.index] = L.dispatch(FLOAT_EXPORT, layer).emit(ctx, layer, p)
+        with numpy_warnings(graph, layer, "exporting it"):
+            names[layer.index], flat[layer.index] = L.dispatch(FLOAT_EXPORT, layer).emit(ctx, layer, p)
 
     o = graph.output_layer
     out_shape = [1, o.out_c, o.out_h, o.out_w] if o.spatial and not flat[last] else [1, o.outputs]

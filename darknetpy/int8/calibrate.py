@@ -15,7 +15,7 @@ from .. import __version__
 from .. import layers as L
 from ..errors import ImageError, QuantizeError, UnsupportedError
 from ..image import find_images, letterbox, load_image
-from ..passes import fold_batchnorm
+from ..passes import fold_batchnorm, numpy_warnings
 from ..weights import Weights
 from .qgraph import (INPUT_SCALE, INPUT_ZERO_POINT, SOFTMAX_MODES, SOFTMAX_SCALE, SOFTMAX_ZERO_POINT, QGraph,
                      QLayer, QParams, check_int8, qlayer_role, qparams_from_range)
@@ -251,26 +251,27 @@ def build_qgraph(graph: L.Graph, weights: Weights, calibration, *, method: str |
         if i > last:                            # after the output ([cost]): computes nothing
             qlayers.append(QLayer(i, layer, src, qp_of(src[0])))
             continue
-        role = qlayer_role(layer)
-        m = methods[i]
-        act = getattr(layer, "activation", "linear")
-        own = qparams_from_range(*choose_range(out_stats[i], m, percentile))
-        pre = qparams_from_range(*choose_range(pre_stats[i], m, percentile)) if i in pre_stats else None
-        if role == "weighted":
-            paired = not (isinstance(layer, L.Convolutional) and layer.groups > 1 and layer.c == layer.groups
-                          == layer.filters)
-            wq, ws = quantize_weights(p["weights"], pair_safe=pair_safe, paired=paired)
-            bq, _ = quantize_bias(p["biases"], qp_of(src[0]).scale, ws)
-            ql = QLayer(i, layer, src, own, pre, act, wq, ws, bq)
-        elif role == "sum":
-            ql = QLayer(i, layer, src, own, pre, act)
-        elif role == "shares":
-            ql = QLayer(i, layer, src, qp_of(src[0]))
-        elif role == "softmax":
-            ql = QLayer(i, layer, src, QParams(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT) if softmax == "int8" else None)
-        else:                                   # "own": avgpool, concat
-            ql = QLayer(i, layer, src, own)
-        qlayers.append(ql)
+        with numpy_warnings(fgraph, layer, "quantizing it"):
+            role = qlayer_role(layer)
+            m = methods[i]
+            act = getattr(layer, "activation", "linear")
+            own = qparams_from_range(*choose_range(out_stats[i], m, percentile))
+            pre = qparams_from_range(*choose_range(pre_stats[i], m, percentile)) if i in pre_stats else None
+            if role == "weighted":
+                paired = not (isinstance(layer, L.Convolutional) and layer.groups > 1 and layer.c == layer.groups
+                              == layer.filters)
+                wq, ws = quantize_weights(p["weights"], pair_safe=pair_safe, paired=paired)
+                bq, _ = quantize_bias(p["biases"], qp_of(src[0]).scale, ws)
+                ql = QLayer(i, layer, src, own, pre, act, wq, ws, bq)
+            elif role == "sum":
+                ql = QLayer(i, layer, src, own, pre, act)
+            elif role == "shares":
+                ql = QLayer(i, layer, src, qp_of(src[0]))
+            elif role == "softmax":
+                ql = QLayer(i, layer, src, QParams(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT) if softmax == "int8" else None)
+            else:                                   # "own": avgpool, concat
+                ql = QLayer(i, layer, src, own)
+            qlayers.append(ql)
 
     qg = QGraph(fgraph, qlayers, qin, softmax, info={
         "method": method if isinstance(method, str) else {str(k): v for k, v in method.items()},
@@ -384,18 +385,20 @@ def _correct_biases(qg: QGraph, fweights: Weights, rec: "_FloatRecorder", calibr
     if mode == "weight":
         _, mq = _input_means(qg, rec, iter_images(calibration, shape)[1], targets, False)
         for ql in targets:
-            w = fweights.params[ql.index]["weights"].astype(np.float64)
-            requant_bias(ql, _apply(w - wdq(ql), ql.layer, mq[ql.index]))
+            with numpy_warnings(qg.graph, ql.layer, "correcting its bias"):
+                w = fweights.params[ql.index]["weights"].astype(np.float64)
+                requant_bias(ql, _apply(w - wdq(ql), ql.layer, mq[ql.index]))
         return
     for ql in targets:
         mf, mq = _input_means(qg, rec, iter_images(calibration, shape)[1], [ql], True)
-        w = fweights.params[ql.index]["weights"].astype(np.float64)
-        p = fweights.params[ql.index]
-        b_dq = ql.bias.astype(np.float64) * (np.float32(qg.tensor_qparams(ql.src[0]).scale)
-                                              * ql.weight_scale.astype(np.float32)).astype(np.float64)
-        # b_new makes E[Wq x^ + b_new] = E[W x + b]; expressed as a correction of the float bias
-        delta = _apply(w, ql.layer, mf[ql.index]) - _apply(wdq(ql), ql.layer, mq[ql.index]) \
-            + (p["biases"].astype(np.float64) - b_dq)
-        requant_bias(ql, delta)
+        with numpy_warnings(qg.graph, ql.layer, "correcting its bias"):
+            w = fweights.params[ql.index]["weights"].astype(np.float64)
+            p = fweights.params[ql.index]
+            b_dq = ql.bias.astype(np.float64) * (np.float32(qg.tensor_qparams(ql.src[0]).scale)
+                                                  * ql.weight_scale.astype(np.float32)).astype(np.float64)
+            # b_new makes E[Wq x^ + b_new] = E[W x + b]; expressed as a correction of the float bias
+            delta = _apply(w, ql.layer, mf[ql.index]) - _apply(wdq(ql), ql.layer, mq[ql.index]) \
+                + (p["biases"].astype(np.float64) - b_dq)
+            requant_bias(ql, delta)
 
 

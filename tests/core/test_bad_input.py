@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -279,3 +280,92 @@ def test_fetch_part_directory_is_a_fetch_error(tmp_path):
     (tmp_path / "out" / "dog.jpg.part").mkdir()
     with pytest.raises(FetchError, match=r"dog\.jpg\.part is a directory"):
         fetch_one(ASSETS["dog.jpg"], tmp_path / "out", mirror=str(mirror))
+
+
+# -- numpy's floating-point warnings: one warning naming the layer ------------------------------------------------
+
+BN_CFG = "[net]\nheight=8\nwidth=8\nchannels=3\n[convolutional]\nbatch_normalize=1\nfilters=4\nsize=3\npad=1\n" \
+         "activation=leaky\n[connected]\noutput=3\nbatch_normalize=1\nactivation=linear\n[softmax]\n"
+
+
+@pytest.fixture
+def bad_bn(tmp_path):
+    """Layer 0: a negative rolling_variance (sqrt is NaN); layer 1: a zero variance under a huge scale
+    (the folded scale overflows float32)."""
+    from darknetpy.network import load
+    net = load(write(tmp_path, "bn.cfg", BN_CFG))
+    net.weights.params[0]["rolling_variance"][1] = -1.0
+    net.weights.params[1]["rolling_variance"][...] = 0.0
+    net.weights.params[1]["scales"][...] = 3e38
+    return net
+
+
+def _numpy_said(rec):
+    raw = [str(w.message) for w in rec if issubclass(w.category, RuntimeWarning)]
+    assert raw == [], f"numpy's own warnings reached the user: {raw}"
+    return [str(w.message) for w in rec]
+
+
+def test_numpy_warnings_of_the_fast_plan_name_the_layer(bad_bn):
+    x = np.full((3, 8, 8), 0.5, np.float32)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        out = bad_bn.predict(x)
+    assert _numpy_said(rec) == [
+        "bn.cfg:5 layer 0 [convolutional]: numpy: invalid value encountered in sqrt while preparing its parameters "
+        "(its parameters or inputs hold NaN, infinity, a negative variance or values beyond float32): its results "
+        "will not be finite",
+        "bn.cfg:11 layer 1 [connected]: numpy: overflow encountered in cast while preparing its parameters "
+        "(its parameters or inputs hold NaN, infinity, a negative variance or values beyond float32): its results "
+        "will not be finite"]
+    assert not np.isfinite(out).all()
+
+
+def test_numpy_warnings_of_folding_and_export_name_the_layer(bad_bn):
+    from darknetpy.export.onnx_float import export_onnx
+    from darknetpy.passes import fold_batchnorm
+    for run in (lambda: fold_batchnorm(bad_bn.graph, bad_bn.weights),
+                lambda: export_onnx(bad_bn.graph, bad_bn.weights, check=False)):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            run()
+        said = _numpy_said(rec)
+        assert [m.split(": numpy: ")[0] for m in said] == ["bn.cfg:5 layer 0 [convolutional]",
+                                                          "bn.cfg:11 layer 1 [connected]"]
+        assert all("while folding its batch norm" in m for m in said)
+
+
+def test_numpy_warnings_keeps_other_warnings_as_they_are(bad_bn):
+    from darknetpy.passes import numpy_warnings
+    layer = bad_bn.graph[1]
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        with numpy_warnings(bad_bn.graph, layer, "testing"):
+            warnings.warn("something else")
+            np.float32(3e38) * np.float32(10)
+            np.sqrt(np.float64(-1))
+            np.float32(3e38) * np.float32(10)
+    assert [str(w.message) for w in rec] == [
+        "something else",
+        "bn.cfg:11 layer 1 [connected]: numpy: overflow encountered in scalar multiply; invalid value encountered "
+        "in sqrt while testing (its parameters or inputs hold NaN, infinity, a negative variance or values beyond "
+        "float32): its results will not be finite"]
+
+
+def test_cli_classify_prints_no_raw_numpy_warning(bad_bn, tmp_path, capsys):
+    from PIL import Image
+
+    from darknetpy.cli import main
+    bad_bn.save_weights(tmp_path / "bn.weights")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    code = main(["classify", bad_bn.graph.path, str(tmp_path / "bn.weights"), str(tmp_path / "a.png")])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err
+    warned = [line for line in err.splitlines() if line.startswith("darknetpy: warning:")]
+    assert warned[:2] == ["darknetpy: warning: bn.cfg:5 layer 0 [convolutional]: numpy: invalid value encountered in "
+                          "sqrt while preparing its parameters (its parameters or inputs hold NaN, infinity, a "
+                          "negative variance or values beyond float32): its results will not be finite",
+                          "darknetpy: warning: bn.cfg:11 layer 1 [connected]: numpy: overflow encountered in cast "
+                          "while preparing its parameters (its parameters or inputs hold NaN, infinity, a negative "
+                          "variance or values beyond float32): its results will not be finite"]
+    assert all("numpy:" in line or "produced" in line for line in warned), warned

@@ -151,3 +151,24 @@ def test_cli_quantize_goes_on_past_unusable_images(small, calib_dir, tmp_path, c
     assert code == QuantizeError.exit_code
     assert err.splitlines()[-1] == f"darknetpy: error: calibration directory {calib_dir}: none of the 2 images " \
                                    "can be used (each is named in a warning)"
+
+
+# -- numpy's floating-point warnings while quantizing: one per layer, naming it ------------------------------------
+
+def test_quantizing_out_of_range_parameters_warns_by_layer(tmp_path):
+    import warnings
+
+    from darknetpy.int8.calibrate import build_qgraph
+    from darknetpy.network import load
+    net = load(write(tmp_path, "bn.cfg", "[net]\nheight=8\nwidth=8\nchannels=3\n[convolutional]\nbatch_normalize=1\n"
+                                         "filters=4\nsize=3\npad=1\nactivation=leaky\n[connected]\noutput=3\n"
+                                         "activation=linear\n[softmax]\n"))
+    net.weights.params[0]["rolling_variance"][1] = -1.0          # sqrt: NaN
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        build_qgraph(net.graph, net.weights, 1)
+    assert [str(w.message) for w in rec if issubclass(w.category, RuntimeWarning)] == []
+    said = [str(w.message) for w in rec]
+    assert said and all(m.startswith(("bn.cfg:5 layer 0 [convolutional]: numpy: ",
+                                      "bn.cfg:11 layer 1 [connected]: numpy: ")) for m in said), said
+    assert any("while folding its batch norm" in m for m in said) and any("while quantizing it" in m for m in said)
