@@ -16,7 +16,8 @@ The plan is built once:
   same-shape ``[shortcut]`` (alpha = beta = 1) writes ``act(conv + shift + from)`` straight into the
   shortcut's buffer: the addition and activation happen in the GEMM's registers and the convolution's
   own output is never materialised (as onnxruntime fuses Conv + Add + Relu);
-* ``pre_activation`` (for calibration) keeps a copy of chosen layers' outputs before their activation.
+* ``pre_activation`` (for calibration) keeps a copy of chosen layers' outputs before their activation;
+* a plan that would need more memory than the limit is refused before anything is allocated (memory.py).
 
 ``DARKNETPY_DEBUG=1`` prints each layer's shape, time and output range to stderr while it runs.
 """
@@ -32,6 +33,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from . import layers as L
+from . import memory
 from .errors import UnsupportedError
 from .kernels import config as kcfg
 from .kernels import conv as kconv
@@ -66,6 +68,7 @@ class Plan:
 
     def __init__(self, graph: L.Graph, weights: Weights, *, exact: bool = False, keep_all: bool = False,
                  pre_activation: Iterable[int] = frozenset()):
+        memory.check_plan(graph, exact=exact)               # MemoryLimitError before allocating anything
         self.graph = graph
         self.exact = exact
         self.keep_all = keep_all

@@ -3,10 +3,11 @@
     darknetpy classify CFG WEIGHTS IMAGE [IMAGE ...] [--top K] [--names FILE] [--json]
                        [--preprocess letterbox|resize|resize_min] [--threads N] [--exact]
 
-An image that cannot be classified (missing, corrupt, too thin to letterbox, too small for the network)
-is reported as one ``darknetpy: error: IMAGE: ...`` line (with --json also as ``{"image": ..., "error": ...,
-"exit_code": ...}`` on stdout) and the batch goes on; the exit code is then the first such error's (5 for
-an ImageError). A problem with the cfg, weights or labels stops the command before any image.
+An image that cannot be classified (missing, corrupt, too thin to letterbox, too small for the network, too
+elongated or too large for resize_min) is reported as one ``darknetpy: error: IMAGE: ...`` line (with --json
+also as ``{"image": ..., "error": ..., "exit_code": ...}`` on stdout) and the batch goes on; the exit code is
+then the first such error's (5 for an ImageError). A problem with the cfg, weights or labels, or a network
+that needs more memory than the limit (exit code 17, see memory.py), stops the command before any image.
 
 An output that is not finite (NaN propagates through the kernels as in darknet: a weight, an overflowing
 tanh, ...) is printed as darknet prints it and explained by a warning naming the first layer that produced

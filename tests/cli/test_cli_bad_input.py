@@ -98,3 +98,66 @@ def test_percent_prints_like_glibc():
     assert _percent(np.float32("nan")) == "  nan"
     assert _percent(-np.float32("nan")) == " -nan"
     assert _percent(np.float32("inf")) == "  inf"
+
+
+# -- sizes that need more memory than the limit ---------------------------------------------------------------------
+
+WIDE_CFG = """[net]
+height=224
+width=100000
+channels=3
+[convolutional]
+filters=16
+size=3
+pad=1
+activation=leaky
+[avgpool]
+[softmax]
+"""
+
+SMALL_CFG = "[net]\nheight=8\nwidth=8\nchannels=3\n[convolutional]\nfilters=4\nsize=3\npad=1\nactivation=leaky\n" \
+            "[avgpool]\n[softmax]\n"
+
+
+def test_classify_refuses_a_network_wider_than_memory(tmp_path, capsys, monkeypatch):
+    from darknetpy.errors import MemoryLimitError
+    monkeypatch.setenv("DARKNETPY_MAX_MEMORY", "1G")
+    cfg = write(tmp_path, "wide.cfg", WIDE_CFG)
+    code, out, err = run(["classify", cfg, tmp_path / "none.weights", _png(tmp_path / "a.png", 12, 10)], capsys)
+    assert code == MemoryLimitError.exit_code == 17 and out == ""
+    assert len(err.splitlines()) == 1
+    assert err.startswith("darknetpy: error: wide.cfg: running this network at 100000x224 needs about ")
+    assert "the largest layer is wide.cfg:5 layer 0 [convolutional] (16 x 224 x 100000" in err
+    assert err.endswith("more than the 1.0 GiB set by DARKNETPY_MAX_MEMORY\n")
+
+
+def test_classify_resize_min_refuses_an_elongated_image_and_goes_on(tmp_path, capsys):
+    from darknetpy.errors import ImageError
+    from darknetpy.network import load
+    cfg = write(tmp_path, "s.cfg", SMALL_CFG.replace("height=8\nwidth=8", "height=224\nwidth=224"))
+    load(cfg).save_weights(tmp_path / "s.weights")
+    thin = _png(tmp_path / "thin.png", 1, 20000)
+    good = _png(tmp_path / "good.png", 300, 200)
+    code, out, err = run(["classify", cfg, tmp_path / "s.weights", thin, good, "--preprocess", "resize_min"], capsys)
+    assert code == ImageError.exit_code
+    assert err.splitlines()[0] == f"darknetpy: error: {thin}: a 1x20000 image is too elongated for resize_min: " \
+                                  "scaled to 224x4480000 it holds more values than darknet's int can count " \
+                                  "(2,147,483,647), and no network runs at that size"
+    assert len(out.splitlines()) == 4                      # good.png is classified (4 classes)
+
+
+def test_classify_resize_min_beyond_the_memory_limit_is_that_image_only(tmp_path, capsys, monkeypatch):
+    from darknetpy.errors import ImageError
+    from darknetpy.network import load
+    cfg = write(tmp_path, "s.cfg", SMALL_CFG)
+    load(cfg).save_weights(tmp_path / "s.weights")
+    monkeypatch.setenv("DARKNETPY_MAX_MEMORY", "1M")
+    thin = _png(tmp_path / "thin.png", 1, 2000)
+    good = _png(tmp_path / "good.png", 12, 10)
+    code, out, err = run(["classify", cfg, tmp_path / "s.weights", thin, good, "--preprocess", "resize_min",
+                          "--json"], capsys)
+    assert code == ImageError.exit_code
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert first["image"] == str(thin) and first["exit_code"] == 5
+    assert first["error"].startswith(f"{thin}: resize_min of a 1x2000 image to 8x16000 needs about ")
+    assert second["image"] == str(good) and len(second["top"]) == 4
