@@ -94,7 +94,8 @@ def _percent(p) -> str:
     """darknet's ``printf("%5.2f%%", p*100)`` (float math), glibc's text for NaN included (see the docstring)."""
     import numpy as np
 
-    pct = np.float32(p) * np.float32(100)
+    with np.errstate(over="ignore"):             # a raw output beyond 3.4e36: inf, as darknet's float math gives
+        pct = np.float32(p) * np.float32(100)
     if np.isnan(pct):
         return ("-nan" if np.signbit(pct) else "nan").rjust(5)
     return f"{float(pct):5.2f}"

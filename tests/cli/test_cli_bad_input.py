@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -98,6 +99,9 @@ def test_percent_prints_like_glibc():
     assert _percent(np.float32("nan")) == "  nan"
     assert _percent(-np.float32("nan")) == " -nan"
     assert _percent(np.float32("inf")) == "  inf"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # no raw numpy overflow warning
+        assert _percent(np.float32(3e38)) == "  inf"         # float math: 3e38f * 100 is inf
 
 
 # -- sizes that need more memory than the limit ---------------------------------------------------------------------
