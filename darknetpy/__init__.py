@@ -8,8 +8,8 @@
 The public names are imported lazily, so ``import darknetpy`` stays cheap (numba loads on first use).
 """
 
-from .errors import (BoardError, CfgError, DarknetpyError, ExportError, FetchError, ImageError, OnnxImportError,
-                     QuantizeError, UnsupportedError, WeightsError)
+from .errors import (BoardError, CfgError, DarknetpyError, ExportError, FetchError, ImageError, MemoryLimitError,
+                     OnnxImportError, QuantizeError, UnsupportedError, WeightsError)
 
 __version__ = "0.1.0"
 
@@ -50,6 +50,7 @@ def __dir__():
     return sorted(list(globals()) + list(_LAZY))
 
 
-__all__ = ["BoardError", "CfgError", "DarknetpyError", "ExportError", "FetchError", "ImageError", "OnnxImportError",
+__all__ = ["BoardError", "CfgError", "DarknetpyError", "ExportError", "FetchError", "ImageError", "MemoryLimitError",
+           "OnnxImportError",
            "QuantizeError",
            "UnsupportedError", "WeightsError", "__version__", *_LAZY]

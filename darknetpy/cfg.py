@@ -33,6 +33,7 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .errors import CfgError
 
@@ -178,6 +179,33 @@ def read_input_file(path: str | os.PathLike, *, limit: int, error: type[Exceptio
             return f.read(limit + 1)
         except OSError as e:
             raise error(f"{path}: cannot read {what}: {e.strerror or e}") from None
+
+
+def write_output_file(path: str | os.PathLike, write: Callable[[str], None], *, error: type[Exception],
+                      what: str) -> None:
+    """Write ``path`` through ``path.part``, renamed when complete: darknetpy's one way to write an output.
+
+    ``write(tmp)`` writes the whole file at ``tmp``. Any failure or interrupt (Ctrl-C included) removes the
+    ``.part`` and re-raises; an OSError becomes ``error`` (WeightsError, ExportError, QuantizeError, ...) naming
+    the path and ``what`` it is. A ``.part`` that is a directory is ``error`` too (it is never removed).
+    """
+    path = os.fspath(path)
+    tmp = path + ".part"
+    if os.path.isdir(tmp):
+        raise error(f"{path}: cannot write {what}: {tmp} is a directory (darknetpy writes the file there first, "
+                    "then renames it): remove it or choose another output")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            if not os.path.isdir(tmp):
+                os.unlink(tmp)
+        except OSError:                        # never written, or already gone
+            pass
+        if isinstance(e, OSError):
+            raise error(f"{path}: cannot write {what}: {e.strerror or e}") from None
+        raise
 
 
 def _file_kind(mode: int) -> str:

@@ -23,6 +23,7 @@ Exit codes (the CLI's contract, documented in the README):
 14    BoardRejected   the firmware refused a request (bad model, size)
 15    PortError       the serial port could not be opened
 16    OnnxImportError an ONNX model that does not match the cfg (import-onnx)
+17    MemoryLimitError  a network or image size that needs more memory than the limit
 130   interrupted (Ctrl-C)
 ====  ===========================================================
 """
@@ -132,3 +133,11 @@ class OnnxImportError(DarknetpyError):
     """An ONNX model that cannot be mapped onto the cfg (import-onnx): names the cfg line, layer and node."""
 
     exit_code = 16
+
+
+class MemoryLimitError(DarknetpyError):
+    """A network (or an image size) that would need more memory than darknetpy may use: the machine's available
+    memory, or ``DARKNETPY_MAX_MEMORY``. Raised before anything is allocated (see memory.py); names the total
+    and the largest layer."""
+
+    exit_code = 17

@@ -10,6 +10,11 @@ Knows no graph. Follows ``../shared/specs/darknet.md`` §8:
 * ``resize``: plain ``resize_image`` to the network size; ``resize_min``: the 2016 classify, which
   scales the short side to the network width and runs the network at that size.
 
+Sizes are checked before anything is allocated: a resize or letterbox that would need more memory than the
+limit (memory.py) is a MemoryLimitError. ``resize_min`` lets the image choose the size, so an elongated image
+(1x20000 scales to 224x4480000) is an ImageError: when the result would hold more values than darknet's int
+can count (no network can run at that size), or would need more memory than the limit.
+
 JPEGs are decoded by Pillow (libjpeg-turbo), which differs from darknet's stb_image by a few grey levels
 on some pixels; everything after decoding is bit-exact.
 """
@@ -21,6 +26,7 @@ import os
 
 import numpy as np
 
+from . import memory
 from .errors import ImageError
 
 PREPROCESS = ("letterbox", "resize", "resize_min")
@@ -161,6 +167,8 @@ def resize_image(img: np.ndarray, w: int, h: int) -> np.ndarray:
     if w < 1 or h < 2:
         raise ImageError(f"cannot resize a {im_w}x{im_h} image to {w}x{h}: darknet's resize_image is "
                          "undefined for a height below 2 (the image is too thin for the network input)")
+    # a few (C, H, w) temporaries of the horizontal pass, and the result
+    memory.check(4 * c * (3 * im_h * w + h * w), f"resizing a {im_w}x{im_h} image to {w}x{h}")
     f32 = np.float32
     img = img.astype(np.float32, copy=False)
     if w == 1 or im_w == 1:
@@ -205,6 +213,7 @@ def letterbox(img: np.ndarray, w: int, h: int) -> np.ndarray:
     if new_w < 1 or new_h < 2:
         raise ImageError(f"a {im_w}x{im_h} image is too thin to letterbox into {w}x{h} "
                          f"(it would be scaled to {new_w}x{new_h})")
+    memory.check(4 * c * (w * h + 3 * im_h * new_w + new_h * new_w), f"letterboxing a {im_w}x{im_h} image into {w}x{h}")
     resized = resize_image(img, new_w, new_h)
     boxed = np.full((c, h, w), 0.5, dtype=np.float32)
     dx, dy = (w - new_w) // 2, (h - new_h) // 2
@@ -220,9 +229,16 @@ def resize_min_size(im_w: int, im_h: int, size: int) -> tuple[int, int]:
 
 
 def resize_min(img: np.ndarray, size: int) -> np.ndarray:
-    """darknet's ``resize_min``: the 2016 classify preprocessing (no letterbox)."""
-    _, im_h, im_w = img.shape
+    """darknet's ``resize_min``: the 2016 classify preprocessing (no letterbox). An image whose result is too
+    large (see the module docstring) is an ImageError."""
+    from .graph import MAX_COUNT                 # darknet's int: the largest network input there can be
+
+    c, im_h, im_w = img.shape
     w, h = resize_min_size(im_w, im_h, size)
+    if c * w * h > MAX_COUNT:
+        raise ImageError(f"a {im_w}x{im_h} image is too elongated for resize_min: scaled to {w}x{h} it holds more "
+                         f"values than darknet's int can count ({MAX_COUNT:,}), and no network runs at that size")
+    memory.check(4 * c * (3 * im_h * w + h * w), f"resize_min of a {im_w}x{im_h} image to {w}x{h}", error=ImageError)
     if (w, h) == (im_w, im_h):
         return img
     return resize_image(img, w, h)

@@ -8,6 +8,7 @@ import numpy as np
 
 from . import boxes as B
 from . import layers as L
+from . import memory
 from .errors import DarknetpyError, UnsupportedError
 from .graph import load_graph
 from .image import letterbox, resize_image
@@ -184,6 +185,7 @@ class Network:
             if a.nparams != b.nparams:
                 raise UnsupportedError(f"{self.graph.path}: {a.describe()} changes its parameter count at "
                                        f"{width}x{height}")
+        memory.check_plan(graph, exact=self.exact)
         return Network(graph, self.weights, exact=self.exact)
 
     def save_weights(self, path: str | os.PathLike, *, keep_header: bool = False) -> None:
@@ -233,12 +235,15 @@ def load(cfg: str | os.PathLike, weights: str | os.PathLike | None = None, *, ex
     Without ``weights`` the parameters are He-initialised from a fixed seed (darknet initialises
     randomly too), which is enough for shapes, timing and smoke tests. ``exact=True`` (or the
     environment variable ``DARKNETPY_EXACT=1``) runs darknet's exact arithmetic instead of the fast
-    kernels. ``height``/``width`` override the [net] input size, like darknet's resize_network.
+    kernels. ``height``/``width`` override the [net] input size, like darknet's resize_network. A network
+    whose plan would need more memory than the limit (memory.py, ``DARKNETPY_MAX_MEMORY``) is a
+    MemoryLimitError, raised before any array is allocated.
 
     >>> net = darknetpy.load("cfg/tiny.cfg")            # doctest: +SKIP
     >>> net.input_shape                                 # doctest: +SKIP
     (3, 224, 224)
     """
     graph = load_graph(cfg, height=height, width=width)
+    memory.check_plan(graph, exact=_env_exact() if exact is None else bool(exact))   # before any array
     w = read_weights(weights, graph) if weights is not None else random_params(graph)
     return Network(graph, w, exact=exact)

@@ -6,11 +6,19 @@ per output channel and whose bias absorbs the shift, with darknet's CPU formula
 
     y = (x - mean) / (sqrt(var) + 1e-6) * scale + bias   ==   x * s + (bias - mean * s),
     s = scale / (sqrt(var) + 1e-6)                        (computed in float64, stored as float32).
+
+``numpy_warnings`` is how every stage that computes on a layer's parameters (this folding, the plans, the int8
+quantizer, the exports) reports numpy's floating-point warnings: one warning naming the layer, not numpy's
+own ("invalid value encountered in sqrt" from a negative rolling_variance, "overflow encountered in cast"
+from weights beyond float32, ...), whose file and line point into darknetpy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import warnings
 
 import numpy as np
 
@@ -18,6 +26,30 @@ from . import layers as L
 from .weights import Weights
 
 BN_EPS = 1e-6                      # darknet CPU: sqrt(var) + .000001f (float32 1e-6)
+
+
+@contextlib.contextmanager
+def numpy_warnings(graph: L.Graph, layer: L.Layer, doing: str):
+    """Inside the block, numpy's floating-point warnings (overflow, invalid value, division by zero) are
+    collected, and at its end re-issued as one warning naming ``layer`` the way a user finds it
+    (``tiny.cfg:41 layer 7 [convolutional]: numpy: ... while <doing>``). Other warnings pass unchanged.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with np.errstate(over="warn", invalid="warn", divide="warn", under="ignore"):
+            yield
+    numpy_said = []
+    for w in caught:
+        if issubclass(w.category, RuntimeWarning) and " encountered in " in str(w.message):
+            numpy_said.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    if numpy_said:
+        where = os.path.basename(graph.path)
+        at = f"{where}:{layer.line} " if layer.line else f"{where}: "
+        warnings.warn(f"{at}{layer.describe()}: numpy: {'; '.join(dict.fromkeys(numpy_said))} while {doing} (its "
+                      "parameters or inputs hold NaN, infinity, a negative variance or values beyond float32): its "
+                      "results will not be finite")
 
 
 def bn_scale_shift(p: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,10 +76,12 @@ def fold_batchnorm(graph: L.Graph, weights: Weights) -> tuple[L.Graph, Weights]:
     for layer, p in zip(graph, weights.params):
         if isinstance(layer, (L.Convolutional, L.Connected)) and layer.batch_normalize:
             n = layer.filters if isinstance(layer, L.Convolutional) else layer.output
-            s, shift = bn_scale_shift(p, n)
-            w = p["weights"].astype(np.float64) * s.reshape((n,) + (1,) * (p["weights"].ndim - 1))
+            with numpy_warnings(graph, layer, "folding its batch norm"):
+                s, shift = bn_scale_shift(p, n)
+                w = p["weights"].astype(np.float64) * s.reshape((n,) + (1,) * (p["weights"].ndim - 1))
+                w = w.astype(np.float32)
             new_layers.append(dataclasses.replace(layer, batch_normalize=0))
-            new_params.append({"biases": shift, "weights": w.astype(np.float32)})
+            new_params.append({"biases": shift, "weights": w})
         else:
             new_layers.append(layer)
             new_params.append({k: v.copy() for k, v in p.items()})

@@ -16,7 +16,8 @@ The plan is built once:
   same-shape ``[shortcut]`` (alpha = beta = 1) writes ``act(conv + shift + from)`` straight into the
   shortcut's buffer: the addition and activation happen in the GEMM's registers and the convolution's
   own output is never materialised (as onnxruntime fuses Conv + Add + Relu);
-* ``pre_activation`` (for calibration) keeps a copy of chosen layers' outputs before their activation.
+* ``pre_activation`` (for calibration) keeps a copy of chosen layers' outputs before their activation;
+* a plan that would need more memory than the limit is refused before anything is allocated (memory.py).
 
 ``DARKNETPY_DEBUG=1`` prints each layer's shape, time and output range to stderr while it runs.
 """
@@ -32,6 +33,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from . import layers as L
+from . import memory
 from .errors import UnsupportedError
 from .kernels import config as kcfg
 from .kernels import conv as kconv
@@ -43,7 +45,7 @@ from .kernels import winograd as kwino
 from .kernels.activation import CODE as ACT
 from .kernels.activation import activate
 from .kernels.gemm import pack_a
-from .passes import bn_scale_shift
+from .passes import bn_scale_shift, numpy_warnings
 from .weights import Weights
 
 # Layers whose activation ``pre_activation`` can separate from the rest of their computation.
@@ -67,6 +69,7 @@ class Plan:
 
     def __init__(self, graph: L.Graph, weights: Weights, *, exact: bool = False, keep_all: bool = False,
                  pre_activation: Iterable[int] = frozenset()):
+        memory.check_plan(graph, exact=exact)               # MemoryLimitError before allocating anything
         self.graph = graph
         self.exact = exact
         self.keep_all = keep_all
@@ -95,7 +98,10 @@ class Plan:
                           for l_ in graph if isinstance(l_, L.Convolutional) and not exact
                           and not l_.quirk_1x1_no_subsample and not kcfg.winograd_variant(l_)] or [0])
         self._thread_scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, per_thread), dtype=np.float32)
-        self.steps: list[Callable[[], None]] = [self._bind(layer, weights.params[layer.index]) for layer in graph]
+        self.steps: list[Callable[[], None]] = []
+        for layer in graph:
+            with numpy_warnings(graph, layer, "preparing its parameters"):
+                self.steps.append(self._bind(layer, weights.params[layer.index]))
         # which kernels each step runs (steps with the same key call the same compiled functions)
         self.kernel_keys: list[str] = [self._kernel_key(layer) for layer in graph]
         self.debug = os.environ.get("DARKNETPY_DEBUG", "") not in ("", "0")

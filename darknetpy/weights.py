@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from . import layers as L
+from .cfg import write_output_file
 from .errors import WeightsError
 
 
@@ -301,22 +302,9 @@ def save_weights(path: str | os.PathLike, graph: L.Graph, weights: Weights, *, k
     Any failure or interrupt (Ctrl-C included) removes the ``.part`` and re-raises; an OSError becomes a
     WeightsError. A ``.part`` that is a directory is a WeightsError (it is never removed).
     """
-    path = os.fspath(path)
     data = weights_to_bytes(graph, weights, keep_header=keep_header)
-    tmp = path + ".part"
-    if os.path.isdir(tmp):
-        raise WeightsError(f"{path}: cannot write weights: {tmp} is a directory (darknetpy writes the file there "
-                           "first, then renames it): remove it or choose another output")
-    try:
+
+    def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            if not os.path.isdir(tmp):
-                os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise WeightsError(f"{path}: cannot write weights: {e.strerror or e}") from None
-        raise
+    write_output_file(path, write, error=WeightsError, what="weights")

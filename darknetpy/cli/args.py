@@ -42,9 +42,14 @@ def positive_float(s: str) -> float:
 def percentile(s: str) -> float:
     """The percentile calibration's upper percentile p: finite, 50 < p <= 100.
 
-    int8.calibrate.choose_range clips each tensor to [percentile(100 - p), percentile(p)]: numpy accepts only
-    0..100 (150 or nan raised ValueError), and p <= 50 puts the lower bound at or above the upper one.
+    The rule is the library's (int8.calibrate.check_percentile), imported here, when the option is given,
+    rather than while the parser is built (it imports numba).
     """
-    v = _number(s, float, "a number")
-    _check(math.isfinite(v) and 50 < v <= 100, f"must be above 50 and at most 100, got {s}")
-    return v
+    from ..errors import QuantizeError
+    from ..int8.calibrate import check_percentile
+
+    _number(s, float, "a number")
+    try:
+        return check_percentile(s)
+    except QuantizeError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

@@ -3,15 +3,26 @@
     darknetpy classify CFG WEIGHTS IMAGE [IMAGE ...] [--top K] [--names FILE] [--json]
                        [--preprocess letterbox|resize|resize_min] [--threads N] [--exact]
 
-An image that cannot be classified (missing, corrupt, too thin to letterbox, too small for the network)
-is reported as one ``darknetpy: error: IMAGE: ...`` line (with --json also as ``{"image": ..., "error": ...,
-"exit_code": ...}`` on stdout) and the batch goes on; the exit code is then the first such error's (5 for
-an ImageError). A problem with the cfg, weights or labels stops the command before any image.
+An image that cannot be classified (missing, corrupt, too thin to letterbox, too small for the network, too
+elongated or too large for resize_min) is reported as one ``darknetpy: error: IMAGE: ...`` line (with --json
+also as ``{"image": ..., "error": ..., "exit_code": ...}`` on stdout) and the batch goes on; the exit code is
+then the first such error's (5 for an ImageError). A problem with the cfg, weights or labels, or a network
+that needs more memory than the limit (exit code 17, see memory.py), stops the command before any image.
+
+An output that is not finite (NaN propagates through the kernels as in darknet: a weight, an overflowing
+tanh, ...) is printed as darknet prints it and explained by a warning naming the first layer that produced
+a NaN or an infinity (found by running that image again with every layer's output kept, so only then).
+darknet's ``printf("%5.2f%%", p*100)`` gives glibc's ``-nan`` for a NaN whose sign bit is set (the one x86
+produces for inf/inf or inf-inf) and ``nan`` otherwise, right-aligned in 5 columns; Python would print
+``nan`` for both, so the sign bit is read and the same text printed (`` -nan%: name``). The top-k with NaN is
+darknet's own insertion (a NaN compares false, so it only ever takes an empty slot). With --json a NaN or
+infinite probability is ``null`` (JSON has neither), so every line stays valid JSON.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
@@ -67,7 +78,42 @@ def _top_k(probs, k: int):
     """darknet's top_k: highest first, ties keep the lower index (a stable sort)."""
     import numpy as np
 
-    return [int(i) for i in np.argsort(-probs, kind="stable")[:k]]
+    if not np.isnan(probs).any():
+        return [int(i) for i in np.argsort(-probs, kind="stable")[:k]]
+    # darknet's loop itself (utils.c top_k): every comparison with a NaN is false
+    index = [-1] * k
+    for i in range(probs.size):
+        curr = i
+        for j in range(k):
+            if index[j] < 0 or probs[curr] > probs[index[j]]:
+                index[j], curr = curr, index[j]
+    return index
+
+
+def _percent(p) -> str:
+    """darknet's ``printf("%5.2f%%", p*100)`` (float math), glibc's text for NaN included (see the docstring)."""
+    import numpy as np
+
+    with np.errstate(over="ignore"):             # a raw output beyond 3.4e36: inf, as darknet's float math gives
+        pct = np.float32(p) * np.float32(100)
+    if np.isnan(pct):
+        return ("-nan" if np.signbit(pct) else "nan").rjust(5)
+    return f"{float(pct):5.2f}"
+
+
+def _nonfinite(path: str, net, x, probs) -> str:
+    """The warning for an output that is not finite: the first layer that produced a NaN or an infinity, found by
+    running ``x`` again with every layer's output kept."""
+    import numpy as np
+
+    def what(a) -> str:
+        return "NaN" if np.isnan(a).any() else "infinity"
+    for layer, out in zip(net.graph, net.predict(x, all_layers=True)):
+        if not np.all(np.isfinite(out)):
+            at = f"{os.path.basename(net.graph.path)}:{layer.line}" if layer.line else os.path.basename(net.graph.path)
+            return (f"{path}: the network output contains {what(probs)}: layer {layer.index} ({layer.kind}) produced "
+                    f"{what(out)} ({at}), the first layer to do so")
+    return f"{path}: the network output contains {what(probs)}"
 
 
 def run(args) -> int:
@@ -111,7 +157,7 @@ def run(args) -> int:
             msg = str(e) if str(e).startswith(f"{path}:") else f"{path}: {e}"
             print(f"darknetpy: error: {msg}", file=sys.stderr)
             if args.json:
-                print(json.dumps({"image": path, "error": msg, "exit_code": e.exit_code}))
+                print(json.dumps({"image": path, "error": msg, "exit_code": e.exit_code}, allow_nan=False))
             sys.stdout.flush()
             first_error = first_error or e.exit_code
             continue
@@ -122,16 +168,16 @@ def run(args) -> int:
             warmup.finish(None, net.graph, exact=net.exact)
             marked = True
         if not np.all(np.isfinite(probs)):
-            warnings.warn(f"{path}: the network output contains NaN or infinity")
+            warnings.warn(_nonfinite(path, sized[key], x, probs))
         top = _top_k(probs, min(args.top, probs.size))
         if args.json:
             print(json.dumps({"image": path, "seconds": round(dt, 6), "top": [
-                {"index": i, "name": labels[i] if labels else str(i), "prob": float(probs[i])} for i in top]}))
+                {"index": i, "name": labels[i] if labels else str(i),
+                 "prob": float(probs[i]) if np.isfinite(probs[i]) else None} for i in top]}, allow_nan=False))
         else:
             for i in top:
                 # darknet: printf("%5.2f%%: %s\n", predictions[index]*100, names[index]) with float math
-                pct = float(np.float32(probs[i]) * np.float32(100))
-                print(f"{pct:5.2f}%: {labels[i] if labels else i}")
+                print(f"{_percent(probs[i])}%: {labels[i] if labels else i}")
             print(f"{path}: Predicted in {dt:f} seconds.", file=sys.stderr)
         sys.stdout.flush()
     return first_error

@@ -5,9 +5,11 @@
                        [--softmax int8|float] [--no-pair-safe] [--calib-random N] [--threads N]
 
 Calibration images are found recursively under DIR and preprocessed like darknet's classify (RGB, /255,
-letterbox to the network size). The report compares the int8 network (darknetpy's int8 engine, the same
-arithmetic onnxruntime applies to the QDQ export) with the float network on the --eval images, or on the
-calibration images when --eval is not given. Progress goes to stderr; results to stdout.
+letterbox to the network size); one that cannot be used (corrupt, too thin to letterbox) is a warning naming
+it, and the others go on (a folder with no usable image is an error, exit code 9). The report compares the
+int8 network (darknetpy's int8 engine, the same arithmetic onnxruntime applies to the QDQ export) with the
+float network on the --eval images, or on the calibration images when --eval is not given. Progress goes to
+stderr; results to stdout.
 """
 
 from __future__ import annotations
@@ -65,15 +67,18 @@ def run(args) -> int:
     set_threads(args.threads)
     net = load(args.cfg, args.weights)
     if args.calib is not None:
-        calib = image_folder(args.calib, what="calibration")
+        image_folder(args.calib, what="calibration")          # a missing or empty folder: before any work
+        calib = args.calib                                    # a folder: an error about its images names it
     else:
         calib = args.calib_random
-    evalset = image_folder(args.eval, what="evaluation") if args.eval else calib
-    n_calib = len(calib) if isinstance(calib, list) else calib
+    if args.eval:
+        image_folder(args.eval, what="evaluation")
+    evalset = args.eval or calib
     quiet = args.json
     qnet = quantize(net, calib, method=args.method, softmax=args.softmax, pair_safe=args.pair_safe,
                     bias_correction=args.bias_correction or False, percentile=args.percentile,
                     progress=None if quiet else progress_bar("calibrating"))
+    n_calib = qnet.qgraph.info["calibration_images"]          # the images used (unusable ones are skipped)
     if args.save:
         qnet.save(args.save)
     if args.onnx:

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import __version__
 from .. import layers as L
+from ..cfg import write_output_file
 from ..errors import ExportError
 
 OPSET = 17                                   # ST Edge AI Core accepts 7..20 (stm32n6.md §2)
@@ -141,31 +142,10 @@ def check_model(model, what: str = "model") -> None:
 
 
 def save_model(model, path: str | os.PathLike) -> None:
-    """Write ``model`` to ``path`` through ``path.part``, renamed when complete.
+    """Write ``model`` to ``path`` through ``path.part``, renamed when complete (cfg.write_output_file).
 
     Any failure or interrupt (Ctrl-C included) removes the ``.part`` and re-raises; an OSError becomes an
     ExportError. A ``.part`` that is a directory is an ExportError (it is never removed).
     """
     import onnx
-    path = os.fspath(path)
-    tmp = path + ".part"
-    if os.path.isdir(tmp):
-        raise ExportError(f"{path}: cannot write the ONNX model: {tmp} is a directory (darknetpy writes the model "
-                          "there first, then renames it): remove it or choose another output")
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        _remove_part(tmp)
-        if isinstance(e, OSError):
-            raise ExportError(f"{path}: cannot write the ONNX model: {e.strerror or e}") from None
-        raise
-
-
-def _remove_part(tmp: str) -> None:
-    """Remove a half-written ``.part`` file, if there is one (never a directory); errors are ignored."""
-    try:
-        if not os.path.isdir(tmp):
-            os.unlink(tmp)
-    except OSError:
-        pass
+    write_output_file(path, lambda tmp: onnx.save(model, tmp), error=ExportError, what="the ONNX model")

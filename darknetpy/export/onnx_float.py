@@ -12,7 +12,8 @@ avgpool        GlobalAveragePool
 softmax        Flatten, (Mul 1/temperature), Reshape to groups, Softmax(axis=-1), Reshape back
 route          Concat(axis=1) (flat routes: Flatten each input, Concat)
 shortcut       Add, with Mul for alpha/beta, Slice for channel and stride mismatches
-upsample       Resize nearest (asymmetric, floor) [* scale]; stride<0: AveragePool * stride^2 * scale
+upsample       Resize nearest (asymmetric, floor) [* scale]; stride<0: AveragePool * stride^2 * scale, after
+               Reshape/Slice/Reshape when the input is not a multiple of the stride (darknet's reading)
 connected      Flatten + Gemm(transB=1)
 crop           Slice [* 2 - 1]
 batchnorm      Mul + Add per channel;  dropout, cost: nothing
@@ -32,7 +33,7 @@ import numpy as np
 
 from .. import layers as L
 from ..errors import UnsupportedError
-from ..passes import bn_scale_shift, fold_batchnorm
+from ..passes import bn_scale_shift, fold_batchnorm, numpy_warnings
 from ..weights import Weights
 from .common import (Builder, Emitter, add_metadata, check_input_layout, check_model, model_name,
                      save_model)
@@ -241,6 +242,16 @@ def _upsample(e: _Layer, layer: L.Upsample, p: dict):
     k = layer.scale * s * s if layer.reverse else layer.scale
     y_name = e.out if k == 1 else f"{base}_unscaled"
     if layer.reverse:
+        oh, ow = layer.out_h * s, layer.out_w * s
+        if (layer.h, layer.w) != (oh, ow):
+            # darknet reads the input with the output's geometry (kernels/elementwise.py upsample): the first
+            # c*oh*ow values as (c, oh, ow), reproduced exactly
+            r = b.node("Reshape", [x, b.const(f"{base}_q_flat", np.array([1, -1], np.int64))], f"{base}_q_reshape")
+            r = b.node("Slice", [r, b.const(f"{base}_q_s", np.array([0], np.int64)),
+                                 b.const(f"{base}_q_e", np.array([layer.c * oh * ow], np.int64)),
+                                 b.const(f"{base}_q_a", np.array([1], np.int64))], f"{base}_q_slice")
+            x = b.node("Reshape", [r, b.const(f"{base}_q_shape", np.array([1, layer.c, oh, ow], np.int64))],
+                       f"{base}_q_unflatten")
         y = b.node("AveragePool", [x], f"{base}_pool", y_name, kernel_shape=[s, s], strides=[s, s])
     else:
         roi = b.const(f"{base}_roi", np.array([], np.float32))
@@ -349,7 +360,8 @@ def export_onnx(graph: L.Graph, weights: Weights, path: str | os.PathLike | None
     for layer, p in zip(graph.layers[: last + 1], weights.params):
         out = "output" if layer.index == last else f"l{layer.index}"
         ctx = _Layer(b, graph, layer, names, flat, out)
-        names[layer.index], flat[layer.index] = L.dispatch(FLOAT_EXPORT, layer).emit(ctx, layer, p)
+        with numpy_warnings(graph, layer, "exporting it"):
+            names[layer.index], flat[layer.index] = L.dispatch(FLOAT_EXPORT, layer).emit(ctx, layer, p)
 
     o = graph.output_layer
     out_shape = [1, o.out_c, o.out_h, o.out_w] if o.spatial and not flat[last] else [1, o.outputs]

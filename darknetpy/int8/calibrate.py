@@ -4,7 +4,9 @@ choose each tensor's range (``CALIB_METHODS``), and build the ``QGraph``; option
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -13,7 +15,7 @@ from .. import __version__
 from .. import layers as L
 from ..errors import ImageError, QuantizeError, UnsupportedError
 from ..image import find_images, letterbox, load_image, normalize
-from ..passes import fold_batchnorm
+from ..passes import fold_batchnorm, numpy_warnings
 from ..weights import Weights
 from .qgraph import (SOFTMAX_MODES, SOFTMAX_SCALE, SOFTMAX_ZERO_POINT, QGraph, QLayer, QParams, check_int8,
                      input_qparams, input_range, qlayer_role, qparams_from_range)
@@ -62,12 +64,30 @@ def _quant_mse(v: np.ndarray, lo: float, hi: float) -> float:
     return float(np.mean((qp.dequantize(qp.quantize(v)) - v) ** 2)) if v.size else 0.0
 
 
+def check_percentile(p) -> float:
+    """The percentile method's upper percentile ``p`` as a float, if 50 < p <= 100; else a QuantizeError.
+
+    choose_range clips each tensor to [percentile(100 - p), percentile(p)]: numpy accepts only 0..100 (150 or
+    nan raised ValueError), and p <= 50 puts the lower bound at or above the upper one. The one definition of
+    the rule: ``darknetpy quantize --percentile`` (cli/args.py) checks its argument with it too.
+    """
+    try:
+        v = float(p)
+    except (TypeError, ValueError):
+        raise QuantizeError(f"the percentile must be a number, got {p!r}") from None
+    if not (math.isfinite(v) and 50 < v <= 100):
+        raise QuantizeError(f"the percentile must be above 50 and at most 100, got {p}")
+    return v
+
+
 def choose_range(stats: TensorStats, method: str, percentile: float = 99.99) -> tuple[float, float]:
     """The real range [lo, hi] to quantise a tensor to, by ``method`` (see the module docstring)."""
     lo, hi = min(stats.min, 0.0), max(stats.max, 0.0)
     if method == "minmax" or stats.count == 0:
         return lo, hi
     v = stats.samples.astype(np.float64)
+    if method in ("percentile", "auto"):
+        percentile = check_percentile(percentile)
     if method == "percentile":
         plo = float(np.percentile(v, 100.0 - percentile)) if lo < 0 else 0.0
         phi = float(np.percentile(v, percentile)) if hi > 0 else 0.0
@@ -118,12 +138,12 @@ def iter_images(source, net: L.NetInfo, *, what: str = "calibration") -> tuple[i
         return len(arr), (np.ascontiguousarray(a, np.float32) for a in arr)
     if isinstance(source, (str, os.PathLike)):
         paths = image_folder(source, what=what)
-        return len(paths), _load_many(paths, net)
+        return len(paths), _load_many(paths, net, what=what, folder=source)
     items = list(source)
     if not items:
         raise QuantizeError(f"no {what} images given")
     if all(isinstance(p, (str, os.PathLike)) for p in items):
-        return len(items), _load_many([os.fspath(p) for p in items], net)
+        return len(items), _load_many([os.fspath(p) for p in items], net, what=what)
     return len(items), (np.ascontiguousarray(np.asarray(a, np.float32).reshape(shape)) for a in items)
 
 
@@ -136,12 +156,27 @@ def image_folder(directory: str | os.PathLike, *, what: str = "calibration") -> 
         raise QuantizeError(str(e)) from None
 
 
-def _load_many(paths: list[str], net: L.NetInfo) -> Iterator[np.ndarray]:
+def _load_many(paths: list[str], net: L.NetInfo, *, what: str = "calibration",
+               folder: str | os.PathLike | None = None) -> Iterator[np.ndarray]:
+    """The images letterboxed to the network size and normalised with its [net] mean/std (if any). One that
+    cannot be used (corrupt, too thin to letterbox, ...) is a warning naming it, and the others go on; a
+    QuantizeError (naming ``folder``) if none can be used."""
+    used = 0
     for p in paths:
-        img = load_image(p)
-        if img.shape[0] != net.c:
-            raise UnsupportedError(f"{p}: the network takes {net.c} channels, images are RGB")
-        yield normalize(letterbox(img, net.w, net.h), net.mean, net.std)
+        try:
+            img = load_image(p)
+            if img.shape[0] != net.c:
+                raise UnsupportedError(f"{p}: the network takes {net.c} channels, images are RGB")
+            x = normalize(letterbox(img, net.w, net.h), net.mean, net.std)
+        except ImageError as e:
+            msg = str(e) if str(e).startswith(f"{p}:") else f"{p}: {e}"
+            warnings.warn(f"{msg} (skipped: {what} goes on with the other images)")
+            continue
+        used += 1
+        yield x
+    if not used:
+        where = f"{what} directory {os.fspath(folder)}" if folder is not None else f"{what} images"
+        raise QuantizeError(f"{where}: none of the {len(paths)} images can be used (each is named in a warning)")
 
 
 class _FloatRecorder:
@@ -177,6 +212,7 @@ def build_qgraph(graph: L.Graph, weights: Weights, calibration, *, method: str |
         raise QuantizeError(f"unknown bias correction {bias_correction!r}; choose from False, 'weight', 'sequential'")
     if softmax not in SOFTMAX_MODES:
         raise QuantizeError(f"unknown softmax mode {softmax!r}; choose from {', '.join(SOFTMAX_MODES)}")
+    percentile = check_percentile(percentile)
     methods = _method_table(method, graph)
     check_int8(graph)
     fgraph, fweights = fold_batchnorm(graph, weights)
@@ -222,26 +258,27 @@ def build_qgraph(graph: L.Graph, weights: Weights, calibration, *, method: str |
         if i > last:                            # after the output ([cost]): computes nothing
             qlayers.append(QLayer(i, layer, src, qp_of(src[0])))
             continue
-        role = qlayer_role(layer)
-        m = methods[i]
-        act = getattr(layer, "activation", "linear")
-        own = qparams_from_range(*choose_range(out_stats[i], m, percentile))
-        pre = qparams_from_range(*choose_range(pre_stats[i], m, percentile)) if i in pre_stats else None
-        if role == "weighted":
-            paired = not (isinstance(layer, L.Convolutional) and layer.groups > 1 and layer.c == layer.groups
-                          == layer.filters)
-            wq, ws = quantize_weights(p["weights"], pair_safe=pair_safe, paired=paired)
-            bq, _ = quantize_bias(p["biases"], qp_of(src[0]).scale, ws)
-            ql = QLayer(i, layer, src, own, pre, act, wq, ws, bq)
-        elif role == "sum":
-            ql = QLayer(i, layer, src, own, pre, act)
-        elif role == "shares":
-            ql = QLayer(i, layer, src, qp_of(src[0]))
-        elif role == "softmax":
-            ql = QLayer(i, layer, src, QParams(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT) if softmax == "int8" else None)
-        else:                                   # "own": avgpool, concat
-            ql = QLayer(i, layer, src, own)
-        qlayers.append(ql)
+        with numpy_warnings(fgraph, layer, "quantizing it"):
+            role = qlayer_role(layer)
+            m = methods[i]
+            act = getattr(layer, "activation", "linear")
+            own = qparams_from_range(*choose_range(out_stats[i], m, percentile))
+            pre = qparams_from_range(*choose_range(pre_stats[i], m, percentile)) if i in pre_stats else None
+            if role == "weighted":
+                paired = not (isinstance(layer, L.Convolutional) and layer.groups > 1 and layer.c == layer.groups
+                              == layer.filters)
+                wq, ws = quantize_weights(p["weights"], pair_safe=pair_safe, paired=paired)
+                bq, _ = quantize_bias(p["biases"], qp_of(src[0]).scale, ws)
+                ql = QLayer(i, layer, src, own, pre, act, wq, ws, bq)
+            elif role == "sum":
+                ql = QLayer(i, layer, src, own, pre, act)
+            elif role == "shares":
+                ql = QLayer(i, layer, src, qp_of(src[0]))
+            elif role == "softmax":
+                ql = QLayer(i, layer, src, QParams(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT) if softmax == "int8" else None)
+            else:                                   # "own": avgpool, concat
+                ql = QLayer(i, layer, src, own)
+            qlayers.append(ql)
 
     qg = QGraph(fgraph, qlayers, qin, softmax, info={
         "method": method if isinstance(method, str) else {str(k): v for k, v in method.items()},
@@ -354,18 +391,20 @@ def _correct_biases(qg: QGraph, fweights: Weights, rec: "_FloatRecorder", calibr
     if mode == "weight":
         _, mq = _input_means(qg, rec, iter_images(calibration, qg.graph.net)[1], targets, False)
         for ql in targets:
-            w = fweights.params[ql.index]["weights"].astype(np.float64)
-            requant_bias(ql, _apply(w - wdq(ql), ql.layer, mq[ql.index]))
+            with numpy_warnings(qg.graph, ql.layer, "correcting its bias"):
+                w = fweights.params[ql.index]["weights"].astype(np.float64)
+                requant_bias(ql, _apply(w - wdq(ql), ql.layer, mq[ql.index]))
         return
     for ql in targets:
         mf, mq = _input_means(qg, rec, iter_images(calibration, qg.graph.net)[1], [ql], True)
-        w = fweights.params[ql.index]["weights"].astype(np.float64)
-        p = fweights.params[ql.index]
-        b_dq = ql.bias.astype(np.float64) * (np.float32(qg.tensor_qparams(ql.src[0]).scale)
-                                              * ql.weight_scale.astype(np.float32)).astype(np.float64)
-        # b_new makes E[Wq x^ + b_new] = E[W x + b]; expressed as a correction of the float bias
-        delta = _apply(w, ql.layer, mf[ql.index]) - _apply(wdq(ql), ql.layer, mq[ql.index]) \
-            + (p["biases"].astype(np.float64) - b_dq)
-        requant_bias(ql, delta)
+        with numpy_warnings(qg.graph, ql.layer, "correcting its bias"):
+            w = fweights.params[ql.index]["weights"].astype(np.float64)
+            p = fweights.params[ql.index]
+            b_dq = ql.bias.astype(np.float64) * (np.float32(qg.tensor_qparams(ql.src[0]).scale)
+                                                  * ql.weight_scale.astype(np.float32)).astype(np.float64)
+            # b_new makes E[Wq x^ + b_new] = E[W x + b]; expressed as a correction of the float bias
+            delta = _apply(w, ql.layer, mf[ql.index]) - _apply(wdq(ql), ql.layer, mq[ql.index]) \
+                + (p["biases"].astype(np.float64) - b_dq)
+            requant_bias(ql, delta)
 
 

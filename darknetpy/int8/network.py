@@ -86,7 +86,8 @@ def quantize(net, images, method: str | dict = "minmax", *, softmax: str = "int8
     tests). ``method``: ``"minmax"`` (ST's recipe), ``"percentile"``, ``"mse"``, ``"auto"``, or a dict
     {layer index: method, "default": method}. ``softmax``: "int8" (ST's 1/255 output) or "float";
     ``pair_safe``: weights whose u8 x s8 pairs cannot saturate (see the module docstring); ``bias_correction``:
-    False, "weight" (or True) or "sequential"; ``progress(i, n)`` is called after each calibration input.
+    False, "weight" (or True) or "sequential"; ``percentile``: the percentile method's upper percentile, above 50
+    and at most 100 (a QuantizeError otherwise); ``progress(i, n)`` is called after each calibration input.
 
     >>> net = darknetpy.load("cfg/tiny.cfg", "weights/tiny.weights")        # doctest: +SKIP
     >>> qnet = darknetpy.quantize(net, "calib/", method="mse")              # doctest: +SKIP

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import __version__
 from .. import layers as L
+from ..cfg import write_output_file
 from ..errors import QuantizeError, UnsupportedError
 
 INPUT_SCALE = float(np.float32(1.0 / 255.0))     # 0.003921569: QuantizeLinear(1/255, -128) on [0, 1] images
@@ -183,6 +184,9 @@ class QGraph:
     def save(self, path: str | os.PathLike) -> None:
         """Write one ``.npz``: the int8/int32/float32 arrays plus a JSON description (key ``__qgraph__``).
 
+        Written through ``path.part`` (cfg.write_output_file): a failure or interrupt leaves no ``.part``, an
+        OSError is a QuantizeError.
+
         >>> qgraph.save("tiny_int8.npz"); QGraph.load("tiny_int8.npz")        # doctest: +SKIP
         """
         path = os.fspath(path)
@@ -202,14 +206,11 @@ class QGraph:
                 "net": dataclasses.asdict(g.net), "path": g.path, "source_sha256": g.source_sha256,
                 "input": self.input.to_json(), "softmax": self.softmax, "layers": layers, "info": self.info}
         arrays["__qgraph__"] = np.array(json.dumps(meta))
-        tmp = path + ".part.npz"
-        try:
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path)
-        except OSError as e:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise QuantizeError(f"{path}: cannot write the int8 graph: {e.strerror or e}") from None
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:           # a file object: np.savez adds no ".npz" to it
+                np.savez(f, **arrays)
+        write_output_file(path, write, error=QuantizeError, what="the int8 graph")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "QGraph":

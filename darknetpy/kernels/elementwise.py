@@ -191,8 +191,21 @@ def _downsample_sum(x, stride, scale, out):
 
 
 def upsample(x, stride: int, scale: float, reverse: bool, out):
+    """darknet's forward_upsample_layer: out (C, H*s, W*s) from x (C, H, W), or with ``reverse`` (stride < 0 in
+    the cfg) out (C, H/s, W/s) as the sum of each s x s block of scale*x.
+
+    Reversed, darknet calls ``upsample_cpu(l.output, out_w, out_h, ..., forward=0, ..., net.input)``, which
+    reads its input with the *output's* geometry: the value at (k, j, i) is input[k*out_w*out_h*s*s + j*out_w*s
+    + i], the first C*(out_h*s)*(out_w*s) input values laid out as (C, out_h*s, out_w*s). When the input's
+    width (or, past the first channel, its height) is not a multiple of s, that is not the input's own pixel
+    (k, j, i): each row starts W - out_w*s values early, and the blocks mix pixels of neighbouring rows and
+    channels. Reproduced exactly (a view of the flat input), as darknet computes it.
+    """
     if reverse:
-        _downsample_sum(x, stride, np.float32(scale), out)
+        c, oh, ow = out.shape
+        n = c * oh * stride * ow * stride
+        xv = x.reshape(-1)[:n].reshape(c, oh * stride, ow * stride)
+        _downsample_sum(xv, stride, np.float32(scale), out)
     else:
         _upsample(x, stride, np.float32(scale), out)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 
+import numpy as np
 import pytest
 
 from conftest import write
@@ -278,3 +280,206 @@ def test_fetch_part_directory_is_a_fetch_error(tmp_path):
     (tmp_path / "out" / "dog.jpg.part").mkdir()
     with pytest.raises(FetchError, match=r"dog\.jpg\.part is a directory"):
         fetch_one(ASSETS["dog.jpg"], tmp_path / "out", mirror=str(mirror))
+
+
+# -- numpy's floating-point warnings: one warning naming the layer ------------------------------------------------
+
+BN_CFG = "[net]\nheight=8\nwidth=8\nchannels=3\n[convolutional]\nbatch_normalize=1\nfilters=4\nsize=3\npad=1\n" \
+         "activation=leaky\n[connected]\noutput=3\nbatch_normalize=1\nactivation=linear\n[softmax]\n"
+
+
+@pytest.fixture
+def bad_bn(tmp_path):
+    """Layer 0: a negative rolling_variance (sqrt is NaN); layer 1: a zero variance under a huge scale
+    (the folded scale overflows float32)."""
+    from darknetpy.network import load
+    net = load(write(tmp_path, "bn.cfg", BN_CFG))
+    net.weights.params[0]["rolling_variance"][1] = -1.0
+    net.weights.params[1]["rolling_variance"][...] = 0.0
+    net.weights.params[1]["scales"][...] = 3e38
+    return net
+
+
+def _numpy_said(rec):
+    raw = [str(w.message) for w in rec if issubclass(w.category, RuntimeWarning)]
+    assert raw == [], f"numpy's own warnings reached the user: {raw}"
+    return [str(w.message) for w in rec]
+
+
+def test_numpy_warnings_of_the_fast_plan_name_the_layer(bad_bn):
+    x = np.full((3, 8, 8), 0.5, np.float32)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        out = bad_bn.predict(x)
+    assert _numpy_said(rec) == [
+        "bn.cfg:5 layer 0 [convolutional]: numpy: invalid value encountered in sqrt while preparing its parameters "
+        "(its parameters or inputs hold NaN, infinity, a negative variance or values beyond float32): its results "
+        "will not be finite",
+        "bn.cfg:11 layer 1 [connected]: numpy: overflow encountered in cast while preparing its parameters "
+        "(its parameters or inputs hold NaN, infinity, a negative variance or values beyond float32): its results "
+        "will not be finite"]
+    assert not np.isfinite(out).all()
+
+
+def test_numpy_warnings_of_folding_and_export_name_the_layer(bad_bn):
+    from darknetpy.export.onnx_float import export_onnx
+    from darknetpy.passes import fold_batchnorm
+    for run in (lambda: fold_batchnorm(bad_bn.graph, bad_bn.weights),
+                lambda: export_onnx(bad_bn.graph, bad_bn.weights, check=False)):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            run()
+        said = _numpy_said(rec)
+        assert [m.split(": numpy: ")[0] for m in said] == ["bn.cfg:5 layer 0 [convolutional]",
+                                                          "bn.cfg:11 layer 1 [connected]"]
+        assert all("while folding its batch norm" in m for m in said)
+
+
+def test_numpy_warnings_keeps_other_warnings_as_they_are(bad_bn):
+    from darknetpy.passes import numpy_warnings
+    layer = bad_bn.graph[1]
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        with numpy_warnings(bad_bn.graph, layer, "testing"):
+            warnings.warn("something else")
+            np.float32(3e38) * np.float32(10)
+            np.sqrt(np.float64(-1))
+            np.float32(3e38) * np.float32(10)
+    assert [str(w.message) for w in rec] == [
+        "something else",
+        "bn.cfg:11 layer 1 [connected]: numpy: overflow encountered in scalar multiply; invalid value encountered "
+        "in sqrt while testing (its parameters or inputs hold NaN, infinity, a negative variance or values beyond "
+        "float32): its results will not be finite"]
+
+
+def test_cli_classify_prints_no_raw_numpy_warning(bad_bn, tmp_path, capsys):
+    from PIL import Image
+
+    from darknetpy.cli import main
+    bad_bn.save_weights(tmp_path / "bn.weights")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    code = main(["classify", bad_bn.graph.path, str(tmp_path / "bn.weights"), str(tmp_path / "a.png")])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err
+    warned = [line for line in err.splitlines() if line.startswith("darknetpy: warning:")]
+    assert warned[:2] == ["darknetpy: warning: bn.cfg:5 layer 0 [convolutional]: numpy: invalid value encountered in "
+                          "sqrt while preparing its parameters (its parameters or inputs hold NaN, infinity, a "
+                          "negative variance or values beyond float32): its results will not be finite",
+                          "darknetpy: warning: bn.cfg:11 layer 1 [connected]: numpy: overflow encountered in cast "
+                          "while preparing its parameters (its parameters or inputs hold NaN, infinity, a negative "
+                          "variance or values beyond float32): its results will not be finite"]
+    assert all("numpy:" in line or "produced" in line for line in warned), warned
+
+
+# -- memory: sizes no machine has are refused from the shapes, before allocating -----------------------------------
+
+WIDE_CFG = "[net]\nheight=224\nwidth=100000\nchannels=3\n[convolutional]\nfilters=16\nsize=3\npad=1\nactivation=leaky\n" \
+           "[maxpool]\nsize=2\nstride=2\n[convolutional]\nfilters=32\nsize=3\npad=1\nactivation=leaky\n" \
+           "[avgpool]\n[softmax]\n"
+
+
+@pytest.mark.parametrize("text,n", [("8G", 8 << 30), ("8GiB", 8 << 30), ("8gb", 8 << 30), ("512M", 512 << 20),
+                                    ("1.5K", 1536), ("1000", 1000), (" 2T ", 2 << 40)])
+def test_max_memory_sizes(text, n):
+    from darknetpy.memory import parse_size
+    assert parse_size(text) == n
+
+
+@pytest.mark.parametrize("text", ["abc", "8X", "-1G", "0", "1e9", "G"])
+def test_max_memory_bad_sizes_are_clear_errors(text):
+    from darknetpy.errors import DarknetpyError
+    from darknetpy.memory import parse_size
+    with pytest.raises(DarknetpyError, match="DARKNETPY_MAX_MEMORY="):
+        parse_size(text)
+
+
+def test_memory_limit_defaults_to_the_available_memory(monkeypatch):
+    from darknetpy import memory
+    monkeypatch.delenv("DARKNETPY_MAX_MEMORY", raising=False)
+    cap, source = memory.limit()
+    if os.path.exists("/proc/meminfo"):
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        assert abs(cap - avail) < 1 << 30 and "available on this machine" in source
+    monkeypatch.setenv("DARKNETPY_MAX_MEMORY", "3G")
+    assert memory.limit() == (3 << 30, "set by DARKNETPY_MAX_MEMORY")
+
+
+def test_plan_estimate_follows_the_shapes(tmp_path):
+    from darknetpy.graph import load_graph
+    from darknetpy.memory import plan_bytes
+    g = load_graph(write(tmp_path, "n.cfg", CFG_TEXT))
+    exact = plan_bytes(g, exact=True)
+    # input + outputs (conv 4x8x8, avgpool 4, softmax 4) and the parameters (4 biases, 4x3x3x3 weights)
+    assert exact.activations == 4 * (3 * 64 + 4 * 64 + 4 + 4) and exact.parameters == 4 * (4 + 108)
+    fast = plan_bytes(g)
+    assert fast.parameters == exact.parameters + 4 * 108 and fast.total > exact.total  # packed weights, scratch
+
+
+def test_load_refuses_a_network_larger_than_the_limit_before_reading_weights(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from darknetpy import network
+    from darknetpy.errors import MemoryLimitError
+    monkeypatch.setenv("DARKNETPY_MAX_MEMORY", "2G")
+    monkeypatch.setattr(network, "read_weights", lambda *a: pytest.fail("read the weights first"))
+    monkeypatch.setattr(network, "random_params", lambda *a: pytest.fail("allocated the parameters first"))
+    tracemalloc.start()
+    try:
+        with pytest.raises(MemoryLimitError) as e:
+            network.load(write(tmp_path, "wide.cfg", WIDE_CFG), tmp_path / "w.weights")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 << 20                  # (imports included) against gigabytes
+    assert str(e.value).startswith("wide.cfg: running this network at 100000x224 needs about ")
+    assert "the largest layer is wide.cfg:5 layer 0 [convolutional] (16 x 224 x 100000, " in str(e.value)
+    assert str(e.value).endswith("more than the 2.0 GiB set by DARKNETPY_MAX_MEMORY")
+
+
+def test_plans_and_resized_networks_are_checked(tmp_path, monkeypatch):
+    from darknetpy.errors import MemoryLimitError
+    from darknetpy.network import load
+    from darknetpy.runtime import Plan
+    net = load(write(tmp_path, "n.cfg", CFG_TEXT))
+    monkeypatch.setenv("DARKNETPY_MAX_MEMORY", "1K")
+    with pytest.raises(MemoryLimitError, match=r"n\.cfg: running this network at 8x8 needs about"):
+        Plan(net.graph, net.weights)
+    monkeypatch.setenv("DARKNETPY_MAX_MEMORY", "1M")
+    Plan(net.graph, net.weights)
+    with pytest.raises(MemoryLimitError, match=r"n\.cfg: running this network at 512x512 needs about"):
+        net.resized(512, 512)
+
+
+def test_letterbox_and_resize_to_an_absurd_size_refuse_before_allocating(monkeypatch):
+    import tracemalloc
+
+    from darknetpy.errors import MemoryLimitError
+    from darknetpy.image import letterbox, resize_image
+    monkeypatch.setenv("DARKNETPY_MAX_MEMORY", "4G")
+    img = np.zeros((3, 30, 40), np.float32)
+    tracemalloc.start()
+    try:
+        with pytest.raises(MemoryLimitError, match="letterboxing a 40x30 image into 100000x100000 needs about"):
+            letterbox(img, 100000, 100000)
+        with pytest.raises(MemoryLimitError, match="resizing a 40x30 image to 100000x20000 needs about"):
+            resize_image(img, 100000, 20000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 << 20                  # (imports included) against gigabytes
+
+
+def test_resize_min_refuses_an_elongated_image():
+    from darknetpy.image import resize_min
+    with pytest.raises(ImageError, match=r"a 1x20000 image is too elongated for resize_min: scaled to 224x4480000"):
+        resize_min(np.zeros((3, 20000, 1), np.float32), 224)
+
+
+def test_resize_min_refuses_a_result_beyond_the_memory_limit(monkeypatch):
+    from darknetpy.image import resize_min
+    monkeypatch.setenv("DARKNETPY_MAX_MEMORY", "1M")
+    with pytest.raises(ImageError, match=r"resize_min of a 1x2000 image to 8x16000 needs about .* more than the "
+                                         r"1\.0 MiB set by DARKNETPY_MAX_MEMORY"):
+        resize_min(np.zeros((3, 2000, 1), np.float32), 8)
+    assert resize_min(np.zeros((3, 20, 10), np.float32), 8).shape == (3, 16, 8)

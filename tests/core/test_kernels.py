@@ -356,15 +356,47 @@ def test_upsample_and_downsample_sum():
     out = np.empty((2, 9, 12), np.float32)
     kel.upsample(x, 3, 0.5, False, out)
     assert np.array_equal(out, 0.5 * x.repeat(3, 1).repeat(3, 2))
-    y = ints((2, 7, 9))
-    down = np.empty((2, 3, 4), np.float32)
+    y = ints((2, 8, 10))
+    down = np.empty((2, 4, 5), np.float32)
     kel.upsample(y, 2, 2.0, True, down)
-    ref = np.zeros((2, 3, 4))
+    ref = np.zeros((2, 4, 5))
     for c in range(2):
-        for j in range(6):
-            for i in range(8):
+        for j in range(8):
+            for i in range(10):
                 ref[c, j // 2, i // 2] += 2.0 * y[c, j, i]
     assert np.array_equal(down, ref)
+
+
+def upsample_cpu(inp, w, h, c, stride, forward, scale, out):
+    """darknet's upsample_cpu (src/blas.c), batch 1, on flat float32 arrays, line for line."""
+    scale = np.float32(scale)
+    for k in range(c):
+        for j in range(h * stride):
+            for i in range(w * stride):
+                in_index = k * w * h + (j // stride) * w + i // stride
+                out_index = k * w * h * stride * stride + j * w * stride + i
+                if forward:
+                    out[out_index] = scale * inp[in_index]
+                else:
+                    inp[in_index] += scale * out[out_index]
+
+
+@pytest.mark.parametrize("c,h,w,s", [(2, 7, 9, 2), (3, 5, 8, 2), (1, 7, 7, 3), (2, 9, 11, 3), (3, 6, 6, 2)])
+def test_downsample_reads_its_input_like_darknet(c, h, w, s):
+    """forward_upsample_layer with stride < 0: upsample_cpu(l.output, out_w, out_h, c, .., 0, scale, net.input)
+    reads the input with the output's row and channel strides; odd sizes mix neighbouring rows and channels."""
+    x = np.random.default_rng(c * h * w * s).standard_normal((c, h, w)).astype(np.float32)
+    oh, ow = h // s, w // s
+    ref = np.zeros(c * oh * ow, np.float32)                 # fill_cpu(l.outputs, 0, l.output)
+    upsample_cpu(ref, ow, oh, c, s, 0, 0.75, x.reshape(-1))
+    out = np.empty((c, oh, ow), np.float32)
+    kel.upsample(x, s, 0.75, True, out)
+    assert np.array_equal(out.reshape(-1), ref)
+    up = np.empty((c, h * s, w * s), np.float32)              # and the forward direction, for completeness
+    kel.upsample(x, s, 0.75, False, up)
+    ref_up = np.zeros(c * h * w * s * s, np.float32)
+    upsample_cpu(x.reshape(-1), w, h, c, s, 1, 0.75, ref_up)
+    assert np.array_equal(up.reshape(-1), ref_up)
 
 
 def test_crop():

@@ -192,3 +192,16 @@ def test_export_cli_int8_onnx_as_users_type_it(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "tiny_int8.onnx").is_file() and "wrote tiny_int8.onnx" in out
     assert "stedgeai generate" in out and "--input-data-type uint8" in out and "--inputs-ch-position chlast" in out
     assert check_n6(str(tmp_path / "tiny_int8.onnx")) == []
+
+
+@pytest.mark.parametrize("h,w,s", [(7, 9, 2), (5, 8, 2), (9, 11, 3), (6, 6, 2)])
+def test_downsample_of_a_size_not_a_multiple_of_the_stride_exports_darknets_reading(tmp_path, h, w, s):
+    """[upsample] stride<0 reads its input with the output's geometry (kernels/elementwise.py upsample): the
+    export reproduces it, and agrees with darknetpy (whose kernel is checked against darknet's upsample_cpu)."""
+    cfg = write(tmp_path, "d.cfg", f"[net]\nheight={h}\nwidth={w}\nchannels=3\n[convolutional]\nfilters=4\nsize=3\n"
+                                   f"pad=1\nactivation=leaky\n[upsample]\nstride=-{s}\nscale=0.5\n")
+    net = load(cfg)
+    x = np.random.default_rng(h * w).random((3, h, w), dtype=np.float32)
+    ref = net.predict(x)
+    got = session(export_onnx(net.graph, net.weights)).run(None, {"input": x[None]})[0].reshape(ref.shape)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * float(np.abs(ref).max()))
