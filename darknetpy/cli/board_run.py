@@ -19,6 +19,7 @@ import sys
 from typing import TYPE_CHECKING, Optional
 
 from ..errors import BoardRejected, UnsupportedError
+from . import board_io
 from .args import index_int, positive_float, positive_int
 
 if TYPE_CHECKING:                  # the runner (pyserial) and numpy load only when a command runs
@@ -68,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib", metavar="DIR", help="calibration images for --cfg/--weights: the ones the "
                                                        "board's model was exported with")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    board_io.add_arguments(parser, source)      # --inputs DIR|FILE.npy, --json-out, --plot
     parser.add_argument("--trace", action="store_true",
                         help="log every packet in hex to stderr, with timestamps")
     parser.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT,
@@ -77,6 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``board-run``: connect, describe the model, time ``--runs`` inferences, print."""
+    board_io.check_options(args)
+    if args.inputs:                              # many inputs, io mode: board_io.py
+        return board_io.run_inputs(args, image_layout=image_layout, image_to_tensor=image_to_tensor,
+                                   normalisation=normalisation)
     compare = bool(args.weights or args.int8_graph)
     if args.weights and not args.cfg:
         raise UnsupportedError("--weights goes with --cfg")
@@ -116,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         comparison = compare_with_int8_engine(qnet, image, runs[-1].outputs)
     source = (f"image {args.input}" if args.input
               else f"const {0.0 if args.const is None else args.const:g}")
+    if args.plot:
+        board_io.plot_epochs(report, args.plot)
     if args.json:
         print(json.dumps(report_dict(report, source, const, comparison)))
     else:
