@@ -137,9 +137,10 @@ def confusion(float_top1: Sequence[int], int8_top1: Sequence[int], max_classes: 
 
 
 def plot_confusion(float_top1: Sequence[int], int8_top1: Sequence[int], path, *,
-                   names: Optional[Sequence[str]] = None, max_classes: int = 30):
+                   names: Optional[Sequence[str]] = None, max_classes: int = 30,
+                   axes: tuple[str, str] = ("float top-1", "int8 top-1")):
     """The confusion matrix of int8 top-1 (columns) against float top-1 (rows), counts written in the cells; the
-    diagonal is agreement."""
+    diagonal is agreement. ``axes`` names the rows and the columns (e.g. the label against float top-1)."""
     m, classes = confusion(float_top1, int8_top1, max_classes)
     labels = ["other" if c < 0 else (names[c] if names is not None and c < len(names) else str(c)) for c in classes]
     k = len(classes)
@@ -148,11 +149,11 @@ def plot_confusion(float_top1: Sequence[int], int8_top1: Sequence[int], path, *,
     ax.imshow(m, cmap="Blues", gid="confusion")
     ax.set_xticks(np.arange(k), labels, rotation=90, fontsize=7)
     ax.set_yticks(np.arange(k), labels, fontsize=7)
-    ax.set_xlabel("int8 top-1")
-    ax.set_ylabel("float top-1")
+    ax.set_xlabel(axes[1])
+    ax.set_ylabel(axes[0])
     n = int(m.sum())
     agree = int(np.sum(np.asarray(float_top1) == np.asarray(int8_top1)))
-    ax.set_title(f"int8 against float top-1: {agree}/{n} agree")
+    ax.set_title(f"{axes[1]} against {axes[0]}: {agree}/{n} agree")
     hi = m.max() if m.size else 0
     for i in range(k):
         for j in range(k):
