@@ -331,7 +331,10 @@ def _report(args, net, qnet, samples, records, outputs, names, seconds, jobs) ->
     result.update(failed=len(samples) - n, classes=len({s.label for s in samples}), seconds=seconds,
                   images_per_s=len(samples) / seconds if seconds > 0 else None, jobs=jobs,
                   per_image=[records[s.index] for s in samples])
-    if args.plot:
+    if args.plot and not ok:
+        import warnings
+        warnings.warn(f"no image could be evaluated: {args.plot} not drawn")
+    elif args.plot:
         from ..plots import plot_confusion
         if qnet is not None:
             plot_confusion([r["float"][0] for r in ok], [r["int8"][0] for r in ok], args.plot, names=names)
@@ -354,6 +357,6 @@ def _report(args, net, qnet, samples, records, outputs, names, seconds, jobs) ->
     sys.stdout.flush()
     print(f"evaluated {len(samples)} image(s) in {seconds:.2f} s ({result['images_per_s'] or 0:.1f} images/s, "
           f"{jobs} process{'es' if jobs > 1 else ''})", file=sys.stderr)
-    if args.plot:
+    if args.plot and ok:
         print(f"wrote the plot {args.plot}", file=sys.stderr)
     return 0
