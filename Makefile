@@ -31,6 +31,12 @@ bench: install                           ## darknetpy vs onnxruntime, interleave
 bench-int8: install                      ## int8 engine vs onnxruntime on the same QDQ model, interleaved
 	$(PY) benchmarks/bench_int8.py $(ARGS)
 
+.PHONY: plots
+plots: install                           ## one picture of each --plot kind into examples/plots/ (installs the [plot] extra)
+	$(PY) -m pip install --quiet -e '.[test,plot]'
+	$(CLI) fetch --all --dest weights
+	$(PY) examples/plots.py
+
 .PHONY: fuzz
 fuzz: install                            ## a longer property-based fuzzing campaign (FUZZ_EXAMPLES=20000 per test, FUZZ_SEED=n to replay; int8 agreement on AGREEMENT_SEEDS=40 weight sets per network)
 	DARKNETPY_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),20000) DARKNETPY_FUZZ_SEED=$(FUZZ_SEED) \

@@ -16,7 +16,8 @@ to the compiler), and the two share the work by kernel:
 
 So no kernel is compiled twice, except numba functions two kernels share (conv.prepare_input).
 A marker file next to the cache records networks whose plan has been compiled, so warm runs never
-start the helper. ``DARKNETPY_PARALLEL_COMPILE=0`` disables it.
+start the helper (``is_cold`` asks it; commands use it to say, once, that they are compiling).
+``DARKNETPY_PARALLEL_COMPILE=0`` disables the helper.
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ def _marker(graph: L.Graph, exact: bool, keep_all: bool) -> Path | None:
         return None
     key = f"{graph.source_sha256}:{graph.net.h}x{graph.net.w}:{int(exact)}{int(keep_all)}"
     return Path(cache) / "compiled" / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def is_cold(graph: L.Graph, *, exact: bool, keep_all: bool = False) -> bool:
+    """True when this plan's kernels have not been compiled here yet (no marker): the first run compiles them.
+    False when it cannot be known (no cache directory, or a graph not read from a file)."""
+    marker = _marker(graph, exact, keep_all)
+    return marker is not None and not marker.exists()
+
+
+def cache_dir() -> str:
+    """Where the compiled kernels are kept (numba's cache directory, see darknetpy/kernels/__init__.py)."""
+    import numba
+
+    return str(numba.config.CACHE_DIR)
 
 
 @dataclass
@@ -102,16 +117,28 @@ def _first_uses(plan) -> list[tuple[str, int]]:
     return sorted(first.items(), key=lambda kv: kv[1])
 
 
-def cooperate(helper: Helper | None, plan, *, wait_s: float = 600.0) -> None:
+def cooperate(helper: Helper | None, plan, *, wait_s: float = 600.0, progress=None) -> None:
     """Main process: compile every kernel of ``plan`` that the helper has not claimed, then wait for the
-    helper's (module docstring). Runs steps on whatever the buffers hold; the real run comes after."""
+    helper's (module docstring). Runs steps on whatever the buffers hold; the real run comes after.
+    ``progress(done, total)`` is called as kernels are done (by either process); without a helper, the
+    kernels are then compiled here one by one (else the first run compiles them)."""
+    keys = _first_uses(plan)
     if helper is None:
+        if progress is not None:
+            for n, (_, i) in enumerate(keys, 1):
+                plan.steps[i]()
+                progress(n, len(keys))
         return
+
+    def tell() -> None:
+        if progress is not None:
+            progress(sum((helper.claims / f"{_slug(k)}.done").exists() for k, _ in keys), len(keys))
     theirs = []
-    for key, i in _first_uses(plan):
+    for key, i in keys:
         if _claim(helper.claims, key):
             plan.steps[i]()
             _done(helper.claims, key)
+            tell()
         else:
             theirs.append((key, i))
     deadline = time.monotonic() + wait_s       # one bound for all the waiting, however many kernels
@@ -121,6 +148,9 @@ def cooperate(helper: Helper | None, plan, *, wait_s: float = 600.0) -> None:
                 break               # the helper is gone (or stuck): compile it here
             time.sleep(0.01)
         plan.steps[i]()
+        tell()
+    if progress is not None:
+        progress(len(keys), len(keys))
 
 
 def finish(helper: Helper | None, graph: L.Graph, *, exact: bool, keep_all: bool = False,

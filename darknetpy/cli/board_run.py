@@ -19,6 +19,7 @@ import sys
 from typing import TYPE_CHECKING, Optional
 
 from ..errors import BoardRejected, UnsupportedError
+from . import board_io
 from .args import index_int, positive_float, positive_int
 
 if TYPE_CHECKING:                  # the runner (pyserial) and numpy load only when a command runs
@@ -68,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib", metavar="DIR", help="calibration images for --cfg/--weights: the ones the "
                                                        "board's model was exported with")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    board_io.add_arguments(parser, source)      # --inputs DIR|FILE.npy, --json-out, --plot
     parser.add_argument("--trace", action="store_true",
                         help="log every packet in hex to stderr, with timestamps")
     parser.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT,
@@ -77,6 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``board-run``: connect, describe the model, time ``--runs`` inferences, print."""
+    board_io.check_options(args)
+    if args.inputs:                              # many inputs, io mode: board_io.py
+        return board_io.run_inputs(args, image_layout=image_layout, image_to_tensor=image_to_tensor,
+                                   normalisation=normalisation)
     compare = bool(args.weights or args.int8_graph)
     if args.weights and not args.cfg:
         raise UnsupportedError("--weights goes with --cfg")
@@ -113,9 +119,14 @@ def run(args: argparse.Namespace) -> int:
     comparison = None
     if compare:
         assert image is not None
-        comparison = compare_with_int8_engine(qnet, image, runs[-1].outputs)
+        # the engine gets exactly what the board got: the bytes sent, decoded (board_io.engine_input)
+        x = board_io.engine_input(image, inputs[0], network.inputs[0], image_layout(network.inputs[0])[0],
+                                  qnet.graph.net)
+        comparison = compare_with_int8_engine(qnet, x, runs[-1].outputs)
     source = (f"image {args.input}" if args.input
               else f"const {0.0 if args.const is None else args.const:g}")
+    if args.plot:
+        board_io.plot_epochs(report, args.plot)
     if args.json:
         print(json.dumps(report_dict(report, source, const, comparison)))
     else:
@@ -253,8 +264,9 @@ def int8_reference(args: argparse.Namespace):
     return quantize(net, [net.preprocess(picture)])
 
 
-def compare_with_int8_engine(qnet, image: np.ndarray, outputs: list[OutputTensor]) -> dict:
-    """Run darknetpy's int8 engine on the same (3, H, W) image the board received and compare with the
+def compare_with_int8_engine(qnet, x: np.ndarray, outputs: list[OutputTensor]) -> dict:
+    """Run darknetpy's int8 engine on ``x``, the network input made of what the board received
+    (``board_io.engine_input``: the bytes sent, decoded, then the cfg's mean/std), and compare with the
     board's first output (dequantised): max/mean absolute difference, top-1/top-5 agreement, and, for an
     int8 output with the same scale and zero point, the share of identical values and the largest
     difference in quantisation steps."""
@@ -262,14 +274,11 @@ def compare_with_int8_engine(qnet, image: np.ndarray, outputs: list[OutputTensor
 
     if not outputs or outputs[0].data is None:
         raise UnsupportedError("the board returned no output data to compare")
-    if tuple(image.shape) != tuple(qnet.input_shape):
-        raise UnsupportedError(f"cannot compare: the board's input is {tuple(image.shape)} (C, H, W), "
+    if tuple(x.shape) != tuple(qnet.input_shape):
+        raise UnsupportedError(f"cannot compare: the board's input is {tuple(x.shape)} (C, H, W), "
                                f"darknetpy's network takes {tuple(qnet.input_shape)}")
-    from ..image import normalize
-
     qp = qnet.qgraph[qnet.qgraph.output_index].out
-    net = qnet.graph.net                 # the board got the [0, 1] image; the engine takes the network input
-    raw = qnet.predict(normalize(np.ascontiguousarray(image, np.float32), net.mean, net.std), raw=True)
+    raw = qnet.predict(np.ascontiguousarray(x, np.float32), raw=True)
     reference = np.asarray(qp.dequantize(raw) if qp is not None else raw, np.float64).ravel()
     board = outputs[0].values().ravel()
     if reference.size != board.size:

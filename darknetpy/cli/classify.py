@@ -134,10 +134,16 @@ def run(args) -> int:
     # Build the plan (weights packed, transforms precomputed) before timing, and on a cold kernel cache
     # share the compiling with a helper process that starts from the other end of the network (warmup.py).
     from .. import warmup
+    from .progress import progress_bar
+    cold = warmup.is_cold(net.graph, exact=net.exact)
+    if cold:                                     # the first run of this network here: say why it takes a while
+        print(f"darknetpy: compiling the kernels for {args.cfg} (first run only; kept in {warmup.cache_dir()})",
+              file=sys.stderr, flush=True)
     helper = warmup.start(net.graph, exact=net.exact) if args.preprocess != "resize_min" else None
     ok = False
-    try:
-        warmup.cooperate(helper, net.plan())     # with a helper, every kernel is compiled (or loaded) here
+    try:                                         # with a helper, every kernel is compiled (or loaded) here
+        warmup.cooperate(helper, net.plan(), progress=progress_bar("compiling")
+                         if cold and args.preprocess != "resize_min" else None)
         ok = True
     finally:
         if helper is not None:                   # stop it and remove the claims, whatever happened

@@ -98,7 +98,8 @@ import warnings  # noqa: E402
 
 from .. import __version__  # noqa: E402
 from ..errors import DarknetpyError  # noqa: E402
-from . import board_run, check_n6, classify, detect, export, fetch, import_onnx, quantize, summary  # noqa: E402
+from . import (board_run, check_n6, classify, detect, evaluate, export, fetch, import_onnx,  # noqa: E402
+               quantize, summary)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
@@ -117,6 +118,7 @@ COMMANDS = (
     ("summary", summary, "print the layer table, parameters and MACs of a cfg"),
     ("fetch", fetch, "download tiny.weights, dog.jpg and the ImageNet labels (SHA-256 checked)"),
     ("quantize", quantize, "quantize a network to int8 and report the accuracy cost per layer"),
+    ("eval", evaluate, "top-1/top-5 of the float (and int8) network on a labelled image folder"),
     ("export", export, "export ONNX (float or QDQ int8) for onnxruntime and ST Edge AI Core"),
     ("check-n6", check_n6, "check an ONNX model against the STM32N6 NPU constraints"),
     ("import-onnx", import_onnx, "trained weights for a cfg from a float ONNX model (e.g. ST's model zoo)"),

@@ -2,7 +2,7 @@
 
     darknetpy quantize CFG WEIGHTS --calib DIR [--method minmax|percentile|mse|auto] [--eval DIR]
                        [--report] [--json] [--save OUT.npz] [--onnx OUT.onnx] [--bias-correction MODE]
-                       [--softmax int8|float] [--no-pair-safe] [--calib-random N] [--threads N]
+                       [--softmax int8|float] [--no-pair-safe] [--calib-random N] [--threads N] [--plot FILE.png]
 
 Calibration images are found recursively under DIR and preprocessed like darknet's classify (RGB, /255,
 letterbox to the network size); one that cannot be used (corrupt, too thin to letterbox) is a warning naming
@@ -55,9 +55,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save", metavar="OUT", help="write the int8 graph (.npz) for darknetpy.load_quantized")
     p.add_argument("--onnx", metavar="OUT", help="also write the QDQ ONNX model (darknetpy.export.onnx_qdq)")
     p.add_argument("--threads", type=positive_int, default=None, help="threads for the kernels (default: all cores)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw every layer's SQNR and cosine (worst layers marked) "
+                                                      "into a PNG (needs the [plot] extra: matplotlib)")
 
 
 def run(args) -> int:
+    if args.plot:                                # before any work: a missing extra is an error right away
+        from ..plots import require_matplotlib
+        require_matplotlib()
     from ..network import load, set_threads
     from ..int8 import quantize
     from ..int8.calibrate import image_folder
@@ -86,6 +91,10 @@ def run(args) -> int:
         export_qdq(qnet.qgraph, args.onnx)
     report = compare(net, qnet, evalset, progress=None if quiet else progress_bar("evaluating"))
     name = os.path.basename(args.cfg)
+    if args.plot:
+        from ..plots import plot_layers
+        plot_layers([e.name for e in report.layers], [e.sqnr_db for e in report.layers],
+                    [e.cosine for e in report.layers], args.plot, title=f"{name}: int8 against float, per layer")
     if args.json:
         d = report.to_dict()
         d.update({"cfg": args.cfg, "weights": args.weights, "method": args.method, "calibration_images": n_calib,
@@ -102,8 +111,11 @@ def run(args) -> int:
     if worst is not None:
         print(f"lowest SQNR: {worst.name} {worst.sqnr_db:.2f} dB (cosine {worst.cosine:.6f})")
     print(report.summary() + (" (evaluation images)" if args.eval else " (calibration images)"))
+    print(report.metrics_summary())
     if args.save:
         print(f"saved the int8 graph to {args.save}", file=sys.stderr)
     if args.onnx:
         print(f"wrote the QDQ model {args.onnx}", file=sys.stderr)
+    if args.plot:
+        print(f"wrote the plot {args.plot}", file=sys.stderr)
     return 0

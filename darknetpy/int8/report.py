@@ -1,5 +1,6 @@
 """What int8 costs: per-layer SQNR / cosine / max error of the int8 activations against the float ones, and
-for the output the top-1 agreement and KL divergence (``compare``, ``QuantReport``)."""
+for the output the top-1 agreement and KL divergence (``compare``, ``QuantReport``); per layer and for the
+output also ST Edge AI Core's validation metrics (``darknetpy.metrics``: int8 predicted, float reference)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import layers as L
+from ..metrics import Metrics, format_metrics
 from .calibrate import iter_images
 from .qgraph import QGraph
 
@@ -25,6 +27,7 @@ class LayerError:
     dot: float = 0.0             # sum of x * x^
     norm_q: float = 0.0          # sum of x^^2
     max_error: float = 0.0
+    st: Metrics = field(default_factory=Metrics, repr=False)    # ST's metrics, int8 against float
 
     def add(self, x: np.ndarray, xq: np.ndarray) -> None:
         x = x.astype(np.float64).reshape(-1)
@@ -36,6 +39,7 @@ class LayerError:
         self.norm_q += float(xq @ xq)
         if d.size:
             self.max_error = max(self.max_error, float(np.abs(d).max()))
+        self.st.add(xq, x)
 
     @property
     def sqnr_db(self) -> float:
@@ -53,7 +57,7 @@ class LayerError:
 
     def to_dict(self) -> dict:
         return {"index": self.index, "layer": self.name, "shape": list(self.shape), "sqnr_db": self.sqnr_db,
-                "cosine": self.cosine, "max_error": self.max_error}
+                "cosine": self.cosine, "max_error": self.max_error, "metrics": self.st.result()}
 
 
 @dataclass
@@ -65,6 +69,7 @@ class QuantReport:
     top1_agree: int
     kl: list[float]
     info: dict = field(default_factory=dict)
+    output: Metrics = field(default_factory=lambda: Metrics(classifier=True))   # ST's metrics of the output
 
     @property
     def top1_agreement(self) -> float:
@@ -77,18 +82,26 @@ class QuantReport:
     def to_dict(self) -> dict:
         return {"images": self.images, "top1_agreement": self.top1_agreement, "top1_agree": self.top1_agree,
                 "mean_kl": self.mean_kl, "kl": self.kl, "layers": [e.to_dict() for e in self.layers],
-                "info": self.info}
+                "metrics": self.output.result(), "info": self.info}
 
     def table(self) -> str:
-        rows = [f"{'layer':32s} {'shape':>16s} {'SQNR dB':>8s} {'cosine':>9s} {'max err':>10s}"]
+        rows = [f"{'layer':32s} {'shape':>16s} {'SQNR dB':>8s} {'cosine':>9s} {'max err':>10s} {'rmse':>10s} "
+                f"{'l2r':>10s} {'nse':>9s}"]
         for e in self.layers:
             shape = "x".join(str(s) for s in e.shape)
-            rows.append(f"{e.name:32s} {shape:>16s} {e.sqnr_db:8.2f} {e.cosine:9.6f} {e.max_error:10.4g}")
+            m = e.st.result()
+            l2r, nse = ("n/a" if m[k] is None else format(m[k], f) for k, f in (("l2r", ".4g"), ("nse", ".6f")))
+            rows.append(f"{e.name:32s} {shape:>16s} {e.sqnr_db:8.2f} {e.cosine:9.6f} {e.max_error:10.4g} "
+                        f"{m['rmse'] or 0.0:10.4g} {l2r:>10s} {nse:>9s}")
         return "\n".join(rows)
 
     def summary(self) -> str:
         return (f"output over {self.images} image(s): top-1 agreement {self.top1_agree}/{self.images} "
                 f"({100 * self.top1_agreement:.1f} %), mean KL(float || int8) {self.mean_kl:.5f} nats")
+
+    def metrics_summary(self) -> str:
+        """The output's ST metrics (darknetpy.metrics), int8 against float, over every image."""
+        return f"output, ST's metrics (int8 against float): {format_metrics(self.output.result())}"
 
 
 def kl_divergence(p: np.ndarray, q: np.ndarray, eps: float = 1e-10) -> float:
@@ -146,6 +159,7 @@ def compare(net, qnet, images, *, progress=None) -> QuantReport:
             continue
         errs.append(LayerError(ql.index, ql.layer.describe(), ql.layer.out_shape))
     agree = 0
+    report_out = Metrics(classifier=True)
     kls: list[float] = []
     done = 0
     last = qg.output_index
@@ -159,11 +173,13 @@ def compare(net, qnet, images, *, progress=None) -> QuantReport:
             e.add(f, q if ql.out is None else ql.out.dequantize(q))
         pf = output_probabilities(fplan.outputs[last], graph)
         pq = int8_probabilities(qg, qplan.outputs)
+        qo = qplan.outputs[last]
+        report_out.add(qo if qg[last].out is None else qg[last].out.dequantize(qo), fplan.outputs[last])
         agree += int(np.argmax(pf) == np.argmax(qplan.outputs[last].reshape(-1)))
         kls.append(kl_divergence(pf, pq))
         done += 1
         if progress:
             progress(done, n)
-    return QuantReport(errs, done, agree, kls, info=dict(qg.info))
+    return QuantReport(errs, done, agree, kls, info=dict(qg.info), output=report_out)
 
 

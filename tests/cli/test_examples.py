@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import DARKNET, REPO, needs_shared
 
 
@@ -24,3 +26,20 @@ def test_classify_example(tmp_path):
                        timeout=300)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[0].endswith("malamute")
+
+
+@needs_shared
+def test_plots_example(tmp_path):
+    """examples/plots.py (make plots): its three PNGs, from a data folder made of ../shared's files."""
+    pytest.importorskip("matplotlib")
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("tiny.weights", "dog.jpg", "eagle.jpg", "imagenet.shortnames.list"):
+        os.symlink(DARKNET / name, data / name)
+    out = tmp_path / "plots"
+    env = {**os.environ, "DARKNETPY_DATA": str(data), "PYTHONPATH": str(REPO)}
+    p = subprocess.run([sys.executable, str(REPO / "examples" / "plots.py"), "--out", str(out), "--crops", "2"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr
+    for name in ("quantize_layers.png", "eval_confusion.png", "board_epochs.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
