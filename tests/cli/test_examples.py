@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 
 from conftest import DARKNET, REPO, needs_shared
 
@@ -30,8 +29,8 @@ def test_classify_example(tmp_path):
 
 @needs_shared
 def test_plots_example(tmp_path):
-    """examples/plots.py (make plots): its three PNGs, from a data folder made of ../shared's files."""
-    pytest.importorskip("matplotlib")
+    """examples/plots.py (make plots): its three PNGs, from a data folder made of ../shared's files (the test
+    extra installs matplotlib, so that every --plot test runs)."""
     data = tmp_path / "data"
     data.mkdir()
     for name in ("tiny.weights", "dog.jpg", "eagle.jpg", "imagenet.shortnames.list"):
