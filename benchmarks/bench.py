@@ -102,14 +102,7 @@ def bench_network(name: str, threads: list[int], runs: int, warmup: int, spin: b
             t = time.perf_counter()
             sess.run(None, feed)
             to.append(time.perf_counter() - t)
-        md, mo = statistics.median(td), statistics.median(to)
-        rows.append({
-            "network": name, "threads": nt, "weights": "file" if wpath else "random", "macs": macs,
-            "darknetpy_ms": {"median": md * 1e3, "min": min(td) * 1e3, "max": max(td) * 1e3},
-            "onnxruntime_ms": {"median": mo * 1e3, "min": min(to) * 1e3, "max": max(to) * 1e3},
-            "ratio": md / mo, "darknetpy_gflops": 2 * macs / md / 1e9, "onnxruntime_gflops": 2 * macs / mo / 1e9,
-            "max_rel_diff": err, "runs": runs,
-        })
+        rows.append(_row(name, nt, wpath, macs, td, to, err))
     return rows
 
 
@@ -224,14 +217,7 @@ def bench_network_processes(name: str, threads: list[int], runs: int, warmup: in
             for w in workers.values():
                 w.close()
         td, to = times["darknetpy"], times["onnxruntime"]
-        md, mo = statistics.median(td), statistics.median(to)
-        rows.append({
-            "network": name, "threads": nt, "weights": "file" if wpath else "random", "macs": macs,
-            "darknetpy_ms": {"median": md * 1e3, "min": min(td) * 1e3, "max": max(td) * 1e3},
-            "onnxruntime_ms": {"median": mo * 1e3, "min": min(to) * 1e3, "max": max(to) * 1e3},
-            "ratio": md / mo, "darknetpy_gflops": 2 * macs / md / 1e9, "onnxruntime_gflops": 2 * macs / mo / 1e9,
-            "max_rel_diff": err, "runs": len(td),
-        })
+        rows.append(_row(name, nt, wpath, macs, td, to, err))
     return rows
 
 
@@ -245,6 +231,18 @@ def cpu_flags() -> str:
     have = [n for n, f in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AVX512-VNNI", "avx512_vnni"),
                            ("AVX-VNNI", "avx_vnni")) if f in flags]
     return ", ".join(have) or "no AVX2"
+
+
+def _row(name: str, nt: int, wpath, macs: int, td: list[float], to: list[float], err: float) -> dict:
+    """One result row from the two engines' timings (seconds)."""
+    md, mo = statistics.median(td), statistics.median(to)
+    return {
+        "network": name, "threads": nt, "weights": "file" if wpath else "random", "macs": macs,
+        "darknetpy_ms": {"median": md * 1e3, "min": min(td) * 1e3, "max": max(td) * 1e3},
+        "onnxruntime_ms": {"median": mo * 1e3, "min": min(to) * 1e3, "max": max(to) * 1e3},
+        "ratio": md / mo, "darknetpy_gflops": 2 * macs / md / 1e9, "onnxruntime_gflops": 2 * macs / mo / 1e9,
+        "max_rel_diff": err, "runs": len(td),
+    }
 
 
 def table(rows: list[dict]) -> str:
