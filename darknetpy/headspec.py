@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from . import layers as L
-from .errors import DarknetpyError, UnsupportedError
+from .errors import DarknetpyError, ExportError, UnsupportedError
 
 HEADS_FORMAT = "darknetpy-heads"
 HEADS_VERSION = 1
@@ -95,8 +95,8 @@ def describe_model(model, where: str = "") -> dict:
     props = model if isinstance(model, dict) else {p.key: p.value for p in model.metadata_props}
     where = where or (f"model {model.graph.name!r}" if not isinstance(model, dict) else "model metadata")
     if METADATA_KEY not in props:
-        raise DarknetpyError(f"{where}: no {METADATA_KEY!r} metadata: not a detector exported by darknetpy (a "
-                             "classifier, or another exporter); give the cfg instead")
+        raise UnsupportedError(f"{where}: no {METADATA_KEY!r} metadata: not a detector exported by darknetpy (a "
+                               "classifier, or another exporter); give the cfg instead")
     value = props[METADATA_KEY]
     return _from_json(value, f"{where}: {METADATA_KEY}") if isinstance(value, str) else check_heads(
         value, f"{where}: {METADATA_KEY}")
@@ -115,11 +115,11 @@ def _load_model(path: str):
     import onnx
 
     if not os.path.isfile(path):
-        raise DarknetpyError(f"{path}: no such ONNX file")
+        raise ExportError(f"{path}: no such ONNX file")
     try:
         return onnx.load(path, load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and friends
-        raise DarknetpyError(f"{path}: not a readable ONNX model ({e})") from None
+        raise ExportError(f"{path}: not a readable ONNX model ({e})") from None
 
 
 def output_name(head: dict) -> str:
@@ -151,31 +151,31 @@ def arrange(desc: dict, tensors) -> list:
     return items
 
 
-def arrange_named(desc: dict, named: list) -> list[np.ndarray]:
-    """Raw tensors (name, array) -> one float32 array per head, shaped as the head's ``shape``.
-
-    A tensor is matched to a head by its name (``output_name``) when every head's name is present; otherwise
-    (a board that renamed its outputs) the heads take, in order, the first unused tensor with their number of
-    values. A ``[c, h, w]`` head accepts (c, h, w) and channel-last (h, w, c) tensors, with or without leading
-    1s, or flat ones.
-    """
+def match_named(desc: dict, named: list) -> list[int]:
+    """For each head, the index in ``named`` ((name, array) pairs) of its tensor: by name (``output_name``) when
+    every head's name is present; otherwise (a board that renamed its outputs) the heads take, in order, the first
+    unused tensor with their number of values."""
     names = [n for n, _ in named]
     heads = desc["heads"]
     if all(output_name(h) in names for h in heads):
-        chosen = [named[names.index(output_name(h))] for h in heads]
-    else:
-        used: set[int] = set()
-        chosen = []
-        for h in heads:
-            size = int(np.prod(h["shape"]))
-            k = next((k for k, (_, a) in enumerate(named) if k not in used and np.asarray(a).size == size), None)
-            if k is None:
-                have = ", ".join(f"{n} {tuple(np.shape(a))}" for n, a in named) or "none"
-                raise DarknetpyError(f"no output of {size} values for layer {h['layer']} [{h['kind']}] (shape "
-                                     f"{tuple(h['shape'])}, output {output_name(h)!r}); the outputs are: {have}")
-            used.add(k)
-            chosen.append(named[k])
-    return [_as_head_shape(h, n, a) for h, (n, a) in zip(heads, chosen)]
+        return [names.index(output_name(h)) for h in heads]
+    chosen: list[int] = []
+    for h in heads:
+        size = int(np.prod(h["shape"]))
+        k = next((k for k, (_, a) in enumerate(named) if k not in chosen and np.asarray(a).size == size), None)
+        if k is None:
+            have = ", ".join(f"{n} {tuple(np.shape(a))}" for n, a in named) or "none"
+            raise DarknetpyError(f"no output of {size} values for layer {h['layer']} [{h['kind']}] (shape "
+                                 f"{tuple(h['shape'])}, output {output_name(h)!r}); the outputs are: {have}")
+        chosen.append(k)
+    return chosen
+
+
+def arrange_named(desc: dict, named: list) -> list[np.ndarray]:
+    """Raw tensors (name, array) -> one float32 array per head, shaped as the head's ``shape``: matched by
+    ``match_named``. A ``[c, h, w]`` head accepts (c, h, w) and channel-last (h, w, c) tensors, with or without
+    leading 1s, or flat ones."""
+    return [_as_head_shape(h, *named[k]) for h, k in zip(desc["heads"], match_named(desc, named))]
 
 
 def _as_head_shape(head: dict, name: str, a) -> np.ndarray:
