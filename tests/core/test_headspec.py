@@ -1,5 +1,5 @@
 """The heads description read from where an exported model keeps it, and raw tensors matched to the heads
-(darknetpy/headspec.py). The ONNX side (a real exported ModelProto and its path) is in tests/export/test_detectors.py."""
+(darknetpy/headspec.py). The ONNX side (a real exported ModelProto and its path): tests/export/test_detectors.py."""
 
 from __future__ import annotations
 
