@@ -25,26 +25,24 @@ Decisions where darknet has none to offer:
   bit depends on the CPU (§7); this module divides exactly, so coordinates may differ from a given darknet
   binary by 1-2 ulp (1.2e-7 relative at most on the cases); everything else is bit-identical.
 
-Heads are described by a plain JSON-serialisable dict (``heads_from_graph``), the form an exported model
-carries, so that ``decode`` works from a ``Network``, a ``Graph`` or that dict alike.
+Heads are described by a plain JSON-serialisable dict (``headspec.heads_from_graph``), the form an exported model
+carries, so that ``decode`` works from a ``Network``, a ``Graph``, that dict, or an exported model alike
+(``headspec.describe``; the description's functions are re-exported here).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import layers as L
-from .errors import DarknetpyError, UnsupportedError
+from .errors import DarknetpyError
+from .headspec import (HEAD_CLASSES, HEAD_KINDS, HEADS_FORMAT, HEADS_VERSION, METADATA_KEY,  # noqa: F401
+                       _is_int, arrange, check_heads, describe, heads_from_graph, heads_of, output_name,
+                       unsupported_if_no_heads)
 from .image import letterbox_size
 from .kernels import detection as K
-
-HEADS_FORMAT = "darknetpy-heads"
-HEADS_VERSION = 1
-HEAD_KINDS = ("region", "yolo", "detection")
 
 F32 = np.float32
 
@@ -88,133 +86,6 @@ class Detection:
         return {"class": self.cls, "name": self.name, "prob": self.prob,
                 "box": {"x": self.x, "y": self.y, "w": self.w, "h": self.h},
                 "left": self.left, "top": self.top, "right": self.right, "bottom": self.bottom}
-
-
-# -- the heads, as a plain description -----------------------------------------------------------------------
-
-def heads_from_graph(graph: L.Graph, names: list[str] | None = None) -> dict:
-    """The detection heads of ``graph`` as a plain, JSON-serialisable dict (what ``decode`` needs).
-
-    ``{"format": "darknetpy-heads", "version": 1, "net_w", "net_h", "classes", "names", "heads": [...]}`` with
-    one entry per [region]/[yolo]/[detection] layer in layer order: ``kind``, ``layer`` (darknet's index),
-    ``shape`` (the tensor entering it: ``[c, h, w]``, or ``[n]`` for [detection]), ``classes`` and the kind's
-    keys (region: ``coords num anchors softmax background``; yolo: ``num mask anchors``; detection:
-    ``coords side num sqrt softmax``). ``classes`` at the top is the size of darknet's probability arrays
-    (the last layer's ``classes``).
-
-    >>> heads_from_graph(darknetpy.load_graph("yolov3-tiny.cfg"))["heads"][0]["mask"]    # doctest: +SKIP
-    [3, 4, 5]
-    """
-    unsupported_if_no_heads(graph)
-    heads = []
-    for layer in graph.layers:
-        if isinstance(layer, L.Region):
-            heads.append({"kind": "region", "layer": layer.index, "shape": [layer.c, layer.h, layer.w],
-                          "classes": layer.classes, "coords": layer.coords, "num": layer.num,
-                          "anchors": [float(a) for a in layer.anchors], "softmax": bool(layer.softmax),
-                          "background": bool(layer.background)})
-        elif isinstance(layer, L.Yolo):
-            heads.append({"kind": "yolo", "layer": layer.index, "shape": [layer.c, layer.h, layer.w],
-                          "classes": layer.classes, "num": layer.num, "mask": [int(m) for m in layer.mask],
-                          "anchors": [float(a) for a in layer.anchors]})
-        elif isinstance(layer, L.DetectionLayer):
-            heads.append({"kind": "detection", "layer": layer.index, "shape": [layer.inputs],
-                          "classes": layer.classes, "coords": layer.coords, "side": layer.side, "num": layer.num,
-                          "sqrt": bool(layer.sqrt), "softmax": bool(layer.softmax)})
-    last = graph.layers[-1] if graph.layers else None
-    classes = getattr(last, "classes", None) if last is not None and type(last) in HEAD_CLASSES else None
-    desc = {"format": HEADS_FORMAT, "version": HEADS_VERSION, "net_w": graph.net.w, "net_h": graph.net.h,
-            "classes": classes if classes is not None else (heads[-1]["classes"] if heads else 0),
-            "names": list(names) if names is not None else None, "heads": heads}
-    return check_heads(desc, where=graph.path)
-
-
-HEAD_CLASSES = (L.Region, L.Yolo, L.DetectionLayer)
-
-
-def describe(net) -> dict:
-    """The heads description of ``net``: a ``Network`` (anything with ``.graph``), a ``Graph``, or the dict
-    itself or its JSON text (as a model's metadata may carry it), checked."""
-    if isinstance(net, str) and net.lstrip().startswith("{"):
-        try:
-            net = json.loads(net)
-        except ValueError as e:
-            raise DarknetpyError(f"heads description: not valid JSON: {e}") from None
-    if isinstance(net, dict):
-        return check_heads(net)
-    graph = getattr(net, "graph", net)
-    if isinstance(graph, L.Graph):
-        return heads_from_graph(graph)
-    raise DarknetpyError(f"decode() needs a Network, a Graph or a heads description (a dict or its JSON text), got "
-                         f"{type(net).__name__}")
-
-
-def _need(cond: bool, where: str, msg: str) -> None:
-    if not cond:
-        raise DarknetpyError(f"{where}: {msg}")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def check_heads(desc: dict, where: str = "heads description") -> dict:
-    """Check a heads description (from ``heads_from_graph`` or from an exported model's metadata) and return
-    it. Raises DarknetpyError naming the first problem: a wrong format, a missing key, anchors that do not
-    hold ``2*num`` numbers, a mask index out of range, a shape that does not fit the head's keys."""
-    _need(isinstance(desc, dict), where, "not a dict")
-    _need(desc.get("format") == HEADS_FORMAT, where, f"format is {desc.get('format')!r}, expected {HEADS_FORMAT!r}")
-    _need(desc.get("version") == HEADS_VERSION, where, f"version {desc.get('version')!r} is not supported "
-          f"(this darknetpy reads version {HEADS_VERSION})")
-    for k in ("net_w", "net_h", "classes"):
-        _need(_is_int(desc.get(k)) and desc[k] > 0, where, f"{k!r} must be a positive integer, got {desc.get(k)!r}")
-    heads = desc.get("heads")
-    _need(isinstance(heads, list) and len(heads) > 0, where, "'heads' must be a non-empty list (a network "
-          "without [region], [yolo] or [detection] layers detects nothing)")
-    names = desc.get("names")
-    _need(names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names)), where,
-          "'names' must be null or a list of strings")
-    _need(names is None or len(names) >= desc["classes"], where,
-          f"{len(names or [])} names for {desc['classes']} classes")
-    for i, h in enumerate(heads):
-        hw = f"{where}: head {i}"
-        _need(isinstance(h, dict) and h.get("kind") in HEAD_KINDS, hw, f"kind must be one of {HEAD_KINDS}")
-        kind = h["kind"]
-        hw = f"{hw} [{kind}]"
-        need = {"region": ("classes", "coords", "num", "anchors", "softmax", "background"),
-                "yolo": ("classes", "num", "mask", "anchors"),
-                "detection": ("classes", "coords", "side", "num", "sqrt", "softmax")}[kind]
-        missing = [k for k in ("shape",) + need if k not in h]
-        _need(not missing, hw, f"missing {', '.join(missing)}")
-        for k in ("classes", "num") + (("coords",) if kind != "yolo" else ()) + (("side",) if kind == "detection"
-                                                                                 else ()):
-            _need(_is_int(h[k]) and h[k] > 0, hw, f"{k!r} must be a positive integer, got {h[k]!r}")
-        _need(h["classes"] == desc["classes"], hw, f"has {h['classes']} classes but the probability arrays have "
-              f"{desc['classes']} (darknet sizes them by the last layer and reads out of bounds otherwise)")
-        shape = h["shape"]
-        _need(isinstance(shape, list) and all(_is_int(s) and s > 0 for s in shape), hw, "'shape' must be a list "
-              "of positive integers")
-        if kind == "detection":
-            _need(h["coords"] == 4, hw, "coords must be 4 (darknet decodes x, y, w, h)")
-            n = h["side"] * h["side"] * ((1 + h["coords"]) * h["num"] + h["classes"])
-            _need(len(shape) == 1 and shape[0] == n, hw, f"shape {shape} is not [{n}] (side*side*((1+coords)*num "
-                  "+ classes))")
-            continue
-        _need(len(shape) == 3, hw, f"shape {shape} is not [c, h, w]")
-        anchors = h["anchors"]
-        _need(isinstance(anchors, list) and len(anchors) == 2 * h["num"]
-              and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in anchors), hw,
-              f"'anchors' must hold 2*num = {2 * h['num']} numbers")
-        if kind == "region":
-            _need(h["coords"] >= 4, hw, "coords must be at least 4")
-            c = h["num"] * (h["classes"] + h["coords"] + 1)
-        else:
-            mask = h["mask"]
-            _need(isinstance(mask, list) and len(mask) > 0 and all(_is_int(m) and 0 <= m < h["num"] for m in mask),
-                  hw, f"'mask' must be a non-empty list of anchor indices 0..{h['num'] - 1}")
-            c = len(mask) * (h["classes"] + 5)
-        _need(shape[0] == c, hw, f"shape {shape} has {shape[0]} channels, the keys make {c}")
-    return desc
 
 
 # -- the heads' forward pass (darknet reads each head's OUTPUT) ----------------------------------------------
@@ -511,25 +382,29 @@ def decode(net, head_inputs, image_size, thresh: float = 0.5, hier_thresh: float
            names: list[str] | None = None) -> list[Detection]:
     """Boxes exactly as darknet's ``detector test`` prints them, from the tensors entering the heads.
 
-    ``net``: a ``Network``, a ``Graph`` or a heads description (``heads_from_graph``, or its JSON text);
-    ``head_inputs``: one
-    float32 array per [region]/[yolo]/[detection] layer, in layer order, as it enters that layer (the raw
-    conv/connected output; shape (C, H, W), (1, C, H, W) or flat); ``image_size``: (width, height) of the
-    original image. ``nms=0`` skips NMS like darknet. ``names``: class names (default: the description's
-    ``names``, else the class index as a string).
+    ``net``: a ``Network``, a ``Graph``, a heads description (``heads_from_graph``, or its JSON text), or an
+    exported detector: its ONNX ``ModelProto``, the ``.onnx`` path, or its metadata dict (``headspec.describe``).
+    ``head_inputs``: one float32 array per [region]/[yolo]/[detection] layer, in layer order, as it enters that
+    layer (the raw conv/connected output, which is what the exported model outputs; shape (C, H, W),
+    (1, C, H, W) or flat); or a dict {output name: array} (``l16_yolo``...); or (name, array) pairs matched by
+    name, else by size (``headspec.arrange``). ``image_size``: (width, height) of the original image.
+    ``nms=0`` skips NMS like darknet. ``names``: class names (default: the description's ``names``, else the
+    class index as a string).
 
     >>> net = darknetpy.load("yolov3-tiny.cfg", "yolov3-tiny.weights")                   # doctest: +SKIP
     >>> outs = net.predict(darknetpy.letterbox(img, 416, 416), all_layers=True)        # doctest: +SKIP
     >>> dets = darknetpy.decode(net, [outs[15], outs[22]], (768, 576))                 # doctest: +SKIP
     >>> print("\\n".join(d.line for d in dets))                                         # doctest: +SKIP
     dog: 81%
+    >>> raw = onnxruntime.InferenceSession("yolov3-tiny.onnx").run(None, {"input": x[None]})  # doctest: +SKIP
+    >>> dets = darknetpy.decode("yolov3-tiny.onnx", raw, (768, 576))                   # doctest: +SKIP
     """
     desc = describe(net)
     image_size = _check_image_size(image_size)
     thresh = _check_number(thresh, "thresh")
     _check_number(hier_thresh, "hier_thresh")          # no effect outside yolo9000's tree, as in darknet
     nms = _check_number(nms, "nms")
-    inputs = list(head_inputs) if not isinstance(head_inputs, np.ndarray) else [head_inputs]
+    inputs = arrange(desc, head_inputs)
     heads = desc["heads"]
     if len(inputs) != len(heads):
         kinds = ", ".join(f"layer {h['layer']} [{h['kind']}]" for h in heads)
@@ -543,15 +418,3 @@ def decode(net, head_inputs, image_size, thresh: float = 0.5, hier_thresh: float
     if nms:
         boxes = do_nms_sort(boxes, nms)
     return detections(boxes, thresh, image_size, names)
-
-
-def heads_of(graph: L.Graph) -> list[L.Layer]:
-    """The [region]/[yolo]/[detection] layers of ``graph`` in layer order (what ``decode`` wants inputs for)."""
-    return [layer for layer in graph.layers if isinstance(layer, HEAD_CLASSES)]
-
-
-def unsupported_if_no_heads(graph: L.Graph) -> None:
-    """Raise UnsupportedError when ``graph`` has no detection head."""
-    if not heads_of(graph):
-        raise UnsupportedError(f"{graph.path}: no [region], [yolo] or [detection] layer: this network does not "
-                               "detect objects (use classify)")

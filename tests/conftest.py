@@ -89,3 +89,32 @@ def quantize_static_st(net, calib, tmp_path) -> Path:
                         activation_type=QuantType.QInt8,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     return q
+
+
+@pytest.fixture(scope="session")
+def det_case(tmp_path_factory):
+    """det_case(name) -> (Network, network input, detections.json record, image size) of a ``det_*`` case, the
+    weights decompressed from net.weights.xz into a temporary folder once per session (never into the tree)."""
+    import json
+    import lzma
+
+    from darknetpy.graph import load_graph
+    from darknetpy.network import Network
+    from darknetpy.weights import read_weights
+
+    root = tmp_path_factory.mktemp("det_cases")
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            d = CONFORMANCE / name
+            path = root / f"{name}.weights"
+            path.write_bytes(lzma.open(d / "net.weights.xz").read())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                g = load_graph(d / "net.cfg")
+            rec = json.loads((d / "detections.json").read_text())
+            cache[name] = (Network(g, read_weights(path, g)), np.load(d / "input.npy"), rec,
+                           (rec["image_w"], rec["image_h"]))
+        return cache[name]
+    return get

@@ -19,7 +19,7 @@ import sys
 from typing import TYPE_CHECKING, Optional
 
 from ..errors import BoardRejected, UnsupportedError
-from . import board_io
+from . import board_detect, board_io
 from .args import index_int, positive_float, positive_int
 
 if TYPE_CHECKING:                  # the runner (pyserial) and numpy load only when a command runs
@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reference.add_argument("--cfg", help="with --weights, --mode io and --input: compare with darknetpy's int8 "
                                          "engine on a network quantised here (on --calib DIR, else on the input "
                                          "image alone: scales then differ from the board's model). Alone: "
-                                         "only its [net] mean/std, for an input quantised after normalisation")
+                                         "only its [net] mean/std, for an input quantised after normalisation, "
+                                         "and a detector's heads")
     parser.add_argument("--weights", help="darknet .weights matching --cfg")
     parser.add_argument("--calib", metavar="DIR", help="calibration images for --cfg/--weights: the ones the "
                                                        "board's model was exported with")
@@ -75,6 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT,
                         help=f"seconds each step may take (default {DEFAULT_TIMEOUT:g}); runs "
                              f"that move tensors get their transfer time on top")
+    board_detect.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     # build the reference before touching the board: a bad cfg, weights or graph file fails fast
     qnet = int8_reference(args) if compare else None
     norm = normalisation(args, qnet)
+    heads = board_detect.heads_for(args, qnet)      # a detector's heads (None: a classifier)
     from ..board.report import format_report, report_dict
     from ..board.results import BoardReport
     from ..board.runner import BoardSession, const_input
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         device = board.connect()
         network = board.network_info(args.model_index)
         if picture is not None:
-            inputs, image = image_inputs(picture, network, norm)
+            inputs, image = image_inputs(picture, network, norm, board_detect.preprocessing(heads))
             const = False
         else:
             value = 0.0 if args.const is None else args.const
@@ -116,8 +119,14 @@ def run(args: argparse.Namespace) -> int:
         runs = [board.run(network, inputs, mode=args.mode, const=const, first=i == 0)
                 for i in range(args.runs)]
         report = BoardReport(device, network, args.mode, runs, list(board.warnings))
-    comparison = None
-    if compare:
+    comparison = detections = None
+    if heads is not None and args.mode == "io":     # a detector: darknet's boxes from the board's outputs
+        size = ((picture.shape[2], picture.shape[1]) if picture is not None
+                else (heads["net_w"], heads["net_h"]))
+        sent = (board_detect.received_image(inputs[0], network.inputs[0], image_layout(network.inputs[0]), image)
+                if image is not None else None)
+        detections = board_detect.decode_board(heads, runs[-1].outputs, size, args, qnet, sent)
+    elif compare:
         assert image is not None
         # the engine gets exactly what the board got: the bytes sent, decoded (board_io.engine_input)
         x = board_io.engine_input(image, inputs[0], network.inputs[0], image_layout(network.inputs[0])[0],
@@ -128,9 +137,12 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         board_io.plot_epochs(report, args.plot)
     if args.json:
-        print(json.dumps(report_dict(report, source, const, comparison)))
+        print(json.dumps(dict(report_dict(report, source, const, comparison),
+                              **({"detections": detections} if detections else {}))))
     else:
         print(format_report(report, source, const, comparison))
+        if detections:
+            print(board_detect.format_detections(detections, source))
     return 0
 
 
@@ -216,19 +228,20 @@ def load_picture(path: str) -> np.ndarray:
     return load_image(path)
 
 
-def image_inputs(picture: np.ndarray, network: NetworkInfo, norm=None) -> tuple[list[bytes], np.ndarray]:
-    """Letterbox a loaded (3, H, W) picture to the model's single image input; returns the input
-    bytes and the float32 (3, h, w) image that produced them."""
+def image_inputs(picture: np.ndarray, network: NetworkInfo, norm=None,
+                 method: str = "letterbox") -> tuple[list[bytes], np.ndarray]:
+    """Letterbox (or ``method="resize"``, YOLOv1's) a loaded (3, H, W) picture to the model's single image
+    input; returns the input bytes and the float32 (3, h, w) image that produced them."""
     import numpy as np
 
     if len(network.inputs) != 1:
         raise BoardRejected(f"model {network.name!r} has {len(network.inputs)} inputs; --input "
                             f"feeds one image. Use --const")
-    from ..image import letterbox
+    from ..image import preprocess
 
     tensor = network.inputs[0]
     _, height, width, _ = image_layout(tensor)
-    x = letterbox(picture, width, height).astype(np.float32)
+    x = preprocess(picture, width, height, method).astype(np.float32)
     return [image_to_tensor(x, tensor, norm)], x
 
 

@@ -105,6 +105,11 @@ def run(args) -> int:
     print(f"wrote {out}: {os.path.getsize(out):,} bytes, {len(model.graph.node)} nodes, {params:,} parameters "
           f"(opset {model.opset_import[0].version}, IR {model.ir_version})")
     print("  ops: " + ", ".join(f"{k} {v}" for k, v in ops.most_common()))
+    if len(model.graph.output) > 1 or any(p.key == "darknetpy_heads" for p in model.metadata_props):
+        names = [o.name for o in model.graph.output]
+        print(f"  detector: {len(names)} output{'s' if len(names) > 1 else ''} {', '.join(names)} (the tensors entering "
+              "the heads; decode them with darknetpy.decode(model, outputs, image_size), heads in the metadata "
+              "darknetpy_heads)")
     violations = check_n6(model)
     if args.int8:
         io = "" if args.input_layout == "nhwc-uint8" else (" --input-data-type uint8 --output-data-type float32 "

@@ -8,8 +8,9 @@ Calibration images are found recursively under DIR and preprocessed like darknet
 letterbox to the network size); one that cannot be used (corrupt, too thin to letterbox) is a warning naming
 it, and the others go on (a folder with no usable image is an error, exit code 9). The report compares the
 int8 network (darknetpy's int8 engine, the same arithmetic onnxruntime applies to the QDQ export) with the
-float network on the --eval images, or on the calibration images when --eval is not given. Progress goes to
-stderr; results to stdout.
+float network on the --eval images, or on the calibration images when --eval is not given; for a detector
+the output is measured as box agreement (a float box is found by an int8 box of the same class with IoU >= 0.5;
+missed, extra, mean IoU). Progress goes to stderr; results to stdout.
 """
 
 from __future__ import annotations

@@ -97,6 +97,42 @@ class Builder:
         return model
 
 
+def reorg_nodes(b: Builder, base: str, x: str, layer: L.Reorg, out: str) -> str:
+    """The nodes of a [reorg] from ``x`` (1, C, H, W) to ``out``: darknet's reorg_cpu exactly (detection.md §4.3,
+    kernels/detection.py reorg), as data movement, in both exports:
+
+    * reverse=1: a real depth-to-space, output channel c2 at sub-position (dy, dx) from input channel
+      (dy*s + dx)*c' + c2 -- ONNX DepthToSpace in DCR mode, which is that map;
+    * reverse=0 (yolov2's passthrough): darknet reads the flat input as (c', h*s, w*s), c' = c/s^2, gathers
+      Y[(dy*s + dx)*c' + c2, j, i] = X'[c2, j*s + dy, i*s + dx] -- a SpaceToDepth of that reinterpretation --
+      and its flat (c, h, w) result is the declared (c*s^2, h/s, w/s) output: Reshape, SpaceToDepth, Reshape;
+    * flatten=1: the CHW buffer transposed to HWC (reverse: HWC to CHW), read as the declared shape.
+    """
+    s = layer.stride
+    c, h, w = layer.c, layer.h, layer.w
+    out_shape = b.const(f"{base}_outshape", np.array([1, layer.out_c, layer.out_h, layer.out_w], np.int64))
+    if layer.flatten:
+        rows = [1, h * w, c] if layer.reverse else [1, c, h * w]
+        r = b.node("Reshape", [x, b.const(f"{base}_rows_shape", np.array(rows, np.int64))], f"{base}_rows")
+        t = b.node("Transpose", [r], f"{base}_transpose", perm=[0, 2, 1])
+        return b.node("Reshape", [t, out_shape], base, out)
+    if layer.reverse:
+        return b.node("DepthToSpace", [x], base, out, blocksize=s, mode="DCR")
+    r = b.node("Reshape", [x, b.const(f"{base}_inshape", np.array([1, c // (s * s), h * s, w * s], np.int64))],
+               f"{base}_reinterpret")
+    t = b.node("SpaceToDepth", [r], f"{base}_space_to_depth", blocksize=s)
+    return b.node("Reshape", [t, out_shape], base, out)
+
+
+def resize_nodes(b: Builder, base: str, x: str, stride: int, out: str) -> str:
+    """[upsample] stride > 0: Resize nearest with integer scales, asymmetric coordinates and floor rounding, i.e.
+    out[y, x] = in[y // stride, x // stride] exactly (darknet's upsample_cpu)."""
+    roi = b.const(f"{base}_roi", np.array([], np.float32))
+    scales = b.const(f"{base}_scales", np.array([1, 1, stride, stride], np.float32))
+    return b.node("Resize", [x, roi, scales], f"{base}_resize", out, mode="nearest",
+                  coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+
 def check_input_layout(input_layout: str) -> None:
     if input_layout not in INPUT_LAYOUTS:
         raise ExportError(f"unknown input layout {input_layout!r}; choose from {', '.join(INPUT_LAYOUTS)}")
@@ -126,6 +162,41 @@ def add_metadata(model, graph: L.Graph, preprocess: str, input_layout: str, **ex
     for k, v in props.items():
         e = model.metadata_props.add()
         e.key, e.value = k, v
+
+
+def head_outputs(graph: L.Graph) -> list[tuple[str, list[int]]]:
+    """A detector's graph outputs: one per [region]/[yolo]/[detection] layer, in layer order, named
+    ``l<index>_<kind>`` (headspec.output_name) and holding the tensor *entering* that layer, shaped
+    [1, C, H, W] ([detection]: [1, N]). Empty for a network without heads."""
+    from ..headspec import heads_of
+
+    return [(f"l{h.index}_{h.kind}", [1, h.inputs] if isinstance(h, L.DetectionLayer) else [1, *h.in_shape])
+            for h in heads_of(graph)]
+
+
+def last_exported(graph: L.Graph) -> int:
+    """The last layer an export writes: the output layer, or for a detector its last head (nothing after it
+    reaches a head output)."""
+    from ..headspec import heads_of
+
+    heads = heads_of(graph)
+    return heads[-1].index if heads else graph.output_index
+
+
+def detector_metadata(graph: L.Graph) -> dict[str, str]:
+    """The metadata_props a detector's export adds: the heads description as JSON (``darknetpy_heads``: anchors,
+    masks, classes, coords, the decode kind, each head's output name; ``darknetpy.decode`` reads it from the
+    model), the outputs in order, and the class count. Empty for a network without heads."""
+    import json
+
+    from ..headspec import METADATA_KEY, heads_from_graph, heads_of, with_outputs
+
+    if not heads_of(graph):
+        return {}
+    desc = with_outputs(heads_from_graph(graph))
+    return {METADATA_KEY: json.dumps(desc, separators=(",", ":")), "classes": str(desc["classes"]),
+            "outputs": ", ".join(h["output"] for h in desc["heads"]) + " (the tensors entering the heads: decode "
+                       "them with darknetpy.decode(model, outputs, image_size), or as darknet's heads do)"}
 
 
 def _floats(v) -> str:

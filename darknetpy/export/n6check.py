@@ -28,11 +28,14 @@ from .. import layers as L
 from ..int8.qgraph import INT8_GRAPH
 
 # Operators ST documents or demonstrates (model-zoo networks) on the Neural-ART NPU, for QDQ int8 models.
+# SpaceToDepth/DepthToSpace (darknet's [reorg], yolov2's passthrough) are pure data movement that ST Edge AI
+# Core imports (its ONNX operator list); where the Neural-ART compiler places them (an NPU or an MCU epoch) is
+# not documented in what stm32n6.md gathered: check `board-run --mode per-layer` / stedgeai's epoch report.
 NPU_OPS = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "Add", "Mul", "Relu", "LeakyRelu",
            "Clip", "Sigmoid", "HardSwish", "Gemm", "MatMul", "Flatten", "Reshape", "Resize", "Slice",
-           "QuantizeLinear", "DequantizeLinear", "Softmax", "Identity"}
+           "QuantizeLinear", "DequantizeLinear", "Softmax", "Identity", "SpaceToDepth", "DepthToSpace"}
 # Ops that only move or reshape data: they may sit between quantised ops in float form.
-LAYOUT_OPS = {"Flatten", "Reshape", "Identity", "Slice", "Concat", "MaxPool"}
+LAYOUT_OPS = {"Flatten", "Reshape", "Identity", "Slice", "Concat", "MaxPool", "SpaceToDepth", "DepthToSpace"}
 COMPUTE_OPS = NPU_OPS - {"QuantizeLinear", "DequantizeLinear"} - LAYOUT_OPS
 # Float preprocessing between the graph input and its first QuantizeLinear (layout change, u8 -> float,
 # the cfg's mean/std): ST Edge AI Core runs it on the MCU before the first NPU epoch. Not a violation (the
@@ -54,13 +57,16 @@ N6_LAYERS: dict = {
     L.Softmax: {"Flatten", "Softmax"},
     L.Dropout: {"Identity"},
     L.Cost: {"Identity"},
-    L.Upsample: L.Refuse("[upsample] is not in darknetpy's int8 graph yet"),
+    L.Upsample: {"Resize"},
+    L.Reorg: {"Reshape", "SpaceToDepth", "DepthToSpace"},
+    # a head is not exported: the tensor entering it is a graph output (an Identity named after the head)
+    L.Region: {"Identity"},
+    L.Yolo: {"Identity"},
+    L.DetectionLayer: {"Identity", "Flatten"},
     L.Local: L.Refuse("[local] (unshared weights) has no ONNX equivalent"),
     L.Crop: L.Refuse("[crop] is not in darknetpy's int8 graph"),
     L.BatchNorm: L.Refuse("a standalone [batchnorm] is not in darknetpy's int8 graph"),
     L.Activation: L.Refuse("a standalone [activation] is not in darknetpy's int8 graph"),
-    **{kind: L.Refuse(f"[{kind.kind}] is not in darknetpy's int8 graph yet (detection export lands with issue #14 "
-                      "items 6-7)") for kind in L.DETECTION_HEADS},
 }
 # activations that are their own node in the QDQ export (relu and relu6 are the QuantizeLinear's saturation)
 _ACTIVATION_OPS = {"leaky": {"LeakyRelu"}}

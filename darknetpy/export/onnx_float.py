@@ -1,6 +1,7 @@
 """Graph -> ONNX (float), for onnxruntime and for ST Edge AI Core (``../shared/specs/stm32n6.md`` §2).
 
-Opset 17, IR 8, static shapes, batch 1, one input and one output. Batch norm is folded first with
+Opset 17, IR 8, static shapes, batch 1, one input and one output -- a detector has one output per
+[region]/[yolo]/[detection] layer instead (``common.head_outputs``). Batch norm is folded first with
 darknet's CPU formula (passes.fold_batchnorm). The layer -> ops mapping is one table, ``FLOAT_EXPORT``: Each darknet layer maps to ONNX ops that compute the same
 values (up to float rounding):
 
@@ -16,6 +17,11 @@ upsample       Resize nearest (asymmetric, floor) [* scale]; stride<0: AveragePo
                Reshape/Slice/Reshape when the input is not a multiple of the stride (darknet's reading)
 connected      Flatten + Gemm(transB=1)
 crop           Slice [* 2 - 1]
+reorg          darknet's index map exactly: reverse=1 DepthToSpace (DCR); reverse=0 Reshape -> SpaceToDepth ->
+               Reshape (darknet reinterprets its input buffer, detection.md §4.3); flatten Reshape/Transpose
+region, yolo,  Identity: the tensor entering the head is the graph output ``l<index>_<kind>``; the heads
+detection      description (anchors, masks, classes, coords, kind) is metadata ``darknetpy_heads`` (JSON);
+               ``darknetpy.decode(model, outputs, image_size)`` gives darknet's boxes
 batchnorm      Mul + Add per channel;  dropout, cost: nothing
 activations    LeakyRelu(alpha=0.1) for leaky (ONNX's default is 0.01), Relu, Clip(0, 6), Sigmoid, Tanh,
                Elu, Selu(darknet's constants), Clip(-1, 1) for hardtan, LeakyRelu(0.01) for relie,
@@ -35,8 +41,8 @@ from .. import layers as L
 from ..errors import UnsupportedError
 from ..passes import bn_scale_shift, fold_batchnorm, numpy_warnings
 from ..weights import Weights
-from .common import (Builder, Emitter, add_metadata, check_input_layout, check_model, model_name,
-                     save_model)
+from .common import (Builder, Emitter, add_metadata, check_input_layout, check_model, detector_metadata,
+                     head_outputs, last_exported, model_name, reorg_nodes, resize_nodes, save_model)
 
 _ACT_OK = ("linear", "leaky", "relu", "relu6", "logistic", "tanh", "elu", "selu", "hardtan", "relie", "ramp",
            "loggy")
@@ -254,13 +260,33 @@ def _upsample(e: _Layer, layer: L.Upsample, p: dict):
                        f"{base}_q_unflatten")
         y = b.node("AveragePool", [x], f"{base}_pool", y_name, kernel_shape=[s, s], strides=[s, s])
     else:
-        roi = b.const(f"{base}_roi", np.array([], np.float32))
-        scales = b.const(f"{base}_scales", np.array([1, 1, s, s], np.float32))
-        y = b.node("Resize", [x, roi, scales], f"{base}_resize", y_name, mode="nearest",
-                   coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        y = resize_nodes(b, base, x, s, y_name)
     if k == 1:
         return y, False
     return b.node("Mul", [y, b.const(f"{base}_scale", np.array(k, np.float32))], base, e.out), False
+
+
+def _reorg(e: _Layer, layer: L.Reorg, p: dict):
+    return reorg_nodes(e.b, e.base, e.spatial_in(e.x, e.xflat, layer), layer, e.out), False
+
+
+def _check_reorg(graph: L.Graph, layer: L.Reorg) -> str:
+    if layer.extra:
+        return "extra > 0 (a flat copy padded with zeros) cannot be exported"
+    if not layer.reverse and not layer.flatten and layer.c % (layer.stride * layer.stride):
+        return (f"{layer.c} channels are not a multiple of stride*stride = {layer.stride ** 2}: darknet's mapping "
+                "then mixes channels in a way no ONNX operator reproduces")
+    return ""
+
+
+def _head(e: _Layer, layer: L.Layer, p: dict):
+    """A detection head: the tensor entering it becomes a graph output named ``l<index>_<kind>`` (its forward pass
+    and the boxes are decoded from it on the host: ``darknetpy.decode(model, outputs, image_size)``)."""
+    b, base = e.b, e.base
+    if isinstance(layer, L.DetectionLayer):
+        x = e.x if e.xflat else b.node("Flatten", [e.x], f"{base}_flatten", axis=1)
+        return b.node("Identity", [x], base, base), True
+    return b.node("Identity", [e.spatial_in(e.x, e.xflat, layer)], base, base), False
 
 
 def _crop(e: _Layer, layer: L.Crop, p: dict):
@@ -290,7 +316,7 @@ def _activation_layer(e: _Layer, layer: L.Activation, p: dict):
 
 
 _EXPORTABLE = ("convolutional, connected, maxpool, avgpool, softmax, route, shortcut, upsample, dropout, crop, "
-               "batchnorm, activation, cost")
+               "batchnorm, activation, cost, reorg, region, yolo, detection")
 
 # One entry per layer kind (tests/core/test_layout.py checks that none is missing).
 FLOAT_EXPORT: dict = {
@@ -308,8 +334,10 @@ FLOAT_EXPORT: dict = {
     L.Crop: Emitter(_crop),
     L.BatchNorm: Emitter(_batchnorm),
     L.Activation: Emitter(_activation_layer),
-    **{kind: L.Refuse(f"[{kind.kind}] cannot be exported yet: the detection heads' ONNX export lands with issue #14 "
-                      "items 6-7") for kind in L.DETECTION_HEADS},
+    L.Reorg: Emitter(_reorg, _check_reorg),
+    L.Region: Emitter(_head),
+    L.Yolo: Emitter(_head),
+    L.DetectionLayer: Emitter(_head),
 }
 
 
@@ -356,18 +384,22 @@ def export_onnx(graph: L.Graph, weights: Weights, path: str | os.PathLike | None
 
     names: dict[int, str] = {-1: x0}
     flat: dict[int, bool] = {-1: False}
-    last = graph.output_index
+    last = last_exported(graph)
+    heads = head_outputs(graph)
     for layer, p in zip(graph.layers[: last + 1], weights.params):
-        out = "output" if layer.index == last else f"l{layer.index}"
+        out = "output" if layer.index == last and not heads else f"l{layer.index}"
         ctx = _Layer(b, graph, layer, names, flat, out)
         with numpy_warnings(graph, layer, "exporting it"):
             names[layer.index], flat[layer.index] = L.dispatch(FLOAT_EXPORT, layer).emit(ctx, layer, p)
 
-    o = graph.output_layer
-    out_shape = [1, o.out_c, o.out_h, o.out_w] if o.spatial and not flat[last] else [1, o.outputs]
-    outp = helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)
-    model = b.model(model_name(graph), [inp], [outp])
-    add_metadata(model, graph, preprocess, input_layout)
+    if heads:                 # a detector: one output per head, the tensor entering it (named l<index>_<kind>)
+        outps = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in heads]
+    else:
+        o = graph.output_layer
+        out_shape = [1, o.out_c, o.out_h, o.out_w] if o.spatial and not flat[last] else [1, o.outputs]
+        outps = [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)]
+    model = b.model(model_name(graph), [inp], outps)
+    add_metadata(model, graph, preprocess, input_layout, **detector_metadata(graph))
     if check:
         check_model(model)
     if path is not None:

@@ -23,9 +23,15 @@ route           Concat(axis=1) -> Q -> DQ (single-input routes are no node)
 shortcut        Add -> Q -> DQ (relu: zero point -128; leaky as for conv)
 softmax         Flatten -> Q -> DQ -> Softmax(axis=-1) -> Q(1/255, -128) -> DQ -> float ``output``
                 (``QGraph.softmax == "float"``: the Softmax output is the float ``output``)
+upsample        Resize (nearest, asymmetric, floor) -> Q -> DQ with its input's parameters
+reorg           DepthToSpace (reverse=1) or Reshape -> SpaceToDepth -> Reshape -> Q -> DQ with its input's
+                parameters: darknet's index map exactly (``common.reorg_nodes``)
+region, yolo,   Identity: the dequantised int8 tensor entering the head is a float graph output
+detection       ``l<index>_<kind>``, one per head (``darknetpy_heads`` metadata; decoded on the host)
 ==============  ==========================================================================================
 
-Opset 17, IR 8, static shapes, batch 1, one input and one float output; no float operator between two
+Opset 17, IR 8, static shapes, batch 1, one input and one float output (a detector: one per head); no float
+operator between two
 quantised ones. The model passes ``onnx.checker.check_model(full_check=True)``.
 
 >>> export_qdq(qnet.qgraph, "tiny_int8.onnx")                           # doctest: +SKIP
@@ -39,8 +45,9 @@ import numpy as np
 
 from .. import layers as L
 from ..errors import ExportError
-from ..int8.qgraph import QGraph, not_in_int8_graph
-from .common import Builder, add_metadata, check_input_layout, check_model, model_name, save_model
+from ..int8.qgraph import HOST_HEADS, QGraph, not_in_int8_graph
+from .common import (Builder, add_metadata, check_input_layout, check_model, detector_metadata, head_outputs,
+                     last_exported, model_name, reorg_nodes, resize_nodes, save_model)
 
 
 def export_qdq(qgraph: QGraph, path: str | os.PathLike | None = None, *, input_layout: str = "nchw-float",
@@ -77,25 +84,30 @@ def export_qdq(qgraph: QGraph, path: str | os.PathLike | None = None, *, input_l
     names: dict[int, str] = {-1: x0}          # layer -> its float (dequantised) output name
     params: dict[int, tuple[str, str]] = {-1: qin}
     flat: dict[int, bool] = {-1: False}
-    last = qgraph.output_index
+    last = last_exported(graph)
+    heads = head_outputs(graph)
     for ql in qgraph.layers[: last + 1]:
-        e = _QLayer(b, qgraph, ql, names, params, flat, ql.index == last)
-        entry = _alias if ql.alias else L.dispatch(QDQ_EXPORT, ql.layer)
+        e = _QLayer(b, qgraph, ql, names, params, flat, ql.index == last and not heads)
+        host = isinstance(ql.layer, HOST_HEADS)   # an alias in the int8 graph, a graph output here
+        entry = _alias if ql.alias and not host else L.dispatch(QDQ_EXPORT, ql.layer)
         if isinstance(entry, L.Refuse):
             raise ExportError(f"{graph.path}: {ql.layer.describe()}: {entry.why}")
         entry(e, ql)
 
-    o = graph.output_layer
-    out_shape = [1, o.out_c, o.out_h, o.out_w] if o.spatial and not flat[last] else [1, o.outputs]
-    if names[last] != "output":
-        names[last] = b.node("Identity", [names[last]], "output_identity", "output")
-    outp = helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)
-    model = b.model(model_name(graph, "_int8"), [inp], [outp])
+    if heads:                 # a detector: one output per head, the dequantised int8 tensor entering it
+        outps = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in heads]
+    else:
+        o = graph.output_layer
+        out_shape = [1, o.out_c, o.out_h, o.out_w] if o.spatial and not flat[last] else [1, o.outputs]
+        if names[last] != "output":
+            names[last] = b.node("Identity", [names[last]], "output_identity", "output")
+        outps = [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)]
+    model = b.model(model_name(graph, "_int8"), [inp], outps)
     info = qgraph.info
     add_metadata(model, graph, preprocess, input_layout, quantization=(
         f"int8 QDQ by darknetpy: weights per-channel symmetric int8, activations per-tensor asymmetric "
         f"int8; calibration {info.get('method', '?')} on {info.get('calibration_images', '?')} input(s); "
-        f"pair_safe={info.get('pair_safe', '?')}; softmax output {qgraph.softmax}"))
+        f"pair_safe={info.get('pair_safe', '?')}; softmax output {qgraph.softmax}"), **detector_metadata(graph))
     if check:
         check_model(model, "int8 model")
     if path is not None:
@@ -185,6 +197,29 @@ def _maxpool(e: _QLayer, ql) -> None:
     e.params[e.i], e.flat[e.i] = e.params[j], False
 
 
+def _same_params(e: _QLayer, ql, y: str) -> None:
+    """Q -> DQ of a layer that only moves values, with its input's parameters (maxpool, upsample, reorg)."""
+    j = ql.src[0]
+    e.names[e.i] = e.b.qdq(y, e.params[j], f"l{e.i}", e.out_name)
+    e.params[e.i], e.flat[e.i] = e.params[j], False
+
+
+def _upsample(e: _QLayer, ql) -> None:
+    _same_params(e, ql, resize_nodes(e.b, e.base, e.spatial(ql.src[0]), ql.layer.stride, f"{e.base}_out"))
+
+
+def _reorg(e: _QLayer, ql) -> None:
+    _same_params(e, ql, reorg_nodes(e.b, e.base, e.spatial(ql.src[0]), ql.layer, f"{e.base}_out"))
+
+
+def _head(e: _QLayer, ql) -> None:
+    """A detection head: the dequantised int8 tensor entering it is the graph output ``l<index>_<kind>``."""
+    j, det = ql.src[0], isinstance(ql.layer, L.DetectionLayer)
+    x = e.flatten(j, "flatten") if det else e.spatial(j)
+    e.names[e.i] = e.b.node("Identity", [x], e.base, e.base)
+    e.params[e.i], e.flat[e.i] = e.params[j], det
+
+
 def _avgpool(e: _QLayer, ql) -> None:
     y = e.b.node("GlobalAveragePool", [e.spatial(ql.src[0])], e.base, f"{e.base}_out")
     p = e.own()
@@ -229,10 +264,13 @@ QDQ_EXPORT: dict = {
     L.Softmax: _softmax,
     L.Dropout: _alias,
     L.Cost: _alias,
-    L.Upsample: not_in_int8_graph("[upsample]"),
+    L.Upsample: _upsample,
+    L.Reorg: _reorg,
+    L.Region: _head,
+    L.Yolo: _head,
+    L.DetectionLayer: _head,
     L.Local: not_in_int8_graph("[local]"),
     L.Crop: not_in_int8_graph("[crop]"),
     L.BatchNorm: not_in_int8_graph("[batchnorm] (folded into the convolution before quantisation)"),
     L.Activation: not_in_int8_graph("[activation]"),
-    **{kind: not_in_int8_graph(f"[{kind.kind}]") for kind in L.DETECTION_HEADS},
 }

@@ -19,9 +19,13 @@ on the STM32N6 NPU. Its quantisation scheme is ST's ONNX Runtime recipe (``../sh
 * relu and relu6 are not separate steps: their output range starts at 0, so the zero point is -128 and the
   QuantizeLinear saturation *is* the activation (onnxruntime's quantizer drops those nodes the same way);
   leaky has its own step, conv -> Q(pre) -> DQ -> LeakyRelu -> Q(out);
-* maxpool, dropout and single-input routes share their input's parameters; avgpool, concat and shortcut
-  outputs get their own; a softmax output is quantised with ST's fixed scale 1/255, zero point -128
-  (``softmax="int8"``), or left in float (``softmax="float"``).
+* maxpool, upsample (nearest), reorg, dropout and single-input routes share their input's parameters;
+  avgpool, concat and shortcut outputs get their own; a softmax output is quantised with ST's fixed scale
+  1/255, zero point -128 (``softmax="int8"``), or left in float (``softmax="float"``);
+* detectors: the graph ends at the heads' inputs. A [region]/[yolo]/[detection] layer computes nothing in int8
+  (its "output" is the int8 tensor entering it, with that tensor's parameters); the host dequantises that
+  tensor and runs the head and darknet's box decoding in float (``QuantizedNetwork.detect``,
+  ``darknetpy.decode``), as ST's application does with the NPU's outputs.
 
 **The u8 x s8 pair constraint** (``pair_safe=True``, the default). onnxruntime on x86 runs int8 activations
 as uint8 (x + 128) and, on AVX2 CPUs without VNNI, multiplies them by the int8 weights with ``vpmaddubsw``,

@@ -272,7 +272,7 @@ def build_qgraph(graph: L.Graph, weights: Weights, calibration, *, method: str |
                 ql = QLayer(i, layer, src, own, pre, act, wq, ws, bq)
             elif role == "sum":
                 ql = QLayer(i, layer, src, own, pre, act)
-            elif role == "shares":
+            elif role in ("shares", "host"):       # host: a detection head, decoded from its int8 input
                 ql = QLayer(i, layer, src, qp_of(src[0]))
             elif role == "softmax":
                 ql = QLayer(i, layer, src, QParams(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT) if softmax == "int8" else None)

@@ -14,7 +14,11 @@ avgpool         QLinearGlobalAveragePool
 route           QLinearConcat: each input copied, or re-expressed in the route's scale/zero point
 shortcut        QLinearAdd (+ QLinearLeakyRelu); relu is the saturation at zero point -128
 softmax         QLinearSoftmax (int8 output, ST's recipe) or a float softmax of the dequantised input
+upsample        Resize nearest: int8 values copied (same parameters)
+reorg           SpaceToDepth / DepthToSpace: darknet's index map on the int8 values (same parameters)
 dropout, cost   nothing (the output is the input)
+region, yolo,   nothing: the graph ends at the head's input (an int8 tensor), which the host dequantises and
+detection       decodes (boxes.decode), as ST's application does after the NPU
 ==============  =====================================================================================
 
 Which method binds a layer is the table ``INT8_PLAN`` (layer class -> bind method; ``layers.Refuse`` for the
@@ -137,6 +141,16 @@ class Int8Plan:
         pool = k8.bind_maxpool(self._src(ql.src[0]).reshape(lay.c, lay.h, lay.w), lay.size, lay.stride,
                                lay.padding, out)
         return lambda nt: pool()
+
+    def _bind_upsample(self, ql: QLayer, out: np.ndarray) -> Callable[[int], None]:
+        lay = ql.layer
+        x = self._src(ql.src[0]).reshape(lay.c, lay.h, lay.w)
+        return lambda nt: k8.upsample(x, lay.stride, out)
+
+    def _bind_reorg(self, ql: QLayer, out: np.ndarray) -> Callable[[int], None]:
+        lay = ql.layer
+        x = self._src(ql.src[0])
+        return lambda nt: k8.reorg(x, lay.c, lay.h, lay.w, lay.stride, lay.reverse, out)
 
     def _bind_avgpool(self, ql: QLayer, out: np.ndarray) -> Callable[[int], None]:
         x = self._src(ql.src[0])
@@ -277,10 +291,14 @@ INT8_PLAN: dict = {
     L.Softmax: Int8Plan._bind_softmax,
     L.Dropout: Int8Plan._bind_nothing,
     L.Cost: Int8Plan._bind_nothing,
-    L.Upsample: not_in_int8_graph("[upsample]"),
+    L.Upsample: Int8Plan._bind_upsample,
+    L.Reorg: Int8Plan._bind_reorg,
     L.Local: not_in_int8_graph("[local]"),
     L.Crop: not_in_int8_graph("[crop]"),
     L.BatchNorm: not_in_int8_graph("[batchnorm]"),
     L.Activation: not_in_int8_graph("[activation]"),
-    **{kind: not_in_int8_graph(f"[{kind.kind}]") for kind in L.DETECTION_HEADS},
+    # the heads compute nothing in int8 (QLayer.alias): their "output" is their int8 input, decoded on the host
+    L.Region: Int8Plan._bind_nothing,
+    L.Yolo: Int8Plan._bind_nothing,
+    L.DetectionLayer: Int8Plan._bind_nothing,
 }

@@ -51,7 +51,8 @@ class QuantizedNetwork:
 
         Returns the output layer's values dequantised to float32 (shaped like the float network's), or with
         ``raw=True`` the int8 tensor itself (a float softmax output stays float). ``all_layers=True``
-        returns every layer's output the same way.
+        returns every layer's output the same way. A detection head computes nothing in int8: its value is
+        the tensor entering it (``head_inputs``, ``detect``).
         """
         x = check_input(x, self.input_shape)
         p = self.plan()
@@ -68,6 +69,50 @@ class QuantizedNetwork:
         if all_layers:
             return [value(i) for i in range(len(qg))]
         return value(qg.output_index)
+
+    def head_inputs(self, x: np.ndarray, *, raw: bool = False) -> list[np.ndarray]:
+        """Run the int8 network on ``x`` (the network input) and return, for every [region]/[yolo]/[detection]
+        layer in order, the int8 tensor entering it dequantised to float32 (``raw=True``: the int8 tensor),
+        shaped as the head's input: what ``darknetpy.decode`` takes, and what the QDQ export outputs.
+
+        The int8 graph ends there: the heads' own forward pass and the boxes run on the host in float, as ST's
+        application does with the NPU's outputs.
+        """
+        from ..boxes import heads_of, unsupported_if_no_heads
+
+        unsupported_if_no_heads(self.graph)
+        x = check_input(x, self.input_shape)
+        p = self.plan()
+        p.run(x)
+        out = []
+        for head in heads_of(self.graph):
+            j = self.qgraph[head.index].src[0]
+            shape = (head.inputs,) if isinstance(head, L.DetectionLayer) else head.in_shape
+            q = (p.input if j < 0 else p.outputs[j]).reshape(shape)
+            out.append(q.copy() if raw else self.qgraph.tensor_qparams(j).dequantize(q))
+        return out
+
+    def detect(self, image: np.ndarray, thresh: float = 0.5, hier_thresh: float = 0.5, nms: float = 0.45, *,
+               names: list[str] | None = None) -> list:
+        """``Network.detect`` with the int8 network: the image letterboxed (resized for a YOLOv1 [detection]
+        head, as ``darknet yolo test`` does), the int8 engine up to the heads' inputs, then darknet's decoding
+        of the dequantised tensors (``darknetpy.decode``). One ``Detection`` per printed line.
+
+        >>> qnet = darknetpy.quantize(darknetpy.load("yolov2-tiny-voc.cfg", "w.weights"), "calib/")  # doctest: +SKIP
+        >>> for d in qnet.detect(darknetpy.load_image("dog.jpg")):                                  # doctest: +SKIP
+        ...     print(d.line)
+        """
+        from ..errors import DarknetpyError
+        from ..network import decode
+
+        img = np.asarray(image)
+        if img.dtype != np.float32 or img.ndim != 3:
+            raise DarknetpyError(f"detect() needs a float32 (C, H, W) image (darknetpy.load_image), got "
+                                 f"{img.dtype} {img.shape}")
+        yolov1 = any(isinstance(layer, L.DetectionLayer) for layer in self.graph.layers)
+        x = self.preprocess(img, "resize" if yolov1 else "letterbox")
+        return decode(self.graph, self.head_inputs(x), (img.shape[2], img.shape[1]), thresh, hier_thresh, nms,
+                      names=names)
 
     def save(self, path: str | os.PathLike) -> None:
         self.qgraph.save(path)

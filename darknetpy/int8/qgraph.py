@@ -25,6 +25,7 @@ SOFTMAX_SCALE = float(np.float32(1.0 / 255.0))   # ST's fixed softmax output par
 SOFTMAX_ZERO_POINT = -128
 SOFTMAX_MODES = ("int8", "float")
 INT8_ACTIVATIONS = ("linear", "relu", "relu6", "leaky")
+HOST_HEADS = (L.Region, L.Yolo, L.DetectionLayer)   # decoded on the host from their int8 input
 LEAKY_ALPHA = float(np.float32(0.1))             # darknet's leaky slope, as onnx LeakyRelu(alpha=0.1) stores it
 
 # -- quantisation parameters ----------------------------------------------------------------------------
@@ -138,9 +139,13 @@ class QLayer:
 
     @property
     def alias(self) -> bool:
-        """True when the layer computes nothing: its output *is* its (single) input."""
+        """True when the layer computes nothing in int8: its output *is* its (single) input. That includes the
+        detection heads ([region], [yolo], [detection]): the int8 graph ends at their inputs, and their forward
+        pass and decoding run on the host in float (``boxes.decode`` of the dequantised input), as ST's
+        application does on the board."""
         lay = self.layer
-        return isinstance(lay, (L.Dropout, L.Cost)) or (isinstance(lay, L.Route) and len(lay.layers) == 1)
+        return (isinstance(lay, (L.Dropout, L.Cost) + HOST_HEADS)
+                or (isinstance(lay, L.Route) and len(lay.layers) == 1))
 
     @property
     def depthwise(self) -> bool:
@@ -250,16 +255,17 @@ def _layer_to_json(layer: L.Layer) -> dict:
 def _layer_from_json(d: dict) -> L.Layer:
     d = dict(d)
     cls = _CLASSES[d.pop("kind")]
-    if "layers" in d:
-        d["layers"] = tuple(d["layers"])
-    return cls(**d)
+    # JSON gives lists: tuples again (layers, anchors, mask), so that the dataclass stays what it was
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 # -- which graphs int8 supports: the int8 graph stage's table ---------------------------------------------
 
 SUPPORTED = ("convolutional (any groups; activations linear, relu, relu6, leaky)", "connected (same activations)",
              "maxpool", "avgpool", "route (same-size spatial inputs)", "shortcut (same shape, alpha=beta=1)",
-             "softmax (the output layer, groups=1, temperature=1)", "dropout", "cost")
+             "softmax (the output layer, groups=1, temperature=1)", "upsample (stride > 0, scale 1)",
+             "reorg (without flatten/extra)", "region, yolo, detection (decoded on the host from their int8 input)",
+             "dropout", "cost")
 
 
 @dataclass(frozen=True)
@@ -274,7 +280,9 @@ class Int8Kind:
     * ``"own"``: computes a new tensor with its own output parameters (avgpool, concat);
     * ``"shares"``: its output has its input's parameters (maxpool; dropout, cost and one-input routes
       compute nothing);
-    * ``"softmax"``: ST's fixed output parameters (1/255, -128), or a float output.
+    * ``"softmax"``: ST's fixed output parameters (1/255, -128), or a float output;
+    * ``"host"``: a detection head; nothing is computed in int8 (the graph ends at its input, which the host
+      dequantises and decodes), its "output" is its input tensor with its parameters.
     """
 
     check: Callable[[L.Graph, L.Layer, int], str]
@@ -325,6 +333,32 @@ def _check_softmax(graph: L.Graph, layer: L.Softmax, last: int) -> str:
     return ""
 
 
+def _check_upsample(graph: L.Graph, layer: L.Upsample, last: int) -> str:
+    if layer.reverse:
+        return "stride < 0 (a sum over blocks) has no int8 implementation"
+    if layer.scale != 1:
+        return f"scale={layer.scale:g} (a multiplication) has no int8 implementation; only scale=1 copies values"
+    return ""
+
+
+def _check_reorg(graph: L.Graph, layer: L.Reorg, last: int) -> str:
+    if layer.extra or layer.flatten:
+        return "flatten=1 and extra>0 have no int8 implementation (no detector uses them)"
+    s2 = layer.stride * layer.stride
+    if not layer.reverse and layer.c % s2:
+        return (f"{layer.c} channels are not a multiple of stride*stride = {s2}: darknet's mapping then mixes "
+                "channels in a way no ONNX operator reproduces")
+    return ""
+
+
+def _check_head(graph: L.Graph, layer: L.Layer, last: int) -> str:
+    readers = [r for r in graph.layers[: last + 1] if layer.index in L.inputs_of(r)]
+    if readers:
+        return (f"{readers[0].describe()} reads its output; the int8 graph ends at the heads' inputs (decoded on "
+                "the host), so nothing may read a head")
+    return ""
+
+
 def _role(name: str) -> Callable[[L.Layer], str]:
     return lambda layer: name
 
@@ -345,13 +379,15 @@ INT8_GRAPH: dict = {
     L.Dropout: Int8Kind(_ok, _role("shares")),
     L.Cost: Int8Kind(_ok, _role("shares")),
     L.Softmax: Int8Kind(_check_softmax, _role("softmax")),
-    L.Upsample: L.Refuse("[upsample] has no int8 implementation"),
+    L.Upsample: Int8Kind(_check_upsample, _role("shares")),
+    L.Reorg: Int8Kind(_check_reorg, _role("shares")),
+    L.Region: Int8Kind(_check_head, _role("host")),
+    L.Yolo: Int8Kind(_check_head, _role("host")),
+    L.DetectionLayer: Int8Kind(_check_head, _role("host")),
     L.Local: L.Refuse("[local] has no int8 implementation"),
     L.Crop: L.Refuse("[crop] has no int8 implementation"),
     L.BatchNorm: L.Refuse("[batchnorm] has no int8 implementation"),
     L.Activation: L.Refuse("[activation] has no int8 implementation"),
-    **{kind: L.Refuse(f"[{kind.kind}] has no int8 implementation yet: detection int8 lands with issue #14 items 6-7")
-       for kind in L.DETECTION_HEADS},
 }
 
 

@@ -452,15 +452,19 @@ def test_detector_cfg_heads_load_and_run(name):
         assert np.abs(a - b).max() <= 5e-5 * max(np.abs(a).max(), 1e-30), layer.describe()
 
 
-def test_int8_and_export_refuse_the_heads_until_they_land():
-    """The int8 graph, the ONNX exports and the N6 check name the head and say when it lands."""
+def test_int8_the_exports_and_the_n6_check_take_the_detectors():
+    """Issue #14 items 6-7: the int8 graph, the ONNX exports and the N6 check take yolov2 (reorg, route, region) and
+    yolov3 (route, upsample, yolo) whole; [local] (yolov1) is still refused, naming the layer."""
     from darknetpy.errors import UnsupportedError
     from darknetpy.export.n6check import check_n6_graph
     from darknetpy.export.onnx_float import check_exportable
     from darknetpy.int8.qgraph import check_int8
 
-    g = build(DETECTOR_CFGS["yolov2"][0])
-    for check in (check_int8, check_exportable):
-        with pytest.raises(UnsupportedError, match=r"layer 14 \[reorg\]: \[reorg\] .*issue #14 items 6-7"):
-            check(g)
-    assert [v.node for v in check_n6_graph(g) if "issue #14" in v.message] == ["layer 14 [reorg]", "layer 18 [region]"]
+    for name in ("yolov2", "yolov3", "yolov3-spp", "yolov2-tiny", "yolov1-tiny"):
+        g = build(DETECTOR_CFGS[name][0])
+        check_int8(g)
+        check_exportable(g)
+        assert check_n6_graph(g) == [], name
+    g = build(DETECTOR_CFGS["yolov1"][0])
+    with pytest.raises(UnsupportedError, match=r"layer 4 \[local\]"):
+        check_int8(g)

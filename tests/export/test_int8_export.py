@@ -209,11 +209,11 @@ def test_n6_graph_check_names_the_layer(tmp_path):
     from darknetpy.graph import graph_from_text
 
     g = graph_from_text("[net]\nheight=8\nwidth=8\nchannels=3\n[convolutional]\nfilters=4\nsize=3\npad=1\n"
-                        "activation=logistic\n[upsample]\nstride=2\n")
+                        "activation=logistic\n[upsample]\nstride=2\nscale=2\n")
     v = check_n6_graph(g)
     assert [(x.node, x.rule) for x in v] == [("layer 0 [convolutional]", "int8-layer"),
                                             ("layer 1 [upsample]", "int8-layer")]
-    assert "logistic" in v[0].message and "upsample" in v[1].message
+    assert "logistic" in v[0].message and "scale=2" in v[1].message
 
 
 def _structure(model) -> tuple[dict, dict]:

@@ -292,14 +292,14 @@ def test_cli_bad_calibration_directory(tmp_path, capsys, kind):
 
 
 def test_cli_unsupported_layer(tmp_path, capsys):
-    cfg = write(tmp_path, "up.cfg", SMALL.replace("[avgpool]", "[upsample]\nstride=2\n\n[avgpool]"))
+    cfg = write(tmp_path, "up.cfg", SMALL.replace("[avgpool]", "[upsample]\nstride=2\nscale=2\n\n[avgpool]"))
     g = graph_from_text(cfg.read_text(), str(cfg))
     weights = tmp_path / "up.weights"
     Network(g, random_params(g)).save_weights(weights)
     code = main(["quantize", str(cfg), str(weights), "--calib-random", "1"])
     err = capsys.readouterr().err
     assert code == UnsupportedError.exit_code == 7
-    assert "layer 5 [upsample]" in err and "int8 supports" in err
+    assert "layer 5 [upsample]: scale=2" in err and "int8 supports" in err
 
 
 def test_cli_missing_calibration_argument(tmp_path, capsys):

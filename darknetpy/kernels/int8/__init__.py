@@ -17,8 +17,9 @@ microkernel.py  the u8 x s8 GEMM micro-kernel (LLVM vector IR) with its requanti
 requant.py      MLAS's float32 requantisation formulas, shared by the other two
 conv.py         input preparation, weight packing, the convolution and [connected] kernels
 elementwise.py  QuantizeLinear, concat tables, QLinearAdd, pooling, softmax
+layout.py       [upsample] and [reorg]: int8 values moved, parameters kept
 
-This package exports the public names of all four (``from darknetpy.kernels import int8 as k8``).
+This package exports the public names of all five (``from darknetpy.kernels import int8 as k8``).
 """
 
 from .conv import (PLANE_SLACK, bind_conv_depthwise, bind_conv_grouped, bind_conv_im2col, bind_conv_quads,
@@ -27,6 +28,7 @@ from .conv import (PLANE_SLACK, bind_conv_depthwise, bind_conv_grouped, bind_con
                    pack_quads, planes_shape, prepare_planes, prepare_quads, quads_shape, split_pairs, tap_offset)
 from .elementwise import (add, bind_maxpool, global_avgpool, maxpool, quantize, requant_copy, requant_table,
                           softmax_float, softmax_int8, softmax_table)
+from .layout import reorg, upsample
 from .microkernel import MR, NR, ONES16, microkernel_u8s8, microkernel_u8s8_fused
 from .requant import epilogue_params, leaky_q, quantize_value, requant
 
@@ -36,6 +38,6 @@ __all__ = [
     "conv_grouped", "conv_im2col", "conv_koff", "conv_quads", "depthwise_taps", "epilogue_params", "flat_kernel",
     "global_avgpool", "grouped_pairs", "im2col_index", "leaky_q", "maxpool", "microkernel_u8s8",
     "microkernel_u8s8_fused", "pack_flat", "pack_quads", "planes_shape", "prepare_planes", "prepare_quads",
-    "quads_shape", "quantize", "quantize_value", "requant", "requant_copy", "requant_table", "softmax_float",
-    "softmax_int8", "softmax_table", "split_pairs", "tap_offset",
+    "quads_shape", "quantize", "quantize_value", "reorg", "requant", "requant_copy", "requant_table",
+    "softmax_float", "softmax_int8", "softmax_table", "split_pairs", "tap_offset", "upsample",
 ]
