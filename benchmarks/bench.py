@@ -36,6 +36,10 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("DARKNETPY_SHARED", ROOT.parent / "shared"))
 NETS = ["tiny", "dla46_c", "dla46x_c", "dla60x_c", "hardnet39ds"]
+# darknet's Tiny YOLOs at their cfgs' 416x416, from the det_* conformance cases' cfgs in ../shared (read at run
+# time, not kept here), with seeded random weights: timing only (issue #14 item 9)
+DETECTORS = {"yolov2-tiny-voc": "det_yolov2_tiny_voc_dog", "yolov3-tiny": "det_yolov3_tiny_dog"}
+DETECTOR_SIZE = 416
 PAUSE = 0.05          # seconds between rounds (onnxruntime's workers stop spinning well before)
 
 
@@ -61,13 +65,11 @@ def bench_network(name: str, threads: list[int], runs: int, warmup: int, spin: b
     import numba
     import onnxruntime as ort
 
-    import darknetpy
     from darknetpy.export.onnx_float import export_onnx
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        wpath = _weights_for(name)
-        net = darknetpy.load(ROOT / "cfg" / f"{name}.cfg", wpath, exact=exact)
+    if name in DETECTORS:
+        raise SystemExit(f"{name}: the interleaved mode times classifiers only; use --mode process")
+    net, wpath = _load(name, exact)
     model = export_onnx(net.graph, net.weights).SerializeToString()
     from darknetpy.image import normalize
     img = np.random.default_rng(0).random(net.input_shape, dtype=np.float32)       # the ONNX model's input
@@ -112,6 +114,15 @@ def _load(name: str, exact: bool):
     import darknetpy
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if name in DETECTORS:
+            case = SHARED / "conformance" / DETECTORS[name] / "net.cfg"
+            if not case.is_file():
+                raise SystemExit(f"{name}: needs {case} (../shared beside the checkout)")
+            from darknetpy.graph import load_graph
+            from darknetpy.network import Network
+            from darknetpy.weights import random_params
+            graph = load_graph(case, height=DETECTOR_SIZE, width=DETECTOR_SIZE)
+            return Network(graph, random_params(graph), exact=exact), None
         wpath = _weights_for(name)
         net = darknetpy.load(ROOT / "cfg" / f"{name}.cfg", wpath, exact=exact)
     return net, wpath
@@ -129,9 +140,18 @@ def worker(engine: str, name: str, threads: int, exact: bool) -> int:
         from darknetpy.image import normalize
         x = normalize(img, net.graph.net.mean, net.graph.net.std)      # what the ONNX model does in its graph
 
+        from darknetpy import layers as L
+        from darknetpy.headspec import heads_of
+        # what the export outputs: the network output, or for a detector the tensors entering its heads
+        outs = [L.inputs_of(h)[0] for h in heads_of(net.graph)] or [net.graph.output_index]
+
         def once():
             plan.run(x)
-            return plan.outputs[net.graph.output_index]
+            return None
+
+        def output():             # all layers kept (the plan reuses a head input's memory once it is read)
+            every = net.predict(x, all_layers=True)
+            return np.concatenate([every[j].reshape(-1) for j in outs])
     else:
         import onnxruntime as ort
         from darknetpy.export.onnx_float import export_onnx
@@ -142,11 +162,14 @@ def worker(engine: str, name: str, threads: int, exact: bool) -> int:
         feed = {"input": img[None]}
 
         def once():
-            return sess.run(None, feed)[0]
+            return sess.run(None, feed)
+
+        def output():
+            return np.concatenate([o.reshape(-1) for o in sess.run(None, feed)])
     for line in sys.stdin:
         cmd = line.split()
         if cmd[0] == "output":
-            print(json.dumps([float(v) for v in np.asarray(once(), np.float64).reshape(-1)]), flush=True)
+            print(json.dumps([float(v) for v in np.asarray(output(), np.float64).reshape(-1)]), flush=True)
         elif cmd[0] == "run":
             times = []
             for _ in range(int(cmd[1])):
@@ -265,7 +288,8 @@ def main(argv=None) -> int:
     ap.add_argument("--busy", action="store_true", help="a busy loop pinned to one core meanwhile")
     ap.add_argument("--worker", choices=("darknetpy", "onnxruntime"), help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--nets", nargs="+", default=NETS, choices=NETS)
+    ap.add_argument("--nets", nargs="+", default=NETS, choices=NETS + list(DETECTORS),
+                    help=f"default: the classifiers; also {', '.join(DETECTORS)} at {DETECTOR_SIZE}x{DETECTOR_SIZE}")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--spin", action="store_true", help="keep onnxruntime's spin-waiting threads")
     ap.add_argument("--exact", action="store_true", help="time darknetpy's darknet-exact kernels")
