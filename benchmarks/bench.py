@@ -288,8 +288,10 @@ def main(argv=None) -> int:
     ap.add_argument("--busy", action="store_true", help="a busy loop pinned to one core meanwhile")
     ap.add_argument("--worker", choices=("darknetpy", "onnxruntime"), help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--nets", nargs="+", default=NETS, choices=NETS + list(DETECTORS),
-                    help=f"default: the classifiers; also {', '.join(DETECTORS)} at {DETECTOR_SIZE}x{DETECTOR_SIZE}")
+    have = [d for d, case in DETECTORS.items() if (SHARED / "conformance" / case / "net.cfg").is_file()]
+    ap.add_argument("--nets", nargs="+", default=NETS + have, choices=NETS + list(DETECTORS),
+                    help=f"default: the classifiers and {', '.join(DETECTORS)} at {DETECTOR_SIZE}x{DETECTOR_SIZE} "
+                         "(when ../shared has their cfgs)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--spin", action="store_true", help="keep onnxruntime's spin-waiting threads")
     ap.add_argument("--exact", action="store_true", help="time darknetpy's darknet-exact kernels")
