@@ -616,8 +616,10 @@ def test_kernel_choices_follow_config():
     assert config.winograd_variant(conv(128, 128, 7)) == 2
     assert config.winograd_variant(conv(8, 128, 28)) == 0
     assert config.winograd_variant(conv(64, 128, 28, stride=2)) == 0
-    assert config.depthwise_kind(conv(64, 64, 14, groups=64)) == "hwc"
-    assert config.depthwise_kind(conv(32, 32, 14, groups=32)) == "rows"
+    assert config.depthwise_kind(conv(64, 64, 7, groups=64)) == "hwc"
+    assert config.depthwise_kind(conv(64, 64, 14, stride=2, groups=64)) == "hwc"
+    assert config.depthwise_kind(conv(64, 64, 14, groups=64)) == "planes"
+    assert config.depthwise_kind(conv(32, 32, 7, groups=32)) == "planes"
     assert config.depthwise_kind(conv(64, 64, 14, groups=32)) == "planes"
     assert config.depthwise_kind(conv(64, 64, 14)) == ""
     target = config.codegen_target()
