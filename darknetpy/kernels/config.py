@@ -42,9 +42,15 @@ GOMP_SPINCOUNT = "3000"
 
 # Float GEMM micro-tile (kernels/gemm.py): MR rows of A (filters) x NR columns of B (pixels). Peak is the
 # same for every shape that keeps its accumulators in registers (measured ~116 GFLOP/s on one Zen 4 core
-# for 6x16, 8x16, 12x16...); what differs is the waste on the last A panel. With AVX-512, 8 rows x one
-# 16-float vector (8 accumulators): Darknet's filter counts are multiples of 8, so panels come out exact
-# (MR=6 wastes 11% on 16 or 32 filters). On AVX2 (16 registers), 6 rows x two 8-float vectors = 12
+# for 6x16, 8x16, 12x16...); what differs is the waste on the last A panel. With AVX-512 on Zen 4, 8 rows
+# x one 16-float vector (8 accumulators): Darknet's filter counts are multiples of 8, so panels come out
+# exact (MR=6 wastes 11% on 16 or 32 filters). With AVX-512 on other CPUs (Intel's, two full 512-bit FMA
+# ports: 4-cycle latency x 2 ports = 8 FMAs in flight, exactly the 8x16 tile's accumulators, and 9-10
+# loads per 8 FMAs), 16 rows (16 accumulators, 18 loads per 16 FMAs). Measured on a Sapphire Rapids
+# Xeon, 1 thread: 1x1 128->1000 14x14 0.368 -> 0.302 ms, 3x3 16->32 112x112 0.82 -> 0.67, 3x3 128->128
+# 28x28 1.73 -> 1.46, F(4x4) layers ~8% faster; whole Tiny Darknet -4% (1 and 2 threads), dla46_c -2%,
+# HarDNet unchanged; 8x32 (two vectors) and 12x32 were no better there, and two interleaved k
+# accumulator sets on 8x16 slower. On AVX2 (16 registers), 6 rows x two 8-float vectors = 12
 # accumulators, the most that fit. MR and the vector width come from codegen_target().
 FLOAT_NR = 16
 
@@ -103,7 +109,11 @@ def codegen_target() -> CodegenTarget:
         flags = set()
     if chosen:                                 # numba compiles for the named CPU/features, not the host
         flags = _chosen_flags(flags)
-    return choose_target(flags, wide=wide, machine=platform.machine())
+    try:
+        cpu = "" if chosen else llvm.get_host_cpu_name()
+    except Exception:                          # pragma: no cover
+        cpu = ""
+    return choose_target(flags, wide=wide, machine=platform.machine(), cpu=cpu)
 
 
 def _chosen_flags(host: set[str]) -> set[str]:
@@ -117,8 +127,15 @@ def _chosen_flags(host: set[str]) -> set[str]:
     return {"+avx2"} & host
 
 
-def choose_target(flags: set[str], *, wide: bool, machine: str) -> CodegenTarget:
-    """The code generators' choice from the CPU's LLVM feature flags ("+avx2", "+avx512vnni", ...).
+def choose_target(flags: set[str], *, wide: bool, machine: str, cpu: str = "") -> CodegenTarget:
+    """The code generators' choice from the CPU's LLVM feature flags ("+avx2", "+avx512vnni", ...) and
+    LLVM's name for it (``cpu``: "znver4", "sapphirerapids", ...; "" when unknown). The float tile with
+    ``wide`` (AVX-512): 16 x 16, or 8 x 16 on Zen 4, which runs AVX-512 on 256-bit units (see FLOAT_NR).
+
+    >>> choose_target({"+avx2", "+avx512f"}, wide=True, machine="x86_64", cpu="sapphirerapids").float_mr
+    16
+    >>> choose_target({"+avx2", "+avx512f"}, wide=True, machine="x86_64", cpu="znver4").float_mr
+    8
 
     >>> choose_target({"+avx2", "+avx512f", "+avx512vl", "+avx512vnni"}, wide=True, machine="x86_64").int8_pairs
     'exact'
@@ -128,7 +145,8 @@ def choose_target(flags: set[str], *, wide: bool, machine: str) -> CodegenTarget
     x86 = machine.lower() in ("x86_64", "amd64", "i386", "i686", "x86")
     avx2 = "+avx2" in flags
     vnni = avx2 and (("+avx512vnni" in flags and "+avx512vl" in flags) or "+avxvnni" in flags)
-    return CodegenTarget(float_mr=8 if wide else 6, float_lanes=16 if wide else 8, int8_avx2=avx2,
+    mr = (8 if cpu.startswith("znver4") else 16) if wide else 6
+    return CodegenTarget(float_mr=mr, float_lanes=16 if wide else 8, int8_avx2=avx2,
                          int8_vnni=vnni, x86=x86)
 
 
@@ -200,18 +218,23 @@ def winograd_variant(conv) -> int:
 
 def depthwise_kind(conv) -> str:
     """Kernel for a grouped convolution (``conv`` as in ``winograd_variant``): "hwc" (depthwise 3x3 on
-    small maps with many channels, vectorised across channels), "rows" (depthwise 3x3 pad 1 stride 1-2
-    read row by row), "planes" (any grouped conv, depthwise.conv_grouped); "" if not grouped.
+    small maps with many channels, vectorised across channels) or "planes" (any grouped conv,
+    depthwise.conv_grouped: 3x3 taps as one vectorised loop over a whole zero-padded plane); "" if not
+    grouped. ("rows", depthwise.depthwise3x3, row by row from the input, is no longer chosen: "planes"
+    is 1.3-4x faster on every HarDNet shape.)
 
-    "hwc" for maps of at most 14x14 with at least 64 channels: HarDNet's 7x7 and 14x14 layers, where a row
-    is too short to fill vectors and the channels are many. The bounds are not measured separately.
+    "hwc" for at least 64 channels on maps of at most 7x7, or 14x14 with stride 2, where a plane is
+    too small to fill vectors and the channels are many. Measured on a Sapphire Rapids Xeon, 1 thread
+    (ms, planes vs hwc): 160ch 7x7 0.024/0.013, 410ch 7x7 0.053/0.045, 640ch 14->7 0.206/0.098, 320ch
+    28->14 0.216/0.189; at 14x14 stride 1 they tie (262ch 0.074/0.074, 64ch 0.021/0.019); 28x28 and
+    larger "planes" wins (132ch 0.100/0.163).
     """
     if conv.groups == 1:
         return ""
     if conv.groups == conv.c == conv.filters and conv.size == 3 and conv.padding == 1 and conv.stride in (1, 2):
-        if conv.out_h * conv.out_w <= 14 * 14 and conv.c >= 64:
+        small = conv.out_h * conv.out_w <= 7 * 7 or (conv.stride == 2 and conv.out_h * conv.out_w <= 14 * 14)
+        if small and conv.c >= 64:
             return "hwc"
-        return "rows"
     return "planes"
 
 

@@ -27,7 +27,7 @@ from numba import njit, prange
 
 from . import config
 from .activation import activate_block
-from .gemm import MR, NR, microkernel_fused, microkernel_indirect
+from .gemm import MR, NR, microkernel_cols, microkernel_fused, microkernel_indirect
 
 
 def input_shape(c: int, h: int, w: int, pad: int, stride: int) -> tuple[int, int, int, int]:
@@ -137,7 +137,12 @@ def _tile(ap, ip, bsrc, boff, kdim, n0, jn, fused, act, shift, has_res, out2d, r
                           out2d.ctypes.data + 4 * (i0 * n + n0), n, shift.ctypes.data + 4 * i0, act, m - i0,
                           res2d.ctypes.data + 4 * (i0 * n + n0) if has_res else 0)
         return
-    microkernel_indirect(ap.ctypes.data + 4 * ip * ap.shape[1], bsrc, boff, kdim, tile.ctypes.data)
+    if jn < NR:
+        # a last panel of 1-4 pixels (a 1x1 map: the classifier; 7x7: 49 = 3*16 + 1) is always packed
+        # (_panel_source): the row-vectorised kernels do 1-4 columns, not a whole MR x NR tile
+        microkernel_cols(ap.ctypes.data + 4 * ip * ap.shape[1], bsrc, kdim, tile.ctypes.data, jn)
+    else:
+        microkernel_indirect(ap.ctypes.data + 4 * ip * ap.shape[1], bsrc, boff, kdim, tile.ctypes.data)
     for r in range(min(MR, m - i0)):
         sh = shift[i0 + r]
         orow = out2d[i0 + r, n0:n0 + jn]

@@ -616,12 +616,19 @@ def test_kernel_choices_follow_config():
     assert config.winograd_variant(conv(128, 128, 7)) == 2
     assert config.winograd_variant(conv(8, 128, 28)) == 0
     assert config.winograd_variant(conv(64, 128, 28, stride=2)) == 0
-    assert config.depthwise_kind(conv(64, 64, 14, groups=64)) == "hwc"
-    assert config.depthwise_kind(conv(32, 32, 14, groups=32)) == "rows"
+    assert config.depthwise_kind(conv(64, 64, 7, groups=64)) == "hwc"
+    assert config.depthwise_kind(conv(64, 64, 14, stride=2, groups=64)) == "hwc"
+    assert config.depthwise_kind(conv(64, 64, 14, groups=64)) == "planes"
+    assert config.depthwise_kind(conv(32, 32, 7, groups=32)) == "planes"
     assert config.depthwise_kind(conv(64, 64, 14, groups=32)) == "planes"
     assert config.depthwise_kind(conv(64, 64, 14)) == ""
     target = config.codegen_target()
-    assert (target.float_mr, target.float_lanes) in ((8, 16), (6, 8))
+    assert (target.float_mr, target.float_lanes) in ((16, 16), (8, 16), (6, 8))
+    avx512 = {"+avx2", "+fma", "+avx512f", "+avx512vl"}
+    assert config.choose_target(avx512, wide=True, machine="x86_64", cpu="sapphirerapids").float_mr == 16
+    assert config.choose_target(avx512, wide=True, machine="x86_64", cpu="znver4").float_mr == 8
+    assert config.choose_target(avx512, wide=True, machine="x86_64").float_mr == 16
+    assert config.choose_target({"+avx2", "+fma"}, wide=False, machine="x86_64", cpu="haswell").float_mr == 6
     assert config.int8_conv_path(3, 1, False, lambda: False) == "im2col"
     assert config.int8_conv_path(3, 1, False, lambda: True) == "quads"
     assert config.int8_conv_path(4, 1, False, lambda: 1 / 0) == "quads"   # the pair check is for odd C only
