@@ -28,11 +28,11 @@ A progress bar runs on stderr when it is a terminal. Every input is run once (``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import TYPE_CHECKING, Callable, Optional
 
+from . import jsonout
 from ..errors import ImageError, UnsupportedError
 
 if TYPE_CHECKING:
@@ -271,7 +271,7 @@ class _Lines:
 
     def write(self, kind: str, data: dict) -> None:
         if self.f is not None:
-            self.f.write(json.dumps({"type": kind, **data}) + "\n")
+            self.f.write(jsonout.dumps({"type": kind, **data}) + "\n")
             self.f.flush()
 
     def close(self) -> None:
@@ -378,7 +378,7 @@ def run_inputs(args: argparse.Namespace, *, image_layout, image_to_tensor, norma
     if args.json:
         doc = {"device": device.as_dict() if device else None, "network": network.as_dict() if network else None,
                **summary, "per_input": per_input, "error": error}
-        print(json.dumps(doc))
+        print(jsonout.dumps(doc))
     else:
         s = summary["stats"]
         print(f"done     {summary['done']} of {len(items)} input(s)"

@@ -14,10 +14,10 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import TYPE_CHECKING, Optional
 
+from . import jsonout
 from ..errors import BoardRejected, UnsupportedError
 from . import board_detect, board_io
 from .args import index_int, positive_float, positive_int
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         board_io.plot_epochs(report, args.plot)
     if args.json:
-        print(json.dumps(dict(report_dict(report, source, const, comparison),
+        print(jsonout.dumps(dict(report_dict(report, source, const, comparison),
                               **({"detections": detections} if detections else {}))))
     else:
         print(format_report(report, source, const, comparison))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 
+from . import jsonout
 from ..errors import ExportError
 
 
@@ -27,7 +27,7 @@ def run(args) -> int:
     violations = check_n6(model)
     edge = input_edge(model)
     if args.json:
-        print(json.dumps({"model": args.model, "ok": not violations, "mcu_input_nodes": edge,
+        print(jsonout.dumps({"model": args.model, "ok": not violations, "mcu_input_nodes": edge,
                           "violations": [{"node": v.node, "rule": v.rule, "message": v.message} for v in violations]}))
     elif not violations:
         print(f"{args.model}: OK for the STM32N6 NPU (int8 per-channel weights, int8 activations, static shapes, "

@@ -21,12 +21,12 @@ infinite probability is ``null`` (JSON has neither), so every line stays valid J
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 import warnings
 
+from . import jsonout
 from ..errors import DarknetpyError, UnsupportedError
 from .args import positive_int
 
@@ -163,7 +163,7 @@ def run(args) -> int:
             msg = str(e) if str(e).startswith(f"{path}:") else f"{path}: {e}"
             print(f"darknetpy: error: {msg}", file=sys.stderr)
             if args.json:
-                print(json.dumps({"image": path, "error": msg, "exit_code": e.exit_code}, allow_nan=False))
+                print(jsonout.dumps({"image": path, "error": msg, "exit_code": e.exit_code}))
             sys.stdout.flush()
             first_error = first_error or e.exit_code
             continue
@@ -177,9 +177,9 @@ def run(args) -> int:
             warnings.warn(_nonfinite(path, sized[key], x, probs))
         top = _top_k(probs, min(args.top, probs.size))
         if args.json:
-            print(json.dumps({"image": path, "seconds": round(dt, 6), "top": [
+            print(jsonout.dumps({"image": path, "seconds": round(dt, 6), "top": [
                 {"index": i, "name": labels[i] if labels else str(i),
-                 "prob": float(probs[i]) if np.isfinite(probs[i]) else None} for i in top]}, allow_nan=False))
+                 "prob": float(probs[i]) if np.isfinite(probs[i]) else None} for i in top]}))
         else:
             for i in top:
                 # darknet: printf("%5.2f%%: %s\n", predictions[index]*100, names[index]) with float math

@@ -21,13 +21,13 @@ weights or the labels stops the command before any image.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
 import warnings
 
+from . import jsonout
 from ..errors import DarknetpyError, UnsupportedError
 from .args import positive_int
 
@@ -146,12 +146,12 @@ def run(args) -> int:
             msg = str(e) if str(e).startswith(f"{path}:") else f"{path}: {e}"
             print(f"darknetpy: error: {msg}", file=sys.stderr)
             if args.json:
-                print(json.dumps({"image": path, "error": msg, "exit_code": e.exit_code}))
+                print(jsonout.dumps({"image": path, "error": msg, "exit_code": e.exit_code}))
             sys.stdout.flush()
             first_error = first_error or e.exit_code
             continue
         if args.json:
-            print(json.dumps({"image": path, "seconds": round(dt, 6), "width": int(img.shape[2]),
+            print(jsonout.dumps({"image": path, "seconds": round(dt, 6), "width": int(img.shape[2]),
                               "height": int(img.shape[1]), "picture": picture,
                               "detections": [d.as_json() for d in dets]}))
         else:

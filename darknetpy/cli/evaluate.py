@@ -24,13 +24,13 @@ terminal.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from dataclasses import dataclass
 from typing import Optional
 
+from . import jsonout
 from ..errors import DarknetpyError, UnsupportedError
 from .args import positive_int
 
@@ -342,7 +342,7 @@ def _report(args, net, qnet, samples, records, outputs, names, seconds, jobs) ->
             plot_confusion([r["label"] for r in ok], [r["float"][0] for r in ok], args.plot, names=names,
                            axes=("label", "float top-1"))
     if args.json:
-        print(json.dumps(result))
+        print(jsonout.dumps(result))
         return 0
     pct = (lambda v: "    n/a" if v is None else f"{100 * v:6.2f} %")
     print(f"{os.path.basename(args.cfg)} on {n} image(s) of {result['classes']} class(es) from {args.dir}"

@@ -16,10 +16,10 @@ missed, extra, mean IoU). Progress goes to stderr; results to stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
+from . import jsonout
 from .args import percentile, positive_int
 
 # Plain copies of int8.calibrate.CALIB_METHODS and int8.qgraph.SOFTMAX_MODES, so that building the parser
@@ -100,7 +100,7 @@ def run(args) -> int:
         d = report.to_dict()
         d.update({"cfg": args.cfg, "weights": args.weights, "method": args.method, "calibration_images": n_calib,
                   "evaluated_on": "eval" if args.eval else "calibration", "saved": args.save, "onnx": args.onnx})
-        print(json.dumps(d, allow_nan=True))
+        print(jsonout.dumps(d))
         return 0
     print(f"{name}: int8 ({args.method} calibration on {n_calib} "
           f"{'image' if args.calib else 'random input'}{'s' if n_calib != 1 else ''}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from . import jsonout
 
 
 def add_arguments(s) -> None:
@@ -16,7 +16,7 @@ def run(args) -> int:
 
     graph = load_graph(args.cfg)
     if args.json:
-        print(json.dumps(summary_dict(graph)))
+        print(jsonout.dumps(summary_dict(graph)))
     else:
         print(summary_table(graph))
     return 0
