@@ -141,3 +141,13 @@ class MemoryLimitError(DarknetpyError):
     and the largest layer."""
 
     exit_code = 17
+
+
+def about(item: str, e: Exception) -> str:
+    """``e``'s message starting with the item (file, image) it is about: added unless the message names it.
+
+    >>> about("dog.jpg", ValueError("dog.jpg: truncated"))
+    'dog.jpg: truncated'
+    """
+    text = str(e)
+    return text if text.startswith(f"{item}:") else f"{item}: {text}"

@@ -81,31 +81,10 @@ def _names(desc: dict) -> list[str] | None:
     return names[:desc["classes"]] if names and len(names) >= desc["classes"] else None
 
 
-def received_image(data: bytes, tensor, layout: tuple, image: "np.ndarray") -> "np.ndarray":
-    """The float32 (3, H, W) image in [0, 1] that the input bytes ``data`` sent to the board encode: u8/255 for a
-    uint8 input, (q + 128)/255 for an int8 one with zero point -128, the values of a float one -- what the
-    board's model quantises, so what the int8 engine must be fed to compute the board's integers (the
-    letterboxed ``image`` itself is not on the 1/255 grid: its 0.5 bars are 127.5 grey levels, which the board
-    gets as 128 and QuantizeLinear(0.5) rounds to 127). Other encodings (a normalised input): ``image``.
-    ``layout``: ``board_run.image_layout(tensor)``."""
-    import numpy as np
-
-    layout, h, w, c = layout
-    if tensor.dtype in ("uint8", "int8") and abs(tensor.scale * 255.0 - 1.0) <= 1e-3:
-        v = np.frombuffer(data, np.dtype(tensor.dtype)).astype(np.float32) - np.float32(tensor.zero_point)
-        v = v / np.float32(255)
-    elif tensor.dtype == "float32":
-        v = np.frombuffer(data, "<f4").astype(np.float32)
-    else:
-        return image
-    v = v.reshape((h, w, c) if layout == "NHWC" else (c, h, w))
-    return np.ascontiguousarray(v.transpose(2, 0, 1) if layout == "NHWC" else v)
-
-
 def decode_board(desc: dict, outputs, image_size: tuple[int, int], args: argparse.Namespace, qnet=None,
                  image: "np.ndarray | None" = None) -> dict:
     """Decode the board's outputs (``OutputTensor``s) with darknet's rules on an image of ``image_size``; with
-    ``qnet`` (the int8 reference) and the (3, H, W) ``image`` the board received (``received_image``), compare
+    ``qnet`` (the int8 reference) and the (3, H, W) ``image`` the board received (``board_io.received_image``), compare
     with the engine.
 
     Returns {"thresh", "nms", "image_size", "heads": [{"output", "board_output", "shape"}], "detections": [...],

@@ -33,7 +33,7 @@ import sys
 from typing import TYPE_CHECKING, Callable, Optional
 
 from . import jsonout
-from ..errors import ImageError, UnsupportedError
+from ..errors import ImageError, UnsupportedError, about
 
 if TYPE_CHECKING:
     import numpy as np
@@ -125,26 +125,39 @@ def fit(picture: "np.ndarray", width: int, height: int) -> "np.ndarray":
     return letterbox(np.ascontiguousarray(picture, np.float32), width, height).astype(np.float32)
 
 
+def received_image(x: "np.ndarray", data: bytes, tensor, layout: str) -> "np.ndarray | None":
+    """The float32 (3, H, W) image in [0, 1] that the bytes ``data`` sent to the board encode: u8 / 255 for an
+    image encoding (scale 1/255, zero point 0 for uint8 / -128 for int8; or not quantised), the values
+    themselves for a float input (``x``). None for an input quantised after normalisation. (The letterboxed
+    ``x`` itself is not on the 1/255 grid: darknet's 0.5 border is sent as 128, which QuantizeLinear(0.5) of
+    the engine would round to 127.) ``layout``: "NHWC" or "NCHW" (``board_run.image_layout``)."""
+    import numpy as np
+
+    kind = np.dtype(tensor.dtype)
+    if kind.kind == "f":
+        return x
+    image_zp = 0 if tensor.dtype == "uint8" else -128
+    if tensor.scale and not (abs(tensor.scale * 255.0 - 1.0) <= 1e-3 and tensor.zero_point == image_zp):
+        return None
+    c, h, w = x.shape
+    q = np.frombuffer(data, kind.newbyteorder("<")).astype(np.float32)
+    q = q.reshape(h, w, c).transpose(2, 0, 1) if layout == "NHWC" else q.reshape(c, h, w)
+    return np.ascontiguousarray((q - np.float32(image_zp)) / np.float32(255))
+
+
 def engine_input(x: "np.ndarray", data: bytes, tensor, layout: str, net_info) -> "np.ndarray":
-    """The int8 engine's network input for exactly what the board received: the bytes sent, decoded. An image
-    encoding (scale 1/255, zero point 0 for uint8 / -128 for int8) gives the 8-bit image, then the cfg's
-    mean/std (``net_info``); an input quantised after normalisation gives its dequantised values; a float input
-    is ``x`` normalised. (Feeding the engine ``x`` itself would round differently where x*255 is a half:
-    darknet's letterbox border, 0.5, is sent as 128 but quantises to 127 through 1/255 in float32.)"""
+    """The int8 engine's network input for exactly what the board received: ``received_image`` then the cfg's
+    mean/std (``net_info``), or for an input quantised after normalisation its dequantised values."""
     import numpy as np
 
     from ..image import normalize
 
-    kind = np.dtype(tensor.dtype)
-    if kind.kind == "f":
-        return normalize(x, net_info.mean, net_info.std)
+    image = received_image(x, data, tensor, layout)
+    if image is not None:
+        return normalize(image, net_info.mean, net_info.std)
     c, h, w = x.shape
-    q = np.frombuffer(data, kind.newbyteorder("<")).astype(np.float32)
+    q = np.frombuffer(data, np.dtype(tensor.dtype).newbyteorder("<")).astype(np.float32)
     q = q.reshape(h, w, c).transpose(2, 0, 1) if layout == "NHWC" else q.reshape(c, h, w)
-    image_zp = 0 if tensor.dtype == "uint8" else -128
-    if not tensor.scale or (abs(tensor.scale * 255.0 - 1.0) <= 1e-3 and tensor.zero_point == image_zp):
-        return normalize(np.ascontiguousarray((q - np.float32(image_zp)) / np.float32(255)), net_info.mean,
-                         net_info.std)
     return np.ascontiguousarray((q - np.float32(tensor.zero_point)) * np.float32(tensor.scale))
 
 
@@ -338,7 +351,7 @@ def run_inputs(args: argparse.Namespace, *, image_layout, image_to_tensor, norma
                         x = fit(load(), width, height)
                         data = image_to_tensor(x, tensor, norm)
                     except ImageError as e:
-                        msg = str(e) if str(e).startswith(f"{name}:") else f"{name}: {e}"
+                        msg = about(name, e)
                         print(f"darknetpy: error: {msg}", file=sys.stderr)
                         rec = {"index": i, "input": name, "error": msg, "exit_code": e.exit_code}
                         first_error = first_error or e.exit_code

@@ -123,8 +123,10 @@ def run(args: argparse.Namespace) -> int:
     if heads is not None and args.mode == "io":     # a detector: darknet's boxes from the board's outputs
         size = ((picture.shape[2], picture.shape[1]) if picture is not None
                 else (heads["net_w"], heads["net_h"]))
-        sent = (board_detect.received_image(inputs[0], network.inputs[0], image_layout(network.inputs[0]), image)
-                if image is not None else None)
+        sent = None
+        if image is not None:       # the image the input bytes encode (else, a normalised input: the image)
+            sent = board_io.received_image(image, inputs[0], network.inputs[0], image_layout(network.inputs[0])[0])
+            sent = image if sent is None else sent
         detections = board_detect.decode_board(heads, runs[-1].outputs, size, args, qnet, sent)
     elif compare:
         assert image is not None

@@ -26,7 +26,7 @@ import sys
 import time
 import warnings
 
-from . import jsonout
+from . import batch, jsonout
 from ..errors import DarknetpyError, UnsupportedError
 from .args import positive_int
 
@@ -159,13 +159,8 @@ def run(args) -> int:
             if key not in sized:
                 sized[key] = net.resized(*key)
         except DarknetpyError as e:
-            # this image only: say which one, and go on with the others
-            msg = str(e) if str(e).startswith(f"{path}:") else f"{path}: {e}"
-            print(f"darknetpy: error: {msg}", file=sys.stderr)
-            if args.json:
-                print(jsonout.dumps({"image": path, "error": msg, "exit_code": e.exit_code}))
-            sys.stdout.flush()
-            first_error = first_error or e.exit_code
+            code = batch.report_image_error(path, e, args.json)     # this image only; the others go on
+            first_error = first_error or code
             continue
         t = time.perf_counter()
         probs = sized[key].predict(x).reshape(-1)

@@ -27,7 +27,7 @@ import sys
 import time
 import warnings
 
-from . import jsonout
+from . import batch, jsonout
 from ..errors import DarknetpyError, UnsupportedError
 from .args import positive_int
 
@@ -143,12 +143,8 @@ def run(args) -> int:
                 marked = True
             draw.save_image(draw.draw_detections(img, dets, classes), picture)
         except DarknetpyError as e:
-            msg = str(e) if str(e).startswith(f"{path}:") else f"{path}: {e}"
-            print(f"darknetpy: error: {msg}", file=sys.stderr)
-            if args.json:
-                print(jsonout.dumps({"image": path, "error": msg, "exit_code": e.exit_code}))
-            sys.stdout.flush()
-            first_error = first_error or e.exit_code
+            code = batch.report_image_error(path, e, args.json)     # this image only; the others go on
+            first_error = first_error or code
             continue
         if args.json:
             print(jsonout.dumps({"image": path, "seconds": round(dt, 6), "width": int(img.shape[2]),

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import jsonout
-from ..errors import DarknetpyError, UnsupportedError
+from ..errors import DarknetpyError, UnsupportedError, about
 from .args import positive_int
 
 MIN_IMAGES_PER_JOB = 16          # below this many images per process, starting processes costs more than it gains
@@ -126,7 +126,7 @@ def evaluate_one(net, qnet, sample: Sample, k: int):
     try:
         x = net.preprocess(load_image(sample.path))
     except DarknetpyError as e:
-        msg = str(e) if str(e).startswith(f"{sample.path}:") else f"{sample.path}: {e}"
+        msg = about(sample.path, e)
         return {**rec, "error": msg, "exit_code": e.exit_code}, None, None
     pf = np.asarray(net.predict(x), np.float32).ravel()
     rec["float"] = [int(i) for i in np.argsort(-pf, kind="stable")[:k]]

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import __version__
 from .. import layers as L
-from ..errors import ImageError, QuantizeError, UnsupportedError
+from ..errors import ImageError, QuantizeError, UnsupportedError, about
 from ..image import find_images, letterbox, load_image, normalize
 from ..passes import fold_batchnorm, numpy_warnings
 from ..weights import Weights
@@ -169,7 +169,7 @@ def _load_many(paths: list[str], net: L.NetInfo, *, what: str = "calibration",
                 raise UnsupportedError(f"{p}: the network takes {net.c} channels, images are RGB")
             x = normalize(letterbox(img, net.w, net.h), net.mean, net.std)
         except ImageError as e:
-            msg = str(e) if str(e).startswith(f"{p}:") else f"{p}: {e}"
+            msg = about(p, e)
             warnings.warn(f"{msg} (skipped: {what} goes on with the other images)")
             continue
         used += 1
