@@ -44,7 +44,6 @@ from .kernels import exact as kex
 from .kernels import winograd as kwino
 from .kernels.activation import CODE as ACT
 from .kernels.activation import activate
-from .kernels.gemm import pack_a
 from .passes import bn_scale_shift, numpy_warnings
 from .weights import Weights
 
@@ -331,7 +330,7 @@ class Plan:
             up = kwino.transform_weights(w)
             return lambda: kwino.conv3x3_winograd(x, up, shift, a, pad, out)
         if layer.groups == 1:
-            ap = pack_a(w.reshape(layer.filters, -1))
+            ap = kconv.pack_filters(w.reshape(layer.filters, -1))
             res = None
             if layer.index in self.fused:
                 sc = self.graph[self.fused[layer.index]]

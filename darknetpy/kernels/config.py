@@ -69,6 +69,8 @@ class CodegenTarget:
     int8_avx2: bool        # the int8 micro-kernel calls vpmaddubsw/vpmaddwd as x86 intrinsics
     int8_vnni: bool = False   # ... and its exact variant vpdpbusd (AVX512-VNNI with VL, or AVX-VNNI)
     x86: bool = True       # an x86 CPU (onnxruntime's MLAS pairs u8 x s8 products there, see int8_pairs)
+    block_mr: int = 0      # the K-blocked GEMM's tile (conv._conv_gemm_kblocked): rows ...
+    block_nr: int = 0      # ... x columns; 0: the same as the float tile (float_mr x FLOAT_NR)
 
     @property
     def int8_pairs(self) -> str:
@@ -136,6 +138,9 @@ def choose_target(flags: set[str], *, wide: bool, machine: str, cpu: str = "") -
     16
     >>> choose_target({"+avx2", "+avx512f"}, wide=True, machine="x86_64", cpu="znver4").float_mr
     8
+    >>> t = choose_target({"+avx2", "+avx512f"}, wide=True, machine="x86_64", cpu="sapphirerapids")
+    >>> (t.block_mr, t.block_nr)
+    (14, 32)
 
     >>> choose_target({"+avx2", "+avx512f", "+avx512vl", "+avx512vnni"}, wide=True, machine="x86_64").int8_pairs
     'exact'
@@ -146,8 +151,9 @@ def choose_target(flags: set[str], *, wide: bool, machine: str, cpu: str = "") -
     avx2 = "+avx2" in flags
     vnni = avx2 and (("+avx512vnni" in flags and "+avx512vl" in flags) or "+avxvnni" in flags)
     mr = (8 if cpu.startswith("znver4") else 16) if wide else 6
-    return CodegenTarget(float_mr=mr, float_lanes=16 if wide else 8, int8_avx2=avx2,
-                         int8_vnni=vnni, x86=x86)
+    bmr, bnr = (14, 32) if mr == 16 else (mr, FLOAT_NR)
+    return CodegenTarget(float_mr=mr, float_lanes=16 if wide else 8, block_mr=bmr, block_nr=bnr,
+                         int8_avx2=avx2, int8_vnni=vnni, x86=x86)
 
 
 # -- elementwise passes -----------------------------------------------------------------------------------
@@ -174,6 +180,20 @@ CONV_IN_PLACE_BYTES = 1 << 20
 # its share of the weights, once (measured on Zen 4, 2 threads: 1x1 128->1000 at 14x14 0.272 -> 0.250 ms,
 # 3x3 64->512 at 14x14 0.617 -> 0.600 ms; 1 thread unchanged). This is the packed input's size limit.
 CONV_B_STATIONARY_MAX = 512 * 1024
+
+# K-blocking (conv._conv_gemm_kblocked): from this many B rows (K = C*k*k) on, K is cut into blocks of
+# CONV_KC rows, so that a filter panel's block (MR x KC floats) stays in L1 and the packed pixels'
+# block (KC x NR per panel, about CONV_KBLOCK_PANELS panels) in L2; partial sums wait in a tile per
+# (filter panel, pixel panel). On AVX-512 CPUs other than Zen 4 this path has its own 14 x 32 tile
+# (codegen_target().block_mr/nr: 28 accumulators, 16 loads per 28 FMAs against the 16 x 16 tile's 17
+# per 16), possible because it always packs B (the in-place path needs NR pixels on one output row).
+# Measured on a Sapphire Rapids Xeon, 1 thread, K = 4608 (3x3 over 512 channels), 176-192 pixels, A
+# in L2: 16 x 16 tile 134-143 GFLOP/s, 12 x 32 159, 14 x 32 170, 8 x 48 154-175 (KC 128-512: within
+# 3% for 14 x 32). Whole layer (yolov3-tiny 3x3 512->1024 at 13x13): 17.0 ms unblocked -> 13.7
+# blocked with the 16 x 16 tile -> see the README for the 14 x 32 figure.
+CONV_KBLOCK_MIN_K = 1024
+CONV_KC = 128
+CONV_KBLOCK_PANELS = 16
 
 # With fewer pixel panels (16 pixels each) than this, the filter panels are split too, so that the threads
 # get about this many work items between them instead of a few large ones (small late maps: 7x7 = 4

@@ -27,7 +27,8 @@ from numba import njit, prange
 
 from . import config
 from .activation import activate_block
-from .gemm import MR, NR, microkernel_cols, microkernel_fused, microkernel_indirect
+from .gemm import (KMR, KNR, MR, NR, microkernel_acc, microkernel_acc_fused, microkernel_cols, microkernel_fused,
+                   microkernel_indirect, pack_a, prefetch_l2)
 
 
 def input_shape(c: int, h: int, w: int, pad: int, stride: int) -> tuple[int, int, int, int]:
@@ -143,11 +144,20 @@ def _tile(ap, ip, bsrc, boff, kdim, n0, jn, fused, act, shift, has_res, out2d, r
         microkernel_cols(ap.ctypes.data + 4 * ip * ap.shape[1], bsrc, kdim, tile.ctypes.data, jn)
     else:
         microkernel_indirect(ap.ctypes.data + 4 * ip * ap.shape[1], bsrc, boff, kdim, tile.ctypes.data)
-    for r in range(min(MR, m - i0)):
+    _store_tile(tile, 0, MR, NR, i0, n0, jn, act, shift, has_res, out2d, res2d)
+
+
+@njit(cache=True, inline="always")
+def _store_tile(tile, t0, mr, nr, i0, n0, jn, act, shift, has_res, out2d, res2d):
+    """out2d[i0 + r, n0 + j] = act(tile[t0 + r*nr + j] + shift[i0 + r] [+ res]) for the mr x nr tile's
+    real rows and its first jn columns: the scalar epilogue, for activations the micro-kernel does not
+    fuse and for partial pixel panels."""
+    m = out2d.shape[0]
+    for r in range(min(mr, m - i0)):
         sh = shift[i0 + r]
         orow = out2d[i0 + r, n0:n0 + jn]
         for j in range(jn):
-            orow[j] = tile[r * NR + j] + sh
+            orow[j] = tile[t0 + r * nr + j] + sh
         if has_res:
             rrow = res2d[i0 + r, n0:n0 + jn]
             for j in range(jn):
@@ -229,19 +239,154 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, in_place_ok, nth
                       out2d, res2d, tile)
 
 
+@njit(cache=True)
+def _pack_block(xflat, koff, k0, kn, n0, jn, out_w, s, row, bp):
+    """B rows k0..k0+kn of the KNR pixels from n0 (jn of them real) into bp[kk*KNR + j], copied as runs
+    along output rows (contiguous in the prepared input); columns jn..KNR are zero."""
+    j = 0
+    while j < jn:
+        n1 = n0 + j
+        oy = n1 // out_w
+        run = min(jn - j, (oy + 1) * out_w - n1)
+        src = oy * s * row + n1 - oy * out_w
+        for kk in range(kn):
+            o = src + koff[k0 + kk]
+            d = bp[kk * KNR + j:kk * KNR + j + run]
+            sv = xflat[o:o + run]
+            for t in range(run):
+                d[t] = sv[t]
+        j += run
+    if jn < KNR:
+        for kk in range(kn):
+            for t in range(jn, KNR):
+                bp[kk * KNR + t] = np.float32(0.0)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _conv_gemm_kblocked(xs, ap, shift, act, size, stride, nthreads, kc, ncp, res, out):
+    # The implicit GEMM with K (= C*k*k) cut into blocks of kc rows, for the layers whose K runs into the
+    # thousands (3x3 over 256-512 channels): there a whole pixel panel (K x NR) or filter panel (MR x K)
+    # no longer fits in a core's cache, and the micro-kernel would stream both from L3/DRAM. Here a thread
+    # packs, for one block of K, the B rows of about ncp pixel panels (kc x KNR floats each, in L2), then
+    # runs each of its filter panels' kc x KMR slice (in L1) across them; partial sums wait in ``cacc``
+    # (one KMR x KNR tile per filter panel x pixel panel) until the last block of K, whose micro-kernel
+    # adds the shift and applies the activation on the way out. ap: pack_filters(W) (kc = CONV_KC).
+    # Work items: (block of pixel panels, range of filter panels). Many pixel panels: the blocks are shared
+    # out (each thread packs only its pixels, reads all weights once per block); few: one block, the
+    # filter panels are shared out (each thread packs all pixels, reads its share of the weights).
+    m, out_h, out_w = out.shape
+    n = out_h * out_w
+    c, hp, s, wq = xs.shape
+    row = s * wq
+    kdim = c * size * size
+    npan = (n + KNR - 1) // KNR
+    nip = ap.shape[0]
+    koff = _offsets(c, size, s, hp, row, wq)
+    xflat = xs.reshape(-1)
+    out2d = out.reshape(m, n)
+    fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
+    has_res = res.size == out.size
+    res2d = res.reshape(m, n) if has_res else out2d
+    njc = (npan + ncp - 1) // ncp
+    nsplit = 1
+    if njc >= nthreads:
+        njc = (njc + nthreads - 1) // nthreads * nthreads
+    else:
+        nsplit = min(nip, nthreads // njc)
+    per = (npan + njc - 1) // njc
+    nitems = njc * nsplit
+    tsz = KMR * KNR
+    zero = np.zeros(tsz, dtype=np.float32)
+    for th in prange(nthreads):
+        bblk = np.empty(per * kc * KNR, dtype=np.float32)
+        cacc = np.empty(((nip + nsplit - 1) // nsplit + 1) * per * tsz, dtype=np.float32)
+        for item in range(th * nitems // nthreads, (th + 1) * nitems // nthreads):
+            jc, sp = item // nsplit, item % nsplit
+            j_lo, j_hi = min(npan, jc * per), min(npan, (jc + 1) * per)
+            i_lo, i_hi = sp * nip // nsplit, (sp + 1) * nip // nsplit
+            nj = j_hi - j_lo
+            if nj <= 0:
+                continue
+            for k0 in range(0, kdim, kc):
+                kn = min(kc, kdim - k0)
+                last = k0 + kn == kdim
+                for jp in range(j_lo, j_hi):
+                    _pack_block(xflat, koff, k0, kn, jp * KNR, min(KNR, n - jp * KNR), out_w, s, row,
+                                bblk[(jp - j_lo) * kc * KNR:(jp - j_lo + 1) * kc * KNR])
+                for ip in range(i_lo, i_hi):
+                    i0 = ip * KMR
+                    # pack_filters' layout: block of K by block of K, each block panel after panel
+                    a_addr = ap.ctypes.data + 4 * KMR * (k0 * nip + ip * kn)
+                    # the next filter panel's block of weights (or the next block's first panel), a
+                    # slice per pixel panel: they come from DRAM in the large layers
+                    if ip + 1 < i_hi:
+                        nxt, pf_all = a_addr + 4 * KMR * kn, 4 * KMR * kn
+                    else:
+                        kn2 = min(kc, max(0, kdim - k0 - kc))
+                        nxt = ap.ctypes.data + 4 * KMR * ((k0 + kc) * nip + i_lo * kn2)
+                        pf_all = 4 * KMR * kn2
+                    pf_step = (pf_all // nj + 63) // 64 * 64
+                    for jp in range(j_lo, j_hi):
+                        pf0 = (jp - j_lo) * pf_step
+                        if pf0 < pf_all:
+                            prefetch_l2(nxt + pf0, min(pf_step, pf_all - pf0))
+                        n0 = jp * KNR
+                        jn = min(KNR, n - n0)
+                        b_addr = bblk.ctypes.data + 4 * (jp - j_lo) * kc * KNR
+                        t0 = ((ip - i_lo) * nj + (jp - j_lo)) * tsz
+                        t_addr = cacc.ctypes.data + 4 * t0
+                        init = zero.ctypes.data if k0 == 0 else t_addr
+                        if last and fused and jn == KNR:
+                            microkernel_acc_fused(a_addr, b_addr, kn, init, out2d.ctypes.data + 4 * (i0 * n + n0), n,
+                                                  shift.ctypes.data + 4 * i0, act, m - i0,
+                                                  res2d.ctypes.data + 4 * (i0 * n + n0) if has_res else 0)
+                        else:
+                            microkernel_acc(a_addr, b_addr, kn, init, t_addr)
+                            if last:
+                                _store_tile(cacc, t0, KMR, KNR, i0, n0, jn, act, shift, has_res, out2d, res2d)
+
+
+def kblocked(kdim: int) -> bool:
+    """Whether ``conv_gemm`` runs a convolution with K = C*k*k B rows K-blocked (then its weights are
+    packed with ``pack_filters`` in KMR-row panels)."""
+    return kdim >= config.CONV_KBLOCK_MIN_K
+
+
+def pack_filters(w2d: np.ndarray) -> np.ndarray:
+    """(M, K) weights -> the panels ``conv_gemm`` reads: gemm.pack_a (MR-row panels). K-blocked: KMR-row
+    panels, stored block of K by block of K (config.CONV_KC rows each): block b's slices of all panels
+    follow each other, so the kernel, which runs every panel over one block before the next, reads the
+    weights as one sequential stream (which the hardware prefetcher follows) instead of a slice every
+    K*KMR*4 bytes. Shape (panels, K*KMR) either way."""
+    kdim = w2d.shape[1]
+    if not kblocked(kdim):
+        return pack_a(w2d, MR)
+    ap = pack_a(w2d, KMR)
+    nip, kc = ap.shape[0], config.CONV_KC
+    flat = np.empty(ap.size, dtype=np.float32)
+    for k0 in range(0, kdim, kc):
+        kn = min(kc, kdim - k0)
+        flat[k0 * nip * KMR:(k0 + kn) * nip * KMR] = ap[:, k0 * KMR:(k0 + kn) * KMR].reshape(-1)
+    return flat.reshape(ap.shape)
+
+
 _NO_RES = np.zeros(0, dtype=np.float32)
 _NO_SCRATCH = np.zeros((1, 1), dtype=np.float32)
 
 
 def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bscratch=None) -> None:
-    """groups=1 convolution: out = act(conv(x, W) + shift [+ res]). ``ap`` = gemm.pack_a(W.reshape(M, -1));
+    """groups=1 convolution: out = act(conv(x, W) + shift [+ res]). ``ap`` = pack_filters(W.reshape(M, -1));
     ``xs`` = the prepared input (or x[:, :, None, :] for a 1x1, stride-1, unpadded conv); ``res`` a
     residual shaped like ``out`` (a fused [shortcut]); ``bscratch`` an optional preallocated
     (threads, gemm_scratch_size(...)) buffer for the weight-stationary order (allocated here if needed)."""
     c, hp, s, wq = xs.shape
     m, out_h, out_w = out.shape
-    flat_ok = size == 1 and stride == 1 and hp * wq == out_h * out_w
     nt = numba.get_num_threads()
+    if kblocked(c * size * size):
+        _conv_gemm_kblocked(xs, ap, shift, act, size, stride, nt, config.CONV_KC, config.CONV_KBLOCK_PANELS,
+                            _NO_RES if res is None else res.reshape(-1), out)
+        return
+    flat_ok = size == 1 and stride == 1 and hp * wq == out_h * out_w
     need = gemm_scratch_size(c * size * size, m, out_h * out_w)
     if need and (bscratch is None or bscratch.shape[0] < nt or bscratch.shape[1] < need):
         bscratch = np.empty((nt, need), dtype=np.float32)
@@ -255,7 +400,9 @@ def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bs
 
 def gemm_scratch_size(kdim: int, m: int, n: int) -> int:
     """Floats per thread the weight-stationary GEMM packs the whole input into; 0 when the usual
-    order (pixel panels outermost) is used (config.CONV_B_STATIONARY_MAX says when)."""
+    order (pixel panels outermost) or K-blocking is used (config.CONV_B_STATIONARY_MAX says when)."""
+    if kblocked(kdim):
+        return 0
     npan = -(-n // NR)
     bbytes = 4 * kdim * npan * NR
     abytes = 4 * kdim * (-(-m // MR)) * MR

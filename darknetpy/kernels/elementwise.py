@@ -18,26 +18,41 @@ FLT_MAX = np.float32(3.4028234663852886e38)
 
 
 @njit(cache=True, parallel=True)
-def _maxpool(x, size, stride, pad, out):
+def _maxpool_rows(x, size, stride, pad, out):
     # x: (C, H, W) -> out: (C, out_h, out_w). The window of output (i, j) starts at
     # (i*stride - pad//2, j*stride - pad//2); outside the image counts as -FLT_MAX (so a window that is
     # entirely padding yields -FLT_MAX, as in darknet); ties keep the first maximum.
+    # An output row at a time: for each window tap (n, k) in darknet's order, the running maximum of
+    # every output of the row whose tap falls inside the image is updated (a vectorisable loop over j).
+    # Each output sees darknet's comparisons in darknet's order, without a bounds check per tap
+    # (yolov3-tiny's 2x2 stride-1 pool on 512x13x13, 1 thread: 1.0 ms with a bounds check per tap -> 0.17).
     c, h, w = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
     off = -(pad // 2)
+    lo = -FLT_MAX
     for ch in prange(c):
         for i in range(out_h):
+            orow = out[ch, i]
             for j in range(out_w):
-                m = -FLT_MAX
-                for n in range(size):
-                    y = off + i * stride + n
-                    for k in range(size):
-                        xx = off + j * stride + k
-                        if 0 <= y < h and 0 <= xx < w:
-                            v = x[ch, y, xx]
-                            if v > m:
-                                m = v
-                out[ch, i, j] = m
+                orow[j] = lo
+            for n in range(size):
+                y = off + i * stride + n
+                if y < 0 or y >= h:
+                    continue
+                r = x[ch, y]
+                for k in range(size):
+                    # outputs j whose tap column off + j*stride + k lies in [0, w)
+                    first = -off - k
+                    j0 = (first + stride - 1) // stride if first > 0 else 0
+                    j1 = min(out_w, (w - 1 - off - k) // stride + 1) if w - 1 - off - k >= 0 else 0
+                    if stride == 1:
+                        src = r[j0 + off + k:j1 + off + k]
+                        dst = orow[j0:j1]
+                        for j in range(j1 - j0):
+                            dst[j] = _gt(dst[j], src[j])
+                    else:
+                        for j in range(j0, j1):
+                            orow[j] = _gt(orow[j], r[off + j * stride + k])
 
 
 @njit(cache=True)
@@ -77,7 +92,7 @@ def maxpool(x: np.ndarray, size: int, stride: int, pad: int, out: np.ndarray) ->
     if size == 2 and stride == 2 and pad // 2 == 0:
         _maxpool_2x2s2(x, out)
     else:
-        _maxpool(x, size, stride, pad, out)
+        _maxpool_rows(x, size, stride, pad, out)
 
 
 @njit(cache=True)
@@ -166,13 +181,23 @@ def shortcut(prev, src, alpha, beta, act, out):
 
 @njit(cache=True, parallel=True)
 def _upsample(x, stride, scale, out):
-    # nearest neighbour: out[c, y, x] = scale * in[c, y/stride, x/stride]
-    c = x.shape[0]
+    # nearest neighbour: out[c, y, x] = scale * in[c, y/stride, x/stride]; the first of each stride
+    # output rows is computed, the others are copies of it (the same values)
+    c, ih = x.shape[0], x.shape[1]
     oh, ow = out.shape[1], out.shape[2]
     for ch in prange(c):
-        for y in range(oh):
+        for yi in range(ih):
+            y0 = yi * stride
+            if y0 >= oh:
+                break
+            src = x[ch, yi]
+            first = out[ch, y0]
             for xx in range(ow):
-                out[ch, y, xx] = scale * x[ch, y // stride, xx // stride]
+                first[xx] = scale * src[xx // stride]
+            for y in range(y0 + 1, min(oh, y0 + stride)):
+                row = out[ch, y]
+                for xx in range(ow):
+                    row[xx] = first[xx]
 
 
 @njit(cache=True, parallel=True)

@@ -34,6 +34,8 @@ from .vecir import count_loop
 _TARGET = config.codegen_target()
 MR, _LANES = _TARGET.float_mr, _TARGET.float_lanes
 NR = config.FLOAT_NR    # columns of B per micro-tile (pixels): one or two vectors
+# the K-blocked GEMM's tile (microkernel_acc*, conv._conv_gemm_kblocked): its B panels are always packed
+KMR, KNR = (_TARGET.block_mr or MR), (_TARGET.block_nr or NR)
 # activation codes the fused epilogue implements (kernels.activation: LINEAR, RELU, LEAKY, RELU6)
 _LINEAR, _RELU, _LEAKY, _RELU6 = 0, 3, 11, 14
 FUSED_ACTS = (_LINEAR, _RELU, _LEAKY, _RELU6)
@@ -52,11 +54,14 @@ def _splat(builder, s, lanes: int):
     return builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(_I32, 0)), undef, mask)
 
 
-def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=None):
+def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=None, init_i=None, mr=MR, nr=NR):
     """Emit the MR x NR micro-kernel. B row k is at bp + k*NR, or at bp + koff[k] when koff is given.
 
     Without ``epilogue`` the tile goes to t[r*NR + j]. With ``epilogue = (ldc, shift_ptr, act)`` row r is
-    written to t + r*ldc as act(acc + shift[r]) for the activations of ``FUSED_ACTS``.
+    written to t + r*ldc as act(acc + shift[r]) for the activations of ``FUSED_ACTS``. With ``init_i``
+    the accumulators start from the MR x NR tile there (same layout as t) instead of zero: a K-blocked
+    GEMM carries its partial sums from one block of K to the next that way. ``mr`` x ``nr``: the tile
+    (rows of A x columns of B; nr a multiple of the vector width).
     """
     f32, i64 = _F32, _I64
     vt = ir.VectorType(f32, _LANES)
@@ -65,21 +70,27 @@ def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=No
     t = builder.inttoptr(t_i, f32.as_pointer())
     koff = builder.inttoptr(koff_i, i64.as_pointer()) if koff_i is not None else None
     zero = ir.Constant(vt, [0.0] * _LANES)
-    halves = NR // _LANES
-    nacc = MR * halves
+    halves = nr // _LANES
+    nacc = mr * halves
+    start = [zero] * nacc
+    if init_i is not None:
+        init = builder.inttoptr(init_i, f32.as_pointer())
+        start = [builder.load(builder.bitcast(builder.gep(init, [ir.Constant(i64, (i // halves) * nr
+                                                                                + (i % halves) * _LANES)]),
+                                              vt.as_pointer()), align=4) for i in range(nacc)]
 
     def step(kk, acc):
         if koff is None:
-            kb = builder.mul(kk, ir.Constant(i64, NR))
+            kb = builder.mul(kk, ir.Constant(i64, nr))
         else:
             kb = builder.load(builder.gep(koff, [kk]))
         bv = []
         for h in range(halves):
             p = builder.gep(b, [builder.add(kb, ir.Constant(i64, h * _LANES))])
             bv.append(builder.load(builder.bitcast(p, vt.as_pointer()), align=4))
-        ka = builder.mul(kk, ir.Constant(i64, MR))
+        ka = builder.mul(kk, ir.Constant(i64, mr))
         new = []
-        for r in range(MR):
+        for r in range(mr):
             s = builder.load(builder.gep(a, [builder.add(ka, ir.Constant(i64, r))]))
             av = _splat(builder, s, _LANES)
             for h in range(halves):
@@ -87,27 +98,27 @@ def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=No
                 new.append(builder.fadd(acc[r * halves + h], prod, flags=("contract",)))
         return new
 
-    res = count_loop(builder, k_i, [zero] * nacc, step, "mk")
+    res = count_loop(builder, k_i, start, step, "mk")
     if epilogue is None:
         for i, v in enumerate(res):
             r, h = divmod(i, halves)
-            p = builder.gep(t, [ir.Constant(i64, r * NR + h * _LANES)])
+            p = builder.gep(t, [ir.Constant(i64, r * nr + h * _LANES)])
             builder.store(v, builder.bitcast(p, vt.as_pointer()), align=4)
         return
     ldc, shift_i, act, rows, res_i = epilogue
     has_res = builder.icmp_signed("!=", res_i, ir.Constant(i64, 0))
     with builder.if_else(has_res) as (with_res, without):
         with with_res:
-            _codegen_epilogue(builder, res, t, ldc, shift_i, act, rows, builder.inttoptr(res_i, f32.as_pointer()))
+            _codegen_epilogue(builder, res, t, ldc, shift_i, act, rows, builder.inttoptr(res_i, f32.as_pointer()), mr, nr)
         with without:
-            _codegen_epilogue(builder, res, t, ldc, shift_i, act, rows, None)
+            _codegen_epilogue(builder, res, t, ldc, shift_i, act, rows, None, mr, nr)
 
 
-def _codegen_epilogue(builder, res, t, ldc, shift_i, act, rows, resid):
+def _codegen_epilogue(builder, res, t, ldc, shift_i, act, rows, resid, mr=MR, nr=NR):
     """act(acc + shift [+ resid]) for rows < ``rows``, stored to t + r*ldc."""
     f32, i64 = _F32, _I64
     vt = ir.VectorType(f32, _LANES)
-    halves = NR // _LANES
+    halves = nr // _LANES
     shift = builder.inttoptr(shift_i, f32.as_pointer())
     zero_v = ir.Constant(vt, [0.0] * _LANES)
     tenth = ir.Constant(vt, [0.1] * _LANES)
@@ -117,7 +128,7 @@ def _codegen_epilogue(builder, res, t, ldc, shift_i, act, rows, resid):
     is_relu6 = builder.icmp_signed("==", act, ir.Constant(i64, _RELU6))
     # rows >= ``rows`` (zero padding of the last A panel) are computed but not stored
     row_blocks = []
-    for r in range(MR):
+    for r in range(mr):
         if r == 0:
             row_blocks.append(None)
             continue
@@ -198,6 +209,64 @@ def microkernel_fused(typingctx, ap, base, koff, k, c, ldc, shift, act, rows, re
     return sig, codegen
 
 
+@intrinsic
+def microkernel_acc(typingctx, ap, bp, k, init, tile):
+    """tile[r*KNR + j] = init[r*KNR + j] + sum_k ap[k*KMR + r] * bp[k*KNR + j]: one block of K of a
+    K-blocked GEMM, on its KMR x KNR tile (``init`` may be ``tile`` itself; a zero tile for the first
+    block; ``ap`` packed by ``pack_a(a, KMR)``)."""
+    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        ap_i, bp_i, k_i, init_i, t_i = args
+        _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, init_i=init_i, mr=KMR, nr=KNR)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def microkernel_acc_fused(typingctx, ap, bp, k, init, c, ldc, shift, act, rows, res):
+    """The last block of K of a K-blocked GEMM: ``microkernel_fused`` on a packed B panel, with the
+    accumulators starting from the tile at ``init`` (the earlier blocks' partial sums)."""
+    sig = types.void(*([types.intp] * 10))
+
+    def codegen(context, builder, signature, args):
+        ap_i, bp_i, k_i, init_i, c_i, ldc_i, shift_i, act_i, rows_i, res_i = args
+        _codegen_microkernel(builder, ap_i, bp_i, k_i, c_i, None, (ldc_i, shift_i, act_i, rows_i, res_i),
+                             init_i=init_i, mr=KMR, nr=KNR)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch_l2(typingctx, addr, nbytes):
+    """Ask for the cache lines of [addr, addr + nbytes) to be brought into L2 (``llvm.prefetch``, read,
+    locality 2: x86's prefetcht1), without waiting for them. The K-blocked GEMM prefetches the next
+    filter panel's block of weights while the micro-kernel works on the current one: weights of the
+    large late layers (19 MB for yolov3-tiny's 3x3 512->1024) come from DRAM, in blocks spread over
+    pages the hardware prefetcher does not follow."""
+    sig = types.void(types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        addr_i, n_i = args
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
+        fn = builder.module.globals.get("llvm.prefetch.p0") or ir.Function(builder.module, fnty, "llvm.prefetch.p0")
+        base = builder.inttoptr(addr_i, i8p)
+        lines = builder.sdiv(builder.add(n_i, ir.Constant(_I64, 63)), ir.Constant(_I64, 64))
+
+        def step(kk, carried):
+            p = builder.gep(base, [builder.mul(kk, ir.Constant(_I64, 64))])
+            builder.call(fn, [p, ir.Constant(_I32, 0), ir.Constant(_I32, 2), ir.Constant(_I32, 1)])
+            return carried
+
+        count_loop(builder, lines, [], step, "pf")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _codegen_narrow(builder, ap_i, bp_i, k_i, t_i, ncols):
     """tile[r*NR + j] = sum_k ap[k*MR + r] * bp[k*NR + j] for j < ncols only: a nearly empty last panel.
 
@@ -255,14 +324,14 @@ def microkernel_cols(ap, bp, k, tile, jn):
         microkernel(ap, bp, k, tile)
 
 
-def pack_a(a: np.ndarray) -> np.ndarray:
-    """(M, K) float32 -> (ceil(M/MR), K*MR) row panels, zero-padded. Done once per weight matrix."""
+def pack_a(a: np.ndarray, mr: int = MR) -> np.ndarray:
+    """(M, K) float32 -> (ceil(M/mr), K*mr) row panels, zero-padded. Done once per weight matrix."""
     m, k = a.shape
-    npan = -(-m // MR)
-    padded = np.zeros((npan * MR, k), dtype=np.float32)
+    npan = -(-m // mr)
+    padded = np.zeros((npan * mr, k), dtype=np.float32)
     padded[:m] = a
-    # panel ip, element (k, r) at k*MR + r
-    return np.ascontiguousarray(padded.reshape(npan, MR, k).transpose(0, 2, 1).reshape(npan, k * MR))
+    # panel ip, element (k, r) at k*mr + r
+    return np.ascontiguousarray(padded.reshape(npan, mr, k).transpose(0, 2, 1).reshape(npan, k * mr))
 
 
 @njit(cache=True)

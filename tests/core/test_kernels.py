@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 
+from darknetpy.kernels import config
 from darknetpy.kernels import conv as kconv
 from darknetpy.kernels import depthwise as kdw
 from darknetpy.kernels import elementwise as kel
@@ -99,8 +100,48 @@ def test_conv_gemm_weight_stationary_matches_naive(c, h, w, m, k, stride, pad, a
     if k == 1 and stride == 1 and pad == 0:
         xs = x.reshape(c, h, 1, w)
     out = np.full(ref.shape, np.nan, np.float32)
-    kconv.conv_gemm(xs, pack_a(wt.reshape(m, -1)), shift, CODE[act], k, stride, out, res)
+    kconv.conv_gemm(xs, kconv.pack_filters(wt.reshape(m, -1)), shift, CODE[act], k, stride, out, res)
     np.testing.assert_allclose(out, ref, rtol=2e-7 if act != "linear" else 0, atol=0)
+
+# K = C*k*k >= config.CONV_KBLOCK_MIN_K: the K-blocked GEMM (several blocks of K, a partial last block,
+# partial filter and pixel panels of its own tile, fused and unfused activations, a residual, stride 2,
+# many pixel panels shared out between threads and few with the filter panels shared out)
+KBLOCKED_CASES = [
+    (120, 9, 11, 33, 3, 1, 1, "leaky", False),
+    (1030, 5, 5, 20, 1, 1, 0, "linear", True),
+    (130, 13, 13, 15, 3, 2, 1, "logistic", False),
+    (114, 40, 40, 17, 3, 1, 1, "relu6", False),
+    (1024, 1, 1, 3, 1, 1, 0, "relu", False),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("c,h,w,m,k,stride,pad,act,with_res", KBLOCKED_CASES)
+def test_conv_gemm_kblocked_matches_naive(c, h, w, m, k, stride, pad, act, with_res, threads):
+    import numba
+    assert kconv.kblocked(c * k * k)
+    x = ints((c, h, w))
+    wt = ints((m, c, k, k))
+    shift = ints((m,))
+    ref = naive_conv(x, wt, 1, stride, pad) + shift[:, None, None]
+    res = ints(ref.shape) if with_res else None
+    if with_res:
+        ref = ref + res
+    ref = np.array([reference_activation(act, v) for v in ref.astype(np.float32).ravel()]).reshape(ref.shape)
+    xs = np.full(kconv.input_shape(c, h, w, pad, stride), 9.0, np.float32)
+    kconv.prepare_input(x, pad, xs)
+    if k == 1 and stride == 1 and pad == 0:
+        xs = x.reshape(c, h, 1, w)
+    out = np.full(ref.shape, np.nan, np.float32)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        kconv.conv_gemm(xs, kconv.pack_filters(wt.reshape(m, -1)), shift, CODE[act], k, stride, out, res)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_allclose(out, ref, rtol=2e-7 if act not in ("linear", "relu", "relu6") else 0,
+                               atol=0)
+
 
 @pytest.mark.parametrize("c,h,w,m,k,stride,pad,groups", CONV_CASES)
 def test_conv_exact_matches_naive(c, h, w, m, k, stride, pad, groups):
@@ -122,7 +163,7 @@ def test_conv_fast_matches_naive(c, h, w, m, k, stride, pad, groups):
     if groups == 1:
         xs = np.full(kconv.input_shape(c, h, w, pad, stride), 9.0, np.float32)    # stale scratch contents
         kconv.prepare_input(x, pad, xs)
-        kconv.conv_gemm(xs, pack_a(wt.reshape(m, -1)), shift, CODE["linear"], k, stride, out)
+        kconv.conv_gemm(xs, kconv.pack_filters(wt.reshape(m, -1)), shift, CODE["linear"], k, stride, out)
     else:
         scratch = np.full((4, kdw.scratch_size(c, h, w, groups, pad, stride, k)), 9.0, np.float32)
         kdw.conv_grouped(x, wt, groups, shift, CODE["linear"], pad, stride, out, scratch)
@@ -137,7 +178,7 @@ def test_conv_gemm_fuses_activation_and_writes_into_a_view():
     big = np.full((9, 6, 6), 7.0, np.float32)
     xs = np.full(kconv.input_shape(4, 6, 6, 1, 1), 99.0, np.float32)   # reused scratch, stale contents
     kconv.prepare_input(x, 1, xs)
-    kconv.conv_gemm(xs, pack_a(wt.reshape(5, -1)), shift, CODE["relu"], 3, 1, big[2:7])
+    kconv.conv_gemm(xs, kconv.pack_filters(wt.reshape(5, -1)), shift, CODE["relu"], 3, 1, big[2:7])
     ref = np.maximum(naive_conv(x, wt, 1, 1, 1) + shift[:, None, None], 0)
     assert np.array_equal(big[2:7], ref)
     assert np.all(big[:2] == 7) and np.all(big[7:] == 7)
@@ -294,7 +335,8 @@ def naive_maxpool(x, size, stride, pad):
 
 @pytest.mark.parametrize("h,w,size,stride,pad", [(7, 9, 2, 2, 1), (6, 6, 2, 1, 1), (11, 13, 3, 2, 2),
                                                   (5, 5, 3, 1, 2), (8, 8, 2, 2, 0), (5, 7, 1, 1, 0),
-                                                  (4, 4, 3, 3, 6)])
+                                                  (4, 4, 3, 3, 6), (13, 13, 2, 1, 1), (9, 10, 4, 3, 3),
+                                                  (6, 5, 5, 2, 8), (10, 9, 3, 2, 0)])
 def test_maxpool(h, w, size, stride, pad):
     x = ints((3, h, w), -50, 50)
     ref = naive_maxpool(x, size, stride, pad)
