@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pytest
 
-from darknetpy.kernels import config
 from darknetpy.kernels import conv as kconv
 from darknetpy.kernels import depthwise as kdw
 from darknetpy.kernels import elementwise as kel
