@@ -330,7 +330,7 @@ class Plan:
             up = kwino.transform_weights(w)
             return lambda: kwino.conv3x3_winograd(x, up, shift, a, pad, out)
         if layer.groups == 1:
-            ap = kconv.pack_filters(w.reshape(layer.filters, -1))
+            ap = kconv.pack_filters(w.reshape(layer.filters, -1), layer.out_h * layer.out_w)
             res = None
             if layer.index in self.fused:
                 sc = self.graph[self.fused[layer.index]]

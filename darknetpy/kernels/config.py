@@ -192,6 +192,14 @@ CONV_B_STATIONARY_MAX = 512 * 1024
 # 3% for 14 x 32). Whole layer (yolov3-tiny 3x3 512->1024 at 13x13): 17.0 ms unblocked -> 13.7
 # blocked with the 16 x 16 tile -> see the README for the 14 x 32 figure.
 CONV_KBLOCK_MIN_K = 1024
+
+# ... and, where the K-blocked path has the wider tile, also below that K from this many filters on maps of
+# at least this many pixels (same Xeon, 1 thread, ms, unblocked 16 x 16 -> blocked 14 x 32: 3x3 64->128
+# 52x52 3.11 -> 2.73, 1x1 256->255 26x26 0.69 -> 0.60, 1x1 128->64 56x56 0.52 -> 0.46, 3x3 64->64 56x56
+# 1.82 -> 1.77; worse with fewer filters (3x3 16->32 208x208 2.99 -> 4.28: a 14-row panel wastes 31% of
+# 32 filters) and on small maps (1x1 256->64 14x14 0.061 -> 0.071)).
+CONV_KBLOCK_WIDE_MIN_M = 64
+CONV_KBLOCK_WIDE_MIN_N = 512
 CONV_KC = 128
 CONV_KBLOCK_PANELS = 16
 

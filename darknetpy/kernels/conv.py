@@ -346,20 +346,26 @@ def _conv_gemm_kblocked(xs, ap, shift, act, size, stride, nthreads, kc, ncp, res
                                 _store_tile(cacc, t0, KMR, KNR, i0, n0, jn, act, shift, has_res, out2d, res2d)
 
 
-def kblocked(kdim: int) -> bool:
-    """Whether ``conv_gemm`` runs a convolution with K = C*k*k B rows K-blocked (then its weights are
-    packed with ``pack_filters`` in KMR-row panels)."""
-    return kdim >= config.CONV_KBLOCK_MIN_K
+def kblocked(kdim: int, m: int, n: int) -> bool:
+    """Whether ``conv_gemm`` runs a convolution (K = C*k*k B rows, m filters, n output pixels) K-blocked
+    (then its weights are packed by ``pack_filters`` in KMR-row panels): always from
+    config.CONV_KBLOCK_MIN_K rows; and where the K-blocked path has its own, wider tile (KMR x KNR), from
+    CONV_KBLOCK_WIDE_MIN_M filters on maps of CONV_KBLOCK_WIDE_MIN_N pixels."""
+    if kdim >= config.CONV_KBLOCK_MIN_K:
+        return True
+    wide = (KMR, KNR) != (MR, NR)
+    return wide and m >= config.CONV_KBLOCK_WIDE_MIN_M and n >= config.CONV_KBLOCK_WIDE_MIN_N
 
 
-def pack_filters(w2d: np.ndarray) -> np.ndarray:
-    """(M, K) weights -> the panels ``conv_gemm`` reads: gemm.pack_a (MR-row panels). K-blocked: KMR-row
+def pack_filters(w2d: np.ndarray, n: int) -> np.ndarray:
+    """(M, K) weights of a convolution with n output pixels -> the panels ``conv_gemm`` reads: gemm.pack_a
+    (MR-row panels). K-blocked: KMR-row
     panels, stored block of K by block of K (config.CONV_KC rows each): block b's slices of all panels
     follow each other, so the kernel, which runs every panel over one block before the next, reads the
     weights as one sequential stream (which the hardware prefetcher follows) instead of a slice every
     K*KMR*4 bytes. Shape (panels, K*KMR) either way."""
     kdim = w2d.shape[1]
-    if not kblocked(kdim):
+    if not kblocked(kdim, w2d.shape[0], n):
         return pack_a(w2d, MR)
     ap = pack_a(w2d, KMR)
     nip, kc = ap.shape[0], config.CONV_KC
@@ -375,14 +381,15 @@ _NO_SCRATCH = np.zeros((1, 1), dtype=np.float32)
 
 
 def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bscratch=None) -> None:
-    """groups=1 convolution: out = act(conv(x, W) + shift [+ res]). ``ap`` = pack_filters(W.reshape(M, -1));
+    """groups=1 convolution: out = act(conv(x, W) + shift [+ res]). ``ap`` = pack_filters(W.reshape(M, -1), n)
+    for the n = out_h*out_w output pixels;
     ``xs`` = the prepared input (or x[:, :, None, :] for a 1x1, stride-1, unpadded conv); ``res`` a
     residual shaped like ``out`` (a fused [shortcut]); ``bscratch`` an optional preallocated
     (threads, gemm_scratch_size(...)) buffer for the weight-stationary order (allocated here if needed)."""
     c, hp, s, wq = xs.shape
     m, out_h, out_w = out.shape
     nt = numba.get_num_threads()
-    if kblocked(c * size * size):
+    if kblocked(c * size * size, m, out_h * out_w):
         _conv_gemm_kblocked(xs, ap, shift, act, size, stride, nt, config.CONV_KC, config.CONV_KBLOCK_PANELS,
                             _NO_RES if res is None else res.reshape(-1), out)
         return
@@ -401,7 +408,7 @@ def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bs
 def gemm_scratch_size(kdim: int, m: int, n: int) -> int:
     """Floats per thread the weight-stationary GEMM packs the whole input into; 0 when the usual
     order (pixel panels outermost) or K-blocking is used (config.CONV_B_STATIONARY_MAX says when)."""
-    if kblocked(kdim):
+    if kblocked(kdim, m, n):
         return 0
     npan = -(-n // NR)
     bbytes = 4 * kdim * npan * NR

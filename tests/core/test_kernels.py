@@ -99,7 +99,7 @@ def test_conv_gemm_weight_stationary_matches_naive(c, h, w, m, k, stride, pad, a
     if k == 1 and stride == 1 and pad == 0:
         xs = x.reshape(c, h, 1, w)
     out = np.full(ref.shape, np.nan, np.float32)
-    kconv.conv_gemm(xs, kconv.pack_filters(wt.reshape(m, -1)), shift, CODE[act], k, stride, out, res)
+    kconv.conv_gemm(xs, filters(wt, out), shift, CODE[act], k, stride, out, res)
     np.testing.assert_allclose(out, ref, rtol=2e-7 if act != "linear" else 0, atol=0)
 
 # K = C*k*k >= config.CONV_KBLOCK_MIN_K: the K-blocked GEMM (several blocks of K, a partial last block,
@@ -111,6 +111,7 @@ KBLOCKED_CASES = [
     (130, 13, 13, 15, 3, 2, 1, "logistic", False),
     (114, 40, 40, 17, 3, 1, 1, "relu6", False),
     (1024, 1, 1, 3, 1, 1, 0, "relu", False),
+    (3, 24, 24, 70, 3, 1, 1, "leaky", True),      # K = 27, blocked only where the blocked tile is wider
 ]
 
 
@@ -118,7 +119,9 @@ KBLOCKED_CASES = [
 @pytest.mark.parametrize("c,h,w,m,k,stride,pad,act,with_res", KBLOCKED_CASES)
 def test_conv_gemm_kblocked_matches_naive(c, h, w, m, k, stride, pad, act, with_res, threads):
     import numba
-    assert kconv.kblocked(c * k * k)
+    from darknetpy.kernels.gemm import KMR, KNR
+    wide = (KMR, KNR) != (MR, NR)
+    assert kconv.kblocked(c * k * k, m, h * w) == (c * k * k >= 1024 or wide)
     x = ints((c, h, w))
     wt = ints((m, c, k, k))
     shift = ints((m,))
@@ -135,7 +138,7 @@ def test_conv_gemm_kblocked_matches_naive(c, h, w, m, k, stride, pad, act, with_
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
-        kconv.conv_gemm(xs, kconv.pack_filters(wt.reshape(m, -1)), shift, CODE[act], k, stride, out, res)
+        kconv.conv_gemm(xs, filters(wt, out), shift, CODE[act], k, stride, out, res)
     finally:
         numba.set_num_threads(before)
     np.testing.assert_allclose(out, ref, rtol=2e-7 if act not in ("linear", "relu", "relu6") else 0,
@@ -162,7 +165,7 @@ def test_conv_fast_matches_naive(c, h, w, m, k, stride, pad, groups):
     if groups == 1:
         xs = np.full(kconv.input_shape(c, h, w, pad, stride), 9.0, np.float32)    # stale scratch contents
         kconv.prepare_input(x, pad, xs)
-        kconv.conv_gemm(xs, kconv.pack_filters(wt.reshape(m, -1)), shift, CODE["linear"], k, stride, out)
+        kconv.conv_gemm(xs, filters(wt, out), shift, CODE["linear"], k, stride, out)
     else:
         scratch = np.full((4, kdw.scratch_size(c, h, w, groups, pad, stride, k)), 9.0, np.float32)
         kdw.conv_grouped(x, wt, groups, shift, CODE["linear"], pad, stride, out, scratch)
@@ -177,7 +180,7 @@ def test_conv_gemm_fuses_activation_and_writes_into_a_view():
     big = np.full((9, 6, 6), 7.0, np.float32)
     xs = np.full(kconv.input_shape(4, 6, 6, 1, 1), 99.0, np.float32)   # reused scratch, stale contents
     kconv.prepare_input(x, 1, xs)
-    kconv.conv_gemm(xs, kconv.pack_filters(wt.reshape(5, -1)), shift, CODE["relu"], 3, 1, big[2:7])
+    kconv.conv_gemm(xs, kconv.pack_filters(wt.reshape(5, -1), 36), shift, CODE["relu"], 3, 1, big[2:7])
     ref = np.maximum(naive_conv(x, wt, 1, 1, 1) + shift[:, None, None], 0)
     assert np.array_equal(big[2:7], ref)
     assert np.all(big[:2] == 7) and np.all(big[7:] == 7)
@@ -315,6 +318,11 @@ def test_connected_fast():
     assert np.array_equal(out, w.astype(np.float64) @ x + shift)
 
 
+def filters(wt, out):
+    """conv_gemm's packed weights for OIHW weights ``wt`` and output ``out``."""
+    return kconv.pack_filters(wt.reshape(wt.shape[0], -1), out.shape[1] * out.shape[2])
+
+
 def naive_maxpool(x, size, stride, pad):
     c, h, w = x.shape
     oh = (h + pad - size) // stride + 1
@@ -365,13 +373,15 @@ def test_avgpool_is_sum_times_reciprocal():
 
 
 def test_softmax_groups_and_temperature():
-    x = rng.standard_normal(12).astype(np.float32) * 3
+    # its own generator: the module's ``rng`` would give this test other values whenever a test before it
+    # draws more or fewer; darknet.md 9: softmax agrees with a double reference to 1e-6 absolute
+    x = np.random.default_rng(7).standard_normal(12).astype(np.float32) * 3
     out = np.empty(12, np.float32)
     kel.softmax(x, 3, 2.0, out)
     for g in range(3):
         v = x[g * 4:(g + 1) * 4].astype(np.float64) / 2
         e = np.exp(v - v.max())
-        np.testing.assert_allclose(out[g * 4:(g + 1) * 4], e / e.sum(), rtol=0, atol=1e-7)
+        np.testing.assert_allclose(out[g * 4:(g + 1) * 4], e / e.sum(), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("src_shape,prev_shape", [((4, 6, 6), (4, 6, 6)), ((4, 6, 6), (6, 6, 6)),
