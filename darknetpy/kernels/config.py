@@ -230,14 +230,16 @@ def winograd_variant(conv) -> int:
     ~128 filters on maps of 14x14 and up; its rounding error grows with the input channels, so it is kept
     to C <= 64 (<= 2.5e-6 of a layer's range on Tiny Darknet's real weights; F(2x2) ~2e-7), and past
     WINOGRAD4_MAX_BYTES of transformed weights F(2x2) takes over. F(2x2) fills its 16-tile panels exactly
-    on 7x7 maps: from 64 channels and 64 filters on maps up to 8x8. The lower bound C >= 16 is not
-    measured separately.
+    on 7x7 maps: from 64 channels and 64 filters on maps up to 8x8, where the GEMM is not K-blocked (K =
+    9C < CONV_KBLOCK_MIN_K: the K-blocked GEMM wins there, e.g. DLA-46-C's 3x3 128->128 at 7x7 0.35 ms
+    with F(2x2) -> 0.23, Sapphire Rapids Xeon, 1 thread). The lower bound C >= 16 is not measured
+    separately.
     """
     if not (conv.size == 3 and conv.stride == 1 and conv.groups == 1 and conv.padding == 1):
         return 0
     if 16 <= conv.c <= 64 and conv.filters >= 128 and conv.out_h * conv.out_w >= 14 * 14:
         return 4 if 36 * conv.c * conv.filters * 4 <= WINOGRAD4_MAX_BYTES else 2
-    if conv.c >= 64 and conv.filters >= 64 and conv.out_h * conv.out_w <= 8 * 8:
+    if conv.c >= 64 and conv.filters >= 64 and conv.out_h * conv.out_w <= 8 * 8 and 9 * conv.c < CONV_KBLOCK_MIN_K:
         return 2
     return 0
 

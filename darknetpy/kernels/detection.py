@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .activation import LOGISTIC, activate_scalar
 
@@ -133,15 +133,21 @@ def region(x: np.ndarray, num: int, coords: int, classes: int, softmax: bool, ba
     _region(x, num, coords, classes, softmax, background, hw, out)
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, parallel=True, fastmath=False)
 def _yolo(x, n, classes, hw, out):
-    # x, out: (n * (classes+5) * hw,). yolo_layer.c forward_yolo_layer (CPU).
-    for i in range(x.size):
-        out[i] = x[i]
-    for a in range(n):
-        base = a * (classes + 5) * hw
-        _logistic(out, base, 2 * hw)                                     # x, y
-        _logistic(out, base + 4 * hw, (1 + classes) * hw)                # objectness, classes
+    # x, out: (n * (classes+5) * hw,). yolo_layer.c forward_yolo_layer (CPU): per anchor, the x, y,
+    # objectness and class planes through the logistic, w and h copied. One plane per work item (the
+    # logistic is a call of exp per value: yolov3-tiny's 26x26 head, 1 thread, ~0.9 ms).
+    planes = n * (classes + 5)
+    for q in prange(planes):
+        p = q % (classes + 5)
+        base = q * hw
+        if p == 2 or p == 3:
+            for i in range(hw):
+                out[base + i] = x[base + i]
+        else:
+            for i in range(hw):
+                out[base + i] = activate_scalar(x[base + i], LOGISTIC)
 
 
 def yolo(x: np.ndarray, n: int, classes: int, hw: int, out: np.ndarray) -> None:

@@ -664,7 +664,8 @@ def test_kernel_choices_follow_config():
                                out_h=hw, out_w=hw)
     assert config.winograd_variant(conv(64, 128, 28)) == 4               # Tiny Darknet's 28x28 layers
     assert config.winograd_variant(conv(64, 512, 14)) == 2               # F(4x4) weights past the L2 budget
-    assert config.winograd_variant(conv(128, 128, 7)) == 2
+    assert config.winograd_variant(conv(64, 128, 7)) == 2
+    assert config.winograd_variant(conv(128, 128, 7)) == 0              # K = 1152: the K-blocked GEMM
     assert config.winograd_variant(conv(8, 128, 28)) == 0
     assert config.winograd_variant(conv(64, 128, 28, stride=2)) == 0
     assert config.depthwise_kind(conv(64, 64, 7, groups=64)) == "hwc"
