@@ -99,6 +99,30 @@ def prepare_input(x, pad: int, xs) -> None:
 
 
 @njit(cache=True)
+def _gather(xflat, koff, k0, kn, n0, jn, width, out_w, s, row, bp):
+    """B rows k0..k0+kn of the ``width`` pixels from n0 (jn of them real) into a packed panel,
+    bp[kk*width + j], copied as runs along output rows (contiguous in the prepared input); columns
+    jn..width are zero. width: NR (conv_gemm) or KNR (the K-blocked GEMM)."""
+    j = 0
+    while j < jn:
+        n1 = n0 + j
+        oy = n1 // out_w
+        run = min(jn - j, (oy + 1) * out_w - n1)
+        src = oy * s * row + n1 - oy * out_w
+        for kk in range(kn):
+            o = src + koff[k0 + kk]
+            d = bp[kk * width + j:kk * width + j + run]
+            sv = xflat[o:o + run]
+            for t in range(run):
+                d[t] = sv[t]
+        j += run
+    if jn < width:
+        for kk in range(kn):
+            for t in range(jn, width):
+                bp[kk * width + t] = np.float32(0.0)
+
+
+@njit(cache=True)
 def _panel_source(xflat, koff, kpack, kdim, n0, jn, out_w, s, row, in_place_rows, in_place_ok, bp):
     """(address of B rows, address of their offsets) for the NR pixels from n0: read in place from the
     prepared input when they are contiguous there (on one output row, or anywhere in the flat image for
@@ -107,23 +131,7 @@ def _panel_source(xflat, koff, kpack, kdim, n0, jn, out_w, s, row, in_place_rows
     if jn == NR and (in_place_rows or oy0 == (n0 + NR - 1) // out_w) and in_place_ok:
         b0 = n0 if in_place_rows else oy0 * s * row + n0 - oy0 * out_w
         return xflat.ctypes.data + 4 * b0, koff.ctypes.data
-    # the panel's pixels as runs along output rows (contiguous in xs): copy each run row by row of B
-    j = 0
-    while j < jn:
-        n1 = n0 + j
-        oy = n1 // out_w
-        run = min(jn - j, (oy + 1) * out_w - n1)
-        src = oy * s * row + n1 - oy * out_w
-        for kk in range(kdim):
-            d = bp[kk * NR + j:kk * NR + j + run]
-            sv = xflat[src + koff[kk]:src + koff[kk] + run]
-            for t in range(run):
-                d[t] = sv[t]
-        j += run
-    if jn < NR:
-        for kk in range(kdim):
-            for t in range(jn, NR):
-                bp[kk * NR + t] = np.float32(0.0)
+    _gather(xflat, koff, 0, kdim, n0, jn, NR, out_w, s, row, bp)
     return bp.ctypes.data, kpack.ctypes.data
 
 
@@ -239,29 +247,6 @@ def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, in_place_ok, nth
                       out2d, res2d, tile)
 
 
-@njit(cache=True)
-def _pack_block(xflat, koff, k0, kn, n0, jn, out_w, s, row, bp):
-    """B rows k0..k0+kn of the KNR pixels from n0 (jn of them real) into bp[kk*KNR + j], copied as runs
-    along output rows (contiguous in the prepared input); columns jn..KNR are zero."""
-    j = 0
-    while j < jn:
-        n1 = n0 + j
-        oy = n1 // out_w
-        run = min(jn - j, (oy + 1) * out_w - n1)
-        src = oy * s * row + n1 - oy * out_w
-        for kk in range(kn):
-            o = src + koff[k0 + kk]
-            d = bp[kk * KNR + j:kk * KNR + j + run]
-            sv = xflat[o:o + run]
-            for t in range(run):
-                d[t] = sv[t]
-        j += run
-    if jn < KNR:
-        for kk in range(kn):
-            for t in range(jn, KNR):
-                bp[kk * KNR + t] = np.float32(0.0)
-
-
 @njit(cache=True, parallel=True, fastmath=True)
 def _conv_gemm_kblocked(xs, ap, shift, act, size, stride, nthreads, kc, ncp, res, out):
     # The implicit GEMM with K (= C*k*k) cut into blocks of kc rows, for the layers whose K runs into the
@@ -311,8 +296,8 @@ def _conv_gemm_kblocked(xs, ap, shift, act, size, stride, nthreads, kc, ncp, res
                 kn = min(kc, kdim - k0)
                 last = k0 + kn == kdim
                 for jp in range(j_lo, j_hi):
-                    _pack_block(xflat, koff, k0, kn, jp * KNR, min(KNR, n - jp * KNR), out_w, s, row,
-                                bblk[(jp - j_lo) * kc * KNR:(jp - j_lo + 1) * kc * KNR])
+                    _gather(xflat, koff, k0, kn, jp * KNR, min(KNR, n - jp * KNR), KNR, out_w, s, row,
+                            bblk[(jp - j_lo) * kc * KNR:(jp - j_lo + 1) * kc * KNR])
                 for ip in range(i_lo, i_hi):
                     i0 = ip * KMR
                     # pack_filters' layout: block of K by block of K, each block panel after panel

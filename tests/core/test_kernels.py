@@ -83,8 +83,9 @@ STATIONARY_CASES = [
 ]
 
 
-@pytest.mark.parametrize("c,h,w,m,k,stride,pad,act,with_res", STATIONARY_CASES)
-def test_conv_gemm_weight_stationary_matches_naive(c, h, w, m, k, stride, pad, act, with_res):
+def gemm_case(c, h, w, m, k, stride, pad, act, with_res):
+    """Integer data for a groups=1 conv_gemm call: (prepared input, weights, shift, residual or None, the
+    naive reference after shift, residual and activation, a NaN-filled output)."""
     x = ints((c, h, w))
     wt = ints((m, c, k, k))
     shift = ints((m,))
@@ -93,12 +94,17 @@ def test_conv_gemm_weight_stationary_matches_naive(c, h, w, m, k, stride, pad, a
     if with_res:
         ref = ref + res
     ref = np.array([reference_activation(act, v) for v in ref.astype(np.float32).ravel()]).reshape(ref.shape)
-    assert kconv.gemm_scratch_size(c * k * k, m, ref.shape[1] * ref.shape[2]) > 0
     xs = np.full(kconv.input_shape(c, h, w, pad, stride), 9.0, np.float32)
     kconv.prepare_input(x, pad, xs)
     if k == 1 and stride == 1 and pad == 0:
         xs = x.reshape(c, h, 1, w)
-    out = np.full(ref.shape, np.nan, np.float32)
+    return xs, wt, shift, res, ref, np.full(ref.shape, np.nan, np.float32)
+
+
+@pytest.mark.parametrize("c,h,w,m,k,stride,pad,act,with_res", STATIONARY_CASES)
+def test_conv_gemm_weight_stationary_matches_naive(c, h, w, m, k, stride, pad, act, with_res):
+    xs, wt, shift, res, ref, out = gemm_case(c, h, w, m, k, stride, pad, act, with_res)
+    assert kconv.gemm_scratch_size(c * k * k, m, ref.shape[1] * ref.shape[2]) > 0
     kconv.conv_gemm(xs, filters(wt, out), shift, CODE[act], k, stride, out, res)
     np.testing.assert_allclose(out, ref, rtol=2e-7 if act != "linear" else 0, atol=0)
 
@@ -122,19 +128,7 @@ def test_conv_gemm_kblocked_matches_naive(c, h, w, m, k, stride, pad, act, with_
     from darknetpy.kernels.gemm import KMR, KNR
     wide = (KMR, KNR) != (MR, NR)
     assert kconv.kblocked(c * k * k, m, h * w) == (c * k * k >= 1024 or wide)
-    x = ints((c, h, w))
-    wt = ints((m, c, k, k))
-    shift = ints((m,))
-    ref = naive_conv(x, wt, 1, stride, pad) + shift[:, None, None]
-    res = ints(ref.shape) if with_res else None
-    if with_res:
-        ref = ref + res
-    ref = np.array([reference_activation(act, v) for v in ref.astype(np.float32).ravel()]).reshape(ref.shape)
-    xs = np.full(kconv.input_shape(c, h, w, pad, stride), 9.0, np.float32)
-    kconv.prepare_input(x, pad, xs)
-    if k == 1 and stride == 1 and pad == 0:
-        xs = x.reshape(c, h, 1, w)
-    out = np.full(ref.shape, np.nan, np.float32)
+    xs, wt, shift, res, ref, out = gemm_case(c, h, w, m, k, stride, pad, act, with_res)
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
