@@ -190,7 +190,10 @@ CONV_B_STATIONARY_MAX = 512 * 1024
 # Measured on a Sapphire Rapids Xeon, 1 thread, K = 4608 (3x3 over 512 channels), 176-192 pixels, A
 # in L2: 16 x 16 tile 134-143 GFLOP/s, 12 x 32 159, 14 x 32 170, 8 x 48 154-175 (KC 128-512: within
 # 3% for 14 x 32). Whole layer (yolov3-tiny 3x3 512->1024 at 13x13): 17.0 ms unblocked -> 13.7
-# blocked with the 16 x 16 tile -> see the README for the 14 x 32 figure.
+# blocked with the 16 x 16 tile -> 10.0-11.0 with the 14 x 32 tile, weights stored block by block and
+# KC = 128, 16 panels (onnxruntime: 9.7). In the whole network KC 128 beat 256 and 512 by 5-10% and 16
+# panels beat 8 and 4 (fewer panels per block make more blocks, and the weights are read once per block),
+# and were within noise of 24 and 32.
 CONV_KBLOCK_MIN_K = 1024
 
 # ... and, where the K-blocked path has the wider tile, also below that K from this many filters on maps of
