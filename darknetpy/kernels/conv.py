@@ -284,7 +284,7 @@ def _conv_gemm_kblocked(xs, ap, shift, act, size, stride, nthreads, kc, ncp, res
     zero = np.zeros(tsz, dtype=np.float32)
     for th in prange(nthreads):
         bblk = np.empty(per * kc * KNR, dtype=np.float32)
-        cacc = np.empty(((nip + nsplit - 1) // nsplit + 1) * per * tsz, dtype=np.float32)
+        cacc = np.empty((nip + nsplit - 1) // nsplit * per * tsz, dtype=np.float32)
         for item in range(th * nitems // nthreads, (th + 1) * nitems // nthreads):
             jc, sp = item // nsplit, item % nsplit
             j_lo, j_hi = min(npan, jc * per), min(npan, (jc + 1) * per)
@@ -374,7 +374,14 @@ def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bs
     c, hp, s, wq = xs.shape
     m, out_h, out_w = out.shape
     nt = numba.get_num_threads()
-    if kblocked(c * size * size, m, out_h * out_w):
+    blocked = kblocked(c * size * size, m, out_h * out_w)
+    mr = KMR if blocked else MR
+    if ap.shape != (-(-m // mr), c * size * size * mr):
+        # the kernels address ap by raw pointer: weights packed for the other path (pack_filters given
+        # another pixel count) would be read out of bounds, not refused
+        raise ValueError(f"conv_gemm: weights packed as {ap.shape}, this convolution reads "
+                         f"{(-(-m // mr), c * size * size * mr)} (pack_filters(W, {out_h * out_w}))")
+    if blocked:
         _conv_gemm_kblocked(xs, ap, shift, act, size, stride, nt, config.CONV_KC, config.CONV_KBLOCK_PANELS,
                             _NO_RES if res is None else res.reshape(-1), out)
         return

@@ -139,6 +139,18 @@ def test_conv_gemm_kblocked_matches_naive(c, h, w, m, k, stride, pad, act, with_
                                atol=0)
 
 
+@pytest.mark.parametrize("c,m", [(8, 20), (120, 33)])
+def test_conv_gemm_refuses_weights_packed_for_another_shape(c, m):
+    # the kernels read the packed weights by raw pointer: a wrong packing must be an error, not a wild read
+    xs, wt, shift, res, ref, out = gemm_case(c, 6, 6, m, 3, 1, 1, "linear", False)
+    good = filters(wt, out)
+    bad = np.zeros((good.shape[0], good.shape[1] + 1), np.float32)
+    with pytest.raises(ValueError, match="packed as"):
+        kconv.conv_gemm(xs, bad, shift, CODE["linear"], 3, 1, out)
+    kconv.conv_gemm(xs, good, shift, CODE["linear"], 3, 1, out)
+    assert np.array_equal(out, ref)
+
+
 @pytest.mark.parametrize("c,h,w,m,k,stride,pad,groups", CONV_CASES)
 def test_conv_exact_matches_naive(c, h, w, m, k, stride, pad, groups):
     x = ints((c, h, w))
