@@ -108,6 +108,9 @@ def plan_bytes(graph: L.Graph, *, exact: bool = False) -> PlanMemory:
             params += 4 * nw * {4: 4, 2: 16 / 9}.get(kcfg.winograd_variant(layer), 1)
             p, s = layer.padding, layer.stride
             scratch = max(scratch, 4 * layer.c * (layer.h + 2 * p + 2) * (layer.w + 2 * p + s))
+            t = kcfg.winograd_variant(layer)
+            if t:          # padded to whole t x t tiles (kernels/winograd.padded_shape)
+                scratch = max(scratch, 4 * layer.c * (-(-layer.out_h // t) * t + 2) * (-(-layer.out_w // t) * t + 2))
         elif not exact and isinstance(layer, L.Connected):
             params += 4 * layer.inputs * layer.output
         act += own

@@ -325,10 +325,10 @@ class Plan:
         variant = kcfg.winograd_variant(layer)
         if variant == 4:
             up = kwino.transform_weights4(w)
-            return lambda: kwino.conv3x3_winograd4(x, up, shift, a, pad, out)
+            return lambda: kwino.conv3x3_winograd4(x, up, shift, a, pad, out, xs)
         if variant == 2:
             up = kwino.transform_weights(w)
-            return lambda: kwino.conv3x3_winograd(x, up, shift, a, pad, out)
+            return lambda: kwino.conv3x3_winograd(x, up, shift, a, pad, out, xs)
         if layer.groups == 1:
             ap = kconv.pack_filters(w.reshape(layer.filters, -1), layer.out_h * layer.out_w)
             res = None
@@ -413,8 +413,9 @@ class Plan:
         """The prepared-input buffer (see kernels/conv.py) a fast convolution reads; (0,) when none."""
         if self.exact or not isinstance(layer, L.Convolutional) or layer.quirk_1x1_no_subsample:
             return (0,)
-        if kcfg.winograd_variant(layer):
-            return (0,)                  # Winograd reads its input where it is (kernels/winograd.py)
+        variant = kcfg.winograd_variant(layer)
+        if variant:                      # zero-padded to whole tiles (kernels/winograd.py)
+            return kwino.padded_shape(layer.c, layer.h, layer.w, layer.padding, variant)
         if kcfg.depthwise_kind(layer) == "hwc":
             return (layer.h + 2, layer.w + 2, layer.c)
         if layer.groups > 1 or (layer.size == 1 and layer.stride == 1 and not layer.padding):

@@ -213,11 +213,20 @@ CONV_MIN_ITEMS = 8
 
 
 # -- float convolution: Winograd (kernels/winograd.py) ---------------------------------------------------
-
-# F(4x4) stores 36/9 = 4x the weights; past ~L2 size they come from L3/DRAM on every inference and F(2x2)
-# (16/9) wins: Tiny Darknet's 14x14 64->512 layers, 1.42 -> 1.14 ms on Zen 4. Limit on 36*C*M*4 bytes.
-WINOGRAD4_MAX_BYTES = 2 << 20
-
+# F(4x4) stores 36/9 = 4x the weights, F(2x2) 16/9 = 1.8x, and in a whole network they come from L3 or
+# DRAM on every inference (a layer run alone in a loop keeps them in L3 and flatters Winograd). F(2x2)
+# does 2.25x fewer multiplications but reads its weights (U) as often as the GEMM reads its own: on a
+# small map it has few tiles to spend each weight on. Measured on a Sapphire Rapids Xeon, 1 thread, inside
+# the networks, ms, GEMM / F(2x2): yolov3-tiny's 128->256 at 26x26 (U 2 MB) 2.62 / 2.05, 384->256 at 26x26
+# (6.3 MB) 7.57 / 6.06, DLA-46-C's 128->128 at 7x7 (1 MB) 0.222 / 0.202; but 256->512 at 13x13 (8.4 MB)
+# 2.72 / 2.87 and 512->1024 at 13x13 (32 MB) 10.3 / 10.9. So F(2x2) takes a layer whose U fits
+# WINOGRAD2_CACHED_BYTES, or maps of WINOGRAD2_MIN_PIXELS and up up to WINOGRAD2_MAX_BYTES; F(4x4) keeps
+# its weights under WINOGRAD4_MAX_BYTES (Tiny Darknet's 64->512 at 14x14, U 4.7 MB: GEMM 0.89, F(2x2)
+# 0.54, F(4x4) 0.48-0.56).
+WINOGRAD4_MAX_BYTES = 8 << 20
+WINOGRAD2_MAX_BYTES = 32 << 20
+WINOGRAD2_CACHED_BYTES = 4 << 20
+WINOGRAD2_MIN_PIXELS = 20 * 20
 # Tile panels whose transformed input (V) a thread keeps while it runs every filter panel over them: U
 # (the transformed weights) is then read once per block of panels instead of once per panel. U is often
 # larger than L2 (Tiny Darknet's 28x28 F(4x4) layers: 1.2 MB), V of a block stays under this.
@@ -229,20 +238,27 @@ def winograd_variant(conv) -> int:
     (the implicit GEMM, or grouped kernels). ``conv``: anything with a convolutional layer's fields
     (c, filters, size, stride, padding, groups, out_h, out_w).
 
-    Chosen from measurements on this class of CPU (benchmarks/; see the issue notes): F(4x4) wins from
-    ~128 filters on maps of 14x14 and up; its rounding error grows with the input channels, so it is kept
-    to C <= 64 (<= 2.5e-6 of a layer's range on Tiny Darknet's real weights; F(2x2) ~2e-7), and past
-    WINOGRAD4_MAX_BYTES of transformed weights F(2x2) takes over. F(2x2) fills its 16-tile panels exactly
-    on 7x7 maps: from 64 channels and 64 filters on maps up to 8x8, where the GEMM is not K-blocked (K =
-    9C < CONV_KBLOCK_MIN_K: the K-blocked GEMM wins there, e.g. DLA-46-C's 3x3 128->128 at 7x7 0.35 ms
-    with F(2x2) -> 0.23, Sapphire Rapids Xeon, 1 thread). The lower bound C >= 16 is not measured
-    separately.
+    Since the input transform is vectorised (a gather per window element across 16 tiles), Winograd beats
+    the GEMM on the 3x3 stride-1 shapes of the seven benchmark networks from 16 channels and 32 filters
+    on, within the weight budgets above (Sapphire Rapids Xeon, 1 thread, inside the networks, GEMM ->
+    Winograd, ms: DLA-46-C's 32->32 at 28x28 0.17 -> 0.11 (F(4x4)); Tiny Darknet's 16->128 at 56x56
+    0.87 -> 0.59 and 64->512 at 14x14 0.89 -> 0.55 (F(4x4)); yolov3-tiny's 32->64 at 104x104 3.11 ->
+    1.82 and 64->128 at 52x52 2.67 -> 1.54 (F(4x4)); 2 threads: the same choices win by 1.1-2.2x on the
+    layers alone). Below that it loses or ties: 3->16 (K = 27 per Winograd GEMM) 0.57-0.72x, 16->16 at
+    224x224 F(4x4) 1.00x; 16->32 at 208x208 F(4x4) wins alone (1.15x) and ties in the network.
+    F(4x4)'s rounding error grows with the input channels (module docstring of winograd.py: 5.6e-6 of a
+    layer's range at C = 64, 1.1e-5 at 512, against darknet.md §9's 1e-5 per isolated layer), so it is
+    kept to C <= 64; F(2x2) (~1e-6 at C = 1024) takes the wider layers where its weights allow (above);
+    F(4x4) falls back to F(2x2) past WINOGRAD4_MAX_BYTES.
     """
     if not (conv.size == 3 and conv.stride == 1 and conv.groups == 1 and conv.padding == 1):
         return 0
-    if 16 <= conv.c <= 64 and conv.filters >= 128 and conv.out_h * conv.out_w >= 14 * 14:
-        return 4 if 36 * conv.c * conv.filters * 4 <= WINOGRAD4_MAX_BYTES else 2
-    if conv.c >= 64 and conv.filters >= 64 and conv.out_h * conv.out_w <= 8 * 8 and 9 * conv.c < CONV_KBLOCK_MIN_K:
+    if conv.c < 16 or conv.filters < 32:
+        return 0
+    if conv.c <= 64 and 36 * conv.c * conv.filters * 4 <= WINOGRAD4_MAX_BYTES:
+        return 4
+    u2 = 16 * conv.c * conv.filters * 4
+    if u2 <= WINOGRAD2_CACHED_BYTES or (u2 <= WINOGRAD2_MAX_BYTES and conv.out_h * conv.out_w >= WINOGRAD2_MIN_PIXELS):
         return 2
     return 0
 

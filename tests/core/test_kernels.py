@@ -669,10 +669,14 @@ def test_kernel_choices_follow_config():
         return SimpleNamespace(c=c, filters=filters, size=size, stride=stride, padding=padding, groups=groups,
                                out_h=hw, out_w=hw)
     assert config.winograd_variant(conv(64, 128, 28)) == 4               # Tiny Darknet's 28x28 layers
-    assert config.winograd_variant(conv(64, 512, 14)) == 2               # F(4x4) weights past the L2 budget
-    assert config.winograd_variant(conv(64, 128, 7)) == 2
-    assert config.winograd_variant(conv(128, 128, 7)) == 0              # K = 1152: the K-blocked GEMM
+    assert config.winograd_variant(conv(64, 512, 14)) == 4
+    assert config.winograd_variant(conv(64, 1024, 14)) == 2              # F(4x4) weights past its budget
+    assert config.winograd_variant(conv(128, 128, 7)) == 2               # F(4x4) only to 64 channels
+    assert config.winograd_variant(conv(384, 256, 26)) == 2              # 6.3 MB of U on 676 pixels
+    assert config.winograd_variant(conv(256, 512, 13)) == 0              # 8.4 MB of U on 169: the GEMM
+    assert config.winograd_variant(conv(1024, 1024, 52)) == 0            # F(2x2) weights past its budget
     assert config.winograd_variant(conv(8, 128, 28)) == 0
+    assert config.winograd_variant(conv(16, 16, 224)) == 0
     assert config.winograd_variant(conv(64, 128, 28, stride=2)) == 0
     assert config.depthwise_kind(conv(64, 64, 7, groups=64)) == "hwc"
     assert config.depthwise_kind(conv(64, 64, 14, stride=2, groups=64)) == "hwc"
@@ -699,7 +703,5 @@ def test_helpers_called_from_fastmath_kernels_pin_fastmath():
     runs (compiled vs cached kernels) give different bits (Winograd F(4x4) on Tiny Darknet's layer 5)."""
     from darknetpy.kernels import activation as kact
     from darknetpy.kernels import depthwise as kdw2
-    from darknetpy.kernels import winograd as kwino
-    for fn in (kact.activate_scalar, kact.activate_fast, kact.activate_block, kdw2._dw_row,
-               kwino._transform_panel, kwino._bt6, kwino._at6, kwino._transform_panel4):
+    for fn in (kact.activate_scalar, kact.activate_fast, kact.activate_block, kdw2._dw_row):
         assert fn.targetoptions.get("fastmath") is False, fn.py_func.__name__
