@@ -4,7 +4,7 @@ LLVM's loop vectoriser gives up on loops that read and write many arrays it cann
 (the Winograd inverse transform touches 36 + 16 streams), and it turns in-place ``select``s into masked
 stores that are microcoded on AMD CPUs. Writing the vector code directly avoids both. ``Vec`` wraps an
 llvmlite IRBuilder with the handful of operations the kernels need; lanes are 8 floats (one AVX
-register; LLVM splits or widens it on other targets).
+register; LLVM splits or widens it on other targets) unless a kernel asks for its CPU's width.
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ LANES = 8
 _f32 = ir.FloatType()
 _i64 = ir.IntType(64)
 _i32 = ir.IntType(32)
-_vt = ir.VectorType(_f32, LANES)
 
 
 class Vec:
     """Vector operations on float pointers passed to an intrinsic as intp addresses."""
 
-    def __init__(self, builder: ir.IRBuilder):
+    def __init__(self, builder: ir.IRBuilder, lanes: int = LANES):
         self.b = builder
-        self._undef = ir.Constant(_vt, ir.Undefined)
-        self._bcast = ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES)
+        self.lanes = lanes
+        self._vt = ir.VectorType(_f32, lanes)
+        self._undef = ir.Constant(self._vt, ir.Undefined)
+        self._bcast = ir.Constant(ir.VectorType(_i32, lanes), [0] * lanes)
 
     def ptr(self, addr) -> ir.Value:
         return self.b.inttoptr(addr, _f32.as_pointer())
@@ -38,15 +39,15 @@ class Vec:
         return self.b.gep(p, [off])
 
     def load(self, p, offset=0) -> ir.Value:
-        return self.b.load(self.b.bitcast(self.at(p, offset), _vt.as_pointer()), align=4)
+        return self.b.load(self.b.bitcast(self.at(p, offset), self._vt.as_pointer()), align=4)
 
     def store(self, v, p, offset=0) -> None:
-        self.b.store(v, self.b.bitcast(self.at(p, offset), _vt.as_pointer()), align=4)
+        self.b.store(v, self.b.bitcast(self.at(p, offset), self._vt.as_pointer()), align=4)
 
     def splat(self, x) -> ir.Value:
         """A scalar (float value or Python float) in every lane."""
         if isinstance(x, float):
-            return ir.Constant(_vt, [x] * LANES)
+            return ir.Constant(self._vt, [x] * self.lanes)
         return self.b.shuffle_vector(self.b.insert_element(self._undef, x, ir.Constant(_i32, 0)), self._undef,
                                      self._bcast)
 

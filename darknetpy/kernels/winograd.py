@@ -40,7 +40,11 @@ from numba.extending import intrinsic
 from . import config
 from .activation import activate_block
 from .gemm import MR, NR, microkernel_cols, pack_a
-from .vecir import LANES, Vec, count_loop, loop
+from .vecir import Vec, count_loop, loop
+
+# lanes of the inverse transform's vectors: the CPU's (16 floats with AVX-512, 8 with AVX2)
+_LANES = config.codegen_target().float_lanes
+
 
 def _at6_v(v: Vec, m):
     """A^T m for one column of F(4x4): 6 vectors -> 4 vectors."""
@@ -58,13 +62,23 @@ def _at4_v(v: Vec, m):
 
 
 def _inverse_codegen(builder, args, t: int, at_fn, nout: int):
-    """res[k*nout + l, q] = act(shift[q // NR] + (A^T m A)[k][l]) for every q of an MR x NR block, where
-    m[a][b] = blk[t*a + b, q]. blk rows and res rows are MR*NR floats apart. One vector of q per loop
-    iteration (a loop in IR, not unrolled: the unrolled form took seconds to compile)."""
+    """res[k, q*nout + l] = act(shift[q // NR] + (A^T m A)[k][l]) for every q of an MR x NR block, where
+    m[a][b] = blk[t*a + b, q]: row k of res holds the block's output rows k, each tile's nout pixels side
+    by side, as they lie in the output image (a panel's tiles along one tile row then store as one run).
+    blk rows are MR*NR floats apart, res rows MR*NR*nout. One vector of q per loop iteration (a loop in
+    IR, not unrolled: the unrolled form took seconds to compile); the nout vectors of an output row are
+    interleaved with shuffles."""
     blk_i, res_i, shift_i, act = args
-    v = Vec(builder)
+    v = Vec(builder, _LANES)
+    lanes = _LANES
     blk, res, shift = v.ptr(blk_i), v.ptr(res_i), v.ptr(shift_i)
     width = MR * NR
+    i32 = ir.IntType(32)
+
+    def interleave(a, b, lanes):
+        # (a0, b0, a1, b1, ...) of two vectors of ``lanes`` floats each
+        mask = ir.Constant(ir.VectorType(i32, 2 * lanes), [x for i in range(lanes) for x in (i, lanes + i)])
+        return builder.shuffle_vector(a, b, mask)
 
     def body(q0):
         sh = v.splat(v.load_scalar(shift, builder.sdiv(q0, v.i64(NR))))
@@ -72,15 +86,22 @@ def _inverse_codegen(builder, args, t: int, at_fn, nout: int):
         cols = [at_fn(v, [m[a][bb] for a in range(t)]) for bb in range(t)]      # cols[b][k]
         for k in range(nout):
             y = at_fn(v, [cols[bb][k] for bb in range(t)])
-            for l_ in range(nout):
-                v.store(v.activation(v.add(y[l_], sh), act), res, builder.add(q0, v.i64((k * nout + l_) * width)))
+            y = [v.activation(v.add(y[l_], sh), act) for l_ in range(nout)]
+            if nout == 2:
+                row = interleave(y[0], y[1], lanes)
+            else:       # (y0, y1, y2, y3) lane by lane: pairs (y0, y2) and (y1, y3), then those two
+                row = interleave(interleave(y[0], y[2], lanes), interleave(y[1], y[3], lanes), 2 * lanes)
+            rt = ir.VectorType(ir.FloatType(), nout * lanes)
+            dst = v.at(res, builder.add(builder.mul(q0, v.i64(nout)), v.i64(k * width * nout)))
+            builder.store(row, builder.bitcast(dst, rt.as_pointer()), align=4)
 
-    loop(builder, v.i64(0), v.i64(width), LANES, body, "inv")
+    loop(builder, v.i64(0), v.i64(width), lanes, body, "inv")
 
 
 @intrinsic
 def _inverse4(typingctx, blk, res, shift, act):
-    """F(4x4,3x3) inverse transform of a 36 x (MR*NR) block, plus shift and activation (FUSED_ACTS)."""
+    """F(4x4,3x3) inverse transform of a 36 x (MR*NR) block into 4 x (MR*NR*4), plus shift and activation
+    (FUSED_ACTS)."""
     def codegen(context, builder, signature, args):
         _inverse_codegen(builder, args, 6, _at6_v, 4)
         return context.get_dummy_value()
@@ -89,7 +110,8 @@ def _inverse4(typingctx, blk, res, shift, act):
 
 @intrinsic
 def _inverse2(typingctx, blk, res, shift, act):
-    """F(2x2,3x3) inverse transform of a 16 x (MR*NR) block, plus shift and activation (FUSED_ACTS)."""
+    """F(2x2,3x3) inverse transform of a 16 x (MR*NR) block into 2 x (MR*NR*2), plus shift and activation
+    (FUSED_ACTS)."""
     def codegen(context, builder, signature, args):
         _inverse_codegen(builder, args, 4, _at4_v, 2)
         return context.get_dummy_value()
@@ -258,14 +280,13 @@ def _pad_plane(x, pad, xp, ch):
 
 @njit(cache=True, inline="always")
 def _store_full(of, res, ob, qb, ntiles, out_w, t):
-    # ntiles whole t x t tiles side by side from output offset ob: t output rows, each the tiles' rows
-    # interleaved; t is a constant at each (inlined) call, so the inner loops unroll and vectorise
+    # ntiles whole t x t tiles side by side from output offset ob: output row dy is one run of res's row dy
+    # (the inverse transform interleaved the tiles' pixels already)
     for dy in range(t):
-        orow = ob + dy * out_w
-        for j in range(ntiles):
-            q = qb + j
-            for dx in range(t):
-                of[orow + t * j + dx] = res[t * dy + dx, q]
+        src = res[dy, qb * t:(qb + ntiles) * t]
+        dst = of[ob + dy * out_w:ob + dy * out_w + ntiles * t]
+        for i in range(ntiles * t):
+            dst[i] = src[i]
 
 
 @njit(cache=True, inline="always")
@@ -293,7 +314,7 @@ def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, 
     vbs = np.empty((min(bsize, max(1, tp_hi - tp_lo)), nx, c * NR), dtype=np.float32)
     nb = vbs.shape[0]
     blk = np.empty((nx, MR * NR), dtype=np.float32)
-    res = np.empty((t * t, MR * NR), dtype=np.float32)
+    res = np.empty((t, MR * NR * t), dtype=np.float32)    # output rows of the block, see _inverse_codegen
     shv = np.empty(MR, dtype=np.float32)
     tin = np.empty(NR, dtype=np.int32)             # tile j of a panel: its window's offset in a plane of xp
     tout = np.empty((nb, NR), dtype=np.int64)      # ... the offset of its output block
@@ -365,7 +386,7 @@ def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, 
                                 o = (i0 + r) * oplane + tout[pb, j]
                                 for dy in range(vrows[pb, j]):
                                     for dx in range(vcols[pb, j]):
-                                        of[o + dy * out_w + dx] = res[t * dy + dx, q]
+                                        of[o + dy * out_w + dx] = res[dy, q * t + dx]
 
 
 @njit(cache=True, parallel=True, fastmath=True)
