@@ -27,7 +27,8 @@ from numba import njit, prange
 
 from . import config
 from .activation import activate_block
-from .gemm import (KMR, KNR, MR, NR, microkernel_acc, microkernel_acc_fused, microkernel_cols, microkernel_fused,
+from .gemm import (KMR, KNR, KNR_NARROW, MR, NR, microkernel_acc, microkernel_acc_fused,
+                   microkernel_acc_fused_narrow, microkernel_acc_narrow, microkernel_cols, microkernel_fused,
                    microkernel_indirect, pack_a, prefetch_l2)
 
 
@@ -296,8 +297,11 @@ def _conv_gemm_kblocked(xs, ap, shift, act, size, stride, nthreads, kc, ncp, res
                 kn = min(kc, kdim - k0)
                 last = k0 + kn == kdim
                 for jp in range(j_lo, j_hi):
-                    _gather(xflat, koff, k0, kn, jp * KNR, min(KNR, n - jp * KNR), KNR, out_w, s, row,
-                            bblk[(jp - j_lo) * kc * KNR:(jp - j_lo + 1) * kc * KNR])
+                    jn = min(KNR, n - jp * KNR)
+                    # a last panel of at most KNR_NARROW pixels is packed that wide, for the narrow tile
+                    width = KNR_NARROW if jn <= KNR_NARROW else KNR
+                    _gather(xflat, koff, k0, kn, jp * KNR, jn, width, out_w, s, row,
+                            bblk[(jp - j_lo) * kc * KNR:(jp - j_lo) * kc * KNR + kc * width])
                 for ip in range(i_lo, i_hi):
                     i0 = ip * KMR
                     # pack_filters' layout: block of K by block of K, each block panel after panel
@@ -321,10 +325,20 @@ def _conv_gemm_kblocked(xs, ap, shift, act, size, stride, nthreads, kc, ncp, res
                         t0 = ((ip - i_lo) * nj + (jp - j_lo)) * tsz
                         t_addr = cacc.ctypes.data + 4 * t0
                         init = zero.ctypes.data if k0 == 0 else t_addr
-                        if last and fused and jn == KNR:
-                            microkernel_acc_fused(a_addr, b_addr, kn, init, out2d.ctypes.data + 4 * (i0 * n + n0), n,
-                                                  shift.ctypes.data + 4 * i0, act, m - i0,
-                                                  res2d.ctypes.data + 4 * (i0 * n + n0) if has_res else 0)
+                        c_addr = out2d.ctypes.data + 4 * (i0 * n + n0)
+                        r_addr = res2d.ctypes.data + 4 * (i0 * n + n0) if has_res else 0
+                        if jn <= KNR_NARROW:
+                            if last and fused and jn == KNR_NARROW:
+                                microkernel_acc_fused_narrow(a_addr, b_addr, kn, init, c_addr, n,
+                                                             shift.ctypes.data + 4 * i0, act, m - i0, r_addr)
+                            else:
+                                microkernel_acc_narrow(a_addr, b_addr, kn, init, t_addr)
+                                if last:
+                                    _store_tile(cacc, t0, KMR, KNR_NARROW, i0, n0, jn, act, shift, has_res, out2d,
+                                                res2d)
+                        elif last and fused and jn == KNR:
+                            microkernel_acc_fused(a_addr, b_addr, kn, init, c_addr, n, shift.ctypes.data + 4 * i0,
+                                                  act, m - i0, r_addr)
                         else:
                             microkernel_acc(a_addr, b_addr, kn, init, t_addr)
                             if last:

@@ -36,6 +36,10 @@ MR, _LANES = _TARGET.float_mr, _TARGET.float_lanes
 NR = config.FLOAT_NR    # columns of B per micro-tile (pixels): one or two vectors
 # the K-blocked GEMM's tile (microkernel_acc*, conv._conv_gemm_kblocked): its B panels are always packed
 KMR, KNR = (_TARGET.block_mr or MR), (_TARGET.block_nr or NR)
+# ... and its half-width tile for a last pixel panel of at most KNR/2 pixels, where the tile is the wider
+# one (0: none). A 13x13 map is 5 panels of 32 pixels and 9 more: 23 of the last 32 columns would be
+# computed for nothing (12% of the layer).
+KNR_NARROW = KNR // 2 if (KMR, KNR) != (MR, NR) and (KNR // 2) % _LANES == 0 else 0
 # activation codes the fused epilogue implements (kernels.activation: LINEAR, RELU, LEAKY, RELU6)
 _LINEAR, _RELU, _LEAKY, _RELU6 = 0, 3, 11, 14
 FUSED_ACTS = (_LINEAR, _RELU, _LEAKY, _RELU6)
@@ -234,6 +238,33 @@ def microkernel_acc_fused(typingctx, ap, bp, k, init, c, ldc, shift, act, rows, 
         ap_i, bp_i, k_i, init_i, c_i, ldc_i, shift_i, act_i, rows_i, res_i = args
         _codegen_microkernel(builder, ap_i, bp_i, k_i, c_i, None, (ldc_i, shift_i, act_i, rows_i, res_i),
                              init_i=init_i, mr=KMR, nr=KNR)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def microkernel_acc_narrow(typingctx, ap, bp, k, init, tile):
+    """``microkernel_acc`` on a KMR x KNR_NARROW tile (B panel and tile KNR_NARROW wide)."""
+    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        ap_i, bp_i, k_i, init_i, t_i = args
+        _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, init_i=init_i, mr=KMR, nr=KNR_NARROW or KNR)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def microkernel_acc_fused_narrow(typingctx, ap, bp, k, init, c, ldc, shift, act, rows, res):
+    """``microkernel_acc_fused`` on a KMR x KNR_NARROW tile."""
+    sig = types.void(*([types.intp] * 10))
+
+    def codegen(context, builder, signature, args):
+        ap_i, bp_i, k_i, init_i, c_i, ldc_i, shift_i, act_i, rows_i, res_i = args
+        _codegen_microkernel(builder, ap_i, bp_i, k_i, c_i, None, (ldc_i, shift_i, act_i, rows_i, res_i),
+                             init_i=init_i, mr=KMR, nr=KNR_NARROW or KNR)
         return context.get_dummy_value()
 
     return sig, codegen
