@@ -284,7 +284,8 @@ class Plan:
 
     def _bind_yolo(self, layer: L.Yolo, p: dict, x, out) -> Callable[[], None]:
         x1, o1, hw = x.reshape(-1), out.reshape(-1), layer.out_h * layer.out_w
-        return lambda: kdet.yolo(x1, layer.n, layer.classes, hw, o1)
+        fast = not self.exact       # predict's [yolo] output; detect() decodes the head inputs exactly
+        return lambda: kdet.yolo(x1, layer.n, layer.classes, hw, o1, fast)
 
     def _bind_reorg(self, layer: L.Reorg, p: dict, x, out) -> Callable[[], None]:
         x1, o1 = x.reshape(-1), out.reshape(-1)
@@ -487,7 +488,8 @@ FAST_PLAN: dict = {
     L.Crop: Plan._bind_crop,
     L.BatchNorm: Plan._bind_batchnorm,         # a standalone [batchnorm]: darknet's formula
     L.Activation: Plan._bind_activation,
-    L.Region: Plan._bind_region,               # the detection heads: darknet-exact kernels in both modes
+    L.Region: Plan._bind_region,               # the detection heads: darknet-exact kernels, but for
+                                               # [yolo]'s logistic in float32 (within 1.2e-7)
     L.Yolo: Plan._bind_yolo,
     L.Reorg: Plan._bind_reorg,
     L.DetectionLayer: Plan._bind_detection,

@@ -293,6 +293,26 @@ def test_yolo_kernel():
     ref = _logistic(x)
     ref[:, 2:4] = x[:, 2:4]                                                # w, h raw
     assert np.array_equal(out.reshape(x.shape), ref)
+    fast = np.full(x.size, np.nan, np.float32)
+    kdet.yolo(x.reshape(-1), n, classes, hw, fast, fast=True)
+    assert np.array_equal(fast.reshape(x.shape)[:, 2:4], ref[:, 2:4])
+    np.testing.assert_allclose(fast.reshape(x.shape), ref, rtol=0, atol=1.2e-7)
+
+
+def test_fast_logistic_is_within_1e7_of_darknets_everywhere():
+    # every float32 exponent from 2^-30 to 2^7 in both signs, 2000 mantissas each, plus the far ends
+    # (exp overflows or underflows in float32 there) and the plane lengths' vector tails
+    rng = np.random.default_rng(7)
+    mags = np.ldexp(1 + rng.random((38, 2000)), np.arange(-30, 8)[:, None]).ravel()
+    x = np.concatenate([mags, -mags, [0.0, -0.0, 87.0, 88.8, -87.0, -88.8, 104.0, -104.0, 1e30, -1e30,
+                                      np.inf, -np.inf]]).astype(np.float32)
+    for n in (x.size, 1, 15, 17, 33):
+        v = x[:n]
+        out = np.empty_like(v)
+        kdet._logistic_fast(v, out, np.empty(n, np.int32))
+        with np.errstate(over="ignore"):                                 # exp(1e30): the reference's inf
+            ref = _logistic(v)
+        assert np.abs(out - ref).max() <= 1.2e-7, n
 
 
 @pytest.mark.parametrize("classes", [6, 10, 11, 20, 23])
