@@ -182,16 +182,16 @@ def resize_image(img: np.ndarray, w: int, h: int) -> np.ndarray:
         part = (f32(1) - dx) * img[:, :, ix] + dx * img[:, :, ix1]
         part[:, :, w - 1] = img[:, :, im_w - 1]
     part = part.astype(np.float32, copy=False)
-    out = np.empty((c, h, w), dtype=np.float32)
+    # all rows at once (a loop over rows cost ~7 ms for a 640x480 photo into 416x416): each product
+    # rounded to float32, then their sum, as darknet computes row by row
     h_scale = f32(im_h - 1) / f32(h - 1)
-    for r in range(h):
-        sy = f32(r) * h_scale
-        iy = int(sy)
-        dy = sy - f32(iy)
-        out[:, r, :] = (f32(1) - dy) * part[:, iy, :]
-        if r == h - 1 or im_h == 1:
-            continue
-        out[:, r, :] += dy * part[:, min(iy + 1, im_h - 1), :]
+    sy = np.arange(h, dtype=np.float32) * h_scale
+    iy = sy.astype(np.int64)
+    dy = sy - iy.astype(np.float32)
+    out = (f32(1) - dy)[None, :, None] * part[:, iy, :]
+    if im_h > 1:
+        iy1 = np.minimum(iy[:h - 1] + 1, im_h - 1)
+        out[:, :h - 1, :] += dy[:h - 1, None] * part[:, iy1, :]
     return out
 
 

@@ -80,7 +80,7 @@ class Network:
         self.graph = graph
         self.weights = weights
         self.exact = _env_exact() if exact is None else bool(exact)
-        self._plans: dict[tuple[bool, bool], Plan] = {}
+        self._plans: dict[tuple[bool, bool, frozenset], Plan] = {}
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -93,13 +93,13 @@ class Network:
     def classes(self) -> int:
         return self.graph.classes
 
-    def plan(self, exact: bool | None = None, keep_all: bool = False) -> Plan:
+    def plan(self, exact: bool | None = None, keep_all: bool = False, keep: frozenset = frozenset()) -> Plan:
         """The execution plan for this mode (built once). ``keep_all`` plans keep every layer's output
-        (no fusion), for ``predict(all_layers=True)``."""
+        (no fusion), for ``predict(all_layers=True)``; ``keep`` only those layers' (``detect``)."""
         exact = self.exact if exact is None else bool(exact)
-        key = (exact, bool(keep_all))
+        key = (exact, bool(keep_all), frozenset(keep))
         if key not in self._plans:
-            self._plans[key] = Plan(self.graph, self.weights, exact=exact, keep_all=keep_all)
+            self._plans[key] = Plan(self.graph, self.weights, exact=exact, keep_all=keep_all, keep=key[2])
         return self._plans[key]
 
     # -- input -----------------------------------------------------------------------------------
@@ -160,9 +160,12 @@ class Network:
         c, h, w = shape
         yolov1 = any(isinstance(layer, L.DetectionLayer) for layer in heads)
         x = resize_image(img, w, h) if yolov1 else letterbox(img, w, h)
-        # TODO(runtime): a plan that keeps only the head inputs alive would avoid keep_all's unfused plan.
-        outs = self.predict(x, all_layers=True, exact=exact)
-        inputs = [outs[layer.index - 1] if layer.index else x for layer in heads]
+        # the heads' inputs are all decode needs: a plan that keeps just those alive (the usual fused plan
+        # otherwise, not keep_all's)
+        p = self.plan(exact, keep=frozenset(layer.index - 1 for layer in heads if layer.index))
+        p.run(check_input(x, shape))
+        inputs = [p.outputs[layer.index - 1].reshape(self.graph[layer.index - 1].out_shape).copy() if layer.index
+                  else x for layer in heads]
         if names is None:
             names = default_names(self.graph)
         return B.decode(self, inputs, (img.shape[2], img.shape[1]), thresh, hier_thresh, nms, names=names)

@@ -56,6 +56,8 @@ class Plan:
 
     ``exact``: darknet's own arithmetic (``EXACT_PLAN``) instead of the fast kernels (``FAST_PLAN``).
     ``keep_all``: every layer's output stays in ``outputs`` after ``run`` (no fusion, no shared memory).
+    ``keep``: indices of layers whose outputs stay in ``outputs`` after ``run``, the rest of the plan as
+    usual (``Network.detect`` keeps the detection heads' inputs that way).
     ``pre_activation``: indices of [convolutional], [connected] or [shortcut] layers whose output before
     the activation is wanted (calibration). Each such layer is computed with a linear activation, copied to
     ``pre_activation[i]`` (float32, the layer's out_shape), then activated in place with
@@ -67,11 +69,12 @@ class Plan:
     """
 
     def __init__(self, graph: L.Graph, weights: Weights, *, exact: bool = False, keep_all: bool = False,
-                 pre_activation: Iterable[int] = frozenset()):
+                 pre_activation: Iterable[int] = frozenset(), keep: Iterable[int] = frozenset()):
         memory.check_plan(graph, exact=exact)               # MemoryLimitError before allocating anything
         self.graph = graph
         self.exact = exact
         self.keep_all = keep_all
+        self.keep = frozenset(keep)
         self.table = EXACT_PLAN if exact else FAST_PLAN
         pre = frozenset(pre_activation)
         for i in sorted(pre):
@@ -80,7 +83,7 @@ class Plan:
                 raise ValueError(f"pre_activation: {what} is not a [convolutional], [connected] or [shortcut] layer")
         # conv index -> shortcut index; a pre-activation copy needs both layers' own outputs
         self.fused = {} if (exact or keep_all) else {
-            c: sc for c, sc in _shortcut_fusions(graph).items() if c not in pre and sc not in pre}
+            c: sc for c, sc in _shortcut_fusions(graph).items() if c not in pre and sc not in pre and c not in self.keep}
         self.input = np.zeros(graph.net.in_shape, dtype=np.float32)
         self.outputs: list[np.ndarray] = [None] * len(graph)  # type: ignore[list-item]
         self.pre_activation: dict[int, np.ndarray] = {i: np.zeros(graph[i].out_shape, np.float32) for i in sorted(pre)}
@@ -169,7 +172,7 @@ class Plan:
                 continue
             first[o] = min(first.get(o, end), i)
             last[o] = max(last.get(o, 0), i, *consumers[i])
-            if self.keep_all or i == g.output_index:
+            if self.keep_all or i == g.output_index or i in self.keep:
                 last[o] = end
             if isinstance(layer, L.Cost):             # never written: its zeros must stay zeros
                 first[o], last[o] = 0, end

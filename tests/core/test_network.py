@@ -177,6 +177,30 @@ def test_shortcut_fused_into_conv(tmp_path):
     np.testing.assert_allclose(fused, exact, rtol=0, atol=1e-5 * float(np.abs(exact).max()))
 
 
+@pytest.mark.parametrize("cfg", ["fusable", "tiny", "dla46_c", "hardnet39ds"])
+def test_kept_layers_outlive_the_shared_memory(tmp_path, cfg):
+    # Plan(keep=...) (what detect() uses for the heads' inputs): those outputs survive the run, everything
+    # else is planned as usual (shared memory, fusion of the layers not kept)
+    from pathlib import Path
+    path = write(tmp_path, "f.cfg", FUSABLE) if cfg == "fusable" else \
+        Path(__file__).resolve().parents[2] / "cfg" / f"{cfg}.cfg"
+    net = darknetpy.load(path)
+    if cfg != "fusable":
+        net = net.resized(64, 64)
+    n = len(net.graph)
+    keep = frozenset({2, n // 3, n // 2, n - 3} if cfg != "fusable" else {2, 3})
+    plan = net.plan(keep=keep)
+    assert plan.fused == ({4: 5} if cfg == "fusable" else plan.fused)   # 2 is kept: not fused into 3
+    x = np.random.default_rng(4).random(net.input_shape, dtype=np.float32)
+    plan.run(x)
+    every = net.predict(x, all_layers=True)
+    for i in sorted(keep):
+        assert plan.outputs[i].base is plan.outputs[0].base                # still in the shared arena
+        np.testing.assert_allclose(plan.outputs[i].reshape(every[i].shape), every[i], rtol=0,
+                                   atol=1e-5 * float(np.abs(every[i]).max()), err_msg=net.graph[i].describe())
+    assert plan.outputs[0].base.nbytes < sum(o.nbytes for o in every)
+
+
 PRE_ACTIVATION = """[net]
 height=10
 width=9
