@@ -349,11 +349,16 @@ def kblocked(kdim: int, m: int, n: int) -> bool:
     """Whether ``conv_gemm`` runs a convolution (K = C*k*k B rows, m filters, n output pixels) K-blocked
     (then its weights are packed by ``pack_filters`` in KMR-row panels): always from
     config.CONV_KBLOCK_MIN_K rows; and where the K-blocked path has its own, wider tile (KMR x KNR), from
-    CONV_KBLOCK_WIDE_MIN_M filters on maps of CONV_KBLOCK_WIDE_MIN_N pixels."""
+    CONV_KBLOCK_WIDE_MIN_M filters on maps of CONV_KBLOCK_WIDE_MIN_N pixels, or CONV_KBLOCK_SMALL_MAP_*
+    (K, filters, pixels) on smaller maps."""
     if kdim >= config.CONV_KBLOCK_MIN_K:
         return True
-    wide = (KMR, KNR) != (MR, NR)
-    return wide and m >= config.CONV_KBLOCK_WIDE_MIN_M and n >= config.CONV_KBLOCK_WIDE_MIN_N
+    if (KMR, KNR) == (MR, NR):
+        return False
+    if m >= config.CONV_KBLOCK_WIDE_MIN_M and n >= config.CONV_KBLOCK_WIDE_MIN_N:
+        return True
+    return (kdim >= config.CONV_KBLOCK_SMALL_MAP_MIN_K and m >= config.CONV_KBLOCK_SMALL_MAP_MIN_M
+            and n >= config.CONV_KBLOCK_SMALL_MAP_MIN_N)
 
 
 def pack_filters(w2d: np.ndarray, n: int) -> np.ndarray:
