@@ -87,10 +87,41 @@ def _maxpool_2x2s2(x, out):
                     out[ch, i, fw] = _gt(lo, r0[w - 1])
 
 
+@njit(cache=True, parallel=True)
+def _maxpool_2x2s1(x, out):
+    # size 2, stride 1, window offset 0 (yolov3-tiny's and yolov2-tiny's last pool: darknet's default
+    # padding=1 keeps the size): the generic kernel's comparisons in its order, taps (0,0) (0,1) (1,0)
+    # (1,1), one pass per output row instead of one per tap (512x13x13, Xeon, 1 thread: 0.161 -> 0.077 ms).
+    # The last row and column see only the pixels that exist.
+    c, h, w = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    jn = min(out_w, w - 1)                      # outputs whose two columns are inside the image
+    lo = -FLT_MAX
+    for ch in prange(c):
+        for i in range(out_h):
+            o = out[ch, i]
+            a0 = x[ch, i, 0:jn]
+            a1 = x[ch, i, 1:jn + 1]
+            if i + 1 < h:
+                b0 = x[ch, i + 1, 0:jn]
+                b1 = x[ch, i + 1, 1:jn + 1]
+                for j in range(jn):
+                    o[j] = _gt(_gt(_gt(_gt(lo, a0[j]), a1[j]), b0[j]), b1[j])
+                for j in range(jn, out_w):
+                    o[j] = _gt(_gt(lo, x[ch, i, j]), x[ch, i + 1, j])
+            else:
+                for j in range(jn):
+                    o[j] = _gt(_gt(lo, a0[j]), a1[j])
+                for j in range(jn, out_w):
+                    o[j] = _gt(lo, x[ch, i, j])
+
+
 def maxpool(x: np.ndarray, size: int, stride: int, pad: int, out: np.ndarray) -> None:
     """darknet [maxpool]: ``pad`` is darknet's TOTAL padding."""
     if size == 2 and stride == 2 and pad // 2 == 0:
         _maxpool_2x2s2(x, out)
+    elif size == 2 and stride == 1 and pad // 2 == 0 and out.shape[1] <= x.shape[1] and out.shape[2] <= x.shape[2]:
+        _maxpool_2x2s1(x, out)
     else:
         _maxpool_rows(x, size, stride, pad, out)
 
@@ -192,8 +223,11 @@ def _upsample(x, stride, scale, out):
                 break
             src = x[ch, yi]
             first = out[ch, y0]
-            for xx in range(ow):
-                first[xx] = scale * src[xx // stride]
+            # each input value to its ``stride`` outputs (no division per output)
+            for xi in range(min(x.shape[2], (ow + stride - 1) // stride)):
+                v = scale * src[xi]
+                for t in range(min(stride, ow - xi * stride)):
+                    first[xi * stride + t] = v
             for y in range(y0 + 1, min(oh, y0 + stride)):
                 row = out[ch, y]
                 for xx in range(ow):

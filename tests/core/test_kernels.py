@@ -352,7 +352,8 @@ def naive_maxpool(x, size, stride, pad):
 @pytest.mark.parametrize("h,w,size,stride,pad", [(7, 9, 2, 2, 1), (6, 6, 2, 1, 1), (11, 13, 3, 2, 2),
                                                   (5, 5, 3, 1, 2), (8, 8, 2, 2, 0), (5, 7, 1, 1, 0),
                                                   (4, 4, 3, 3, 6), (13, 13, 2, 1, 1), (9, 10, 4, 3, 3),
-                                                  (6, 5, 5, 2, 8), (10, 9, 3, 2, 0)])
+                                                  (6, 5, 5, 2, 8), (10, 9, 3, 2, 0), (7, 9, 2, 1, 0),
+                                                  (5, 8, 2, 1, 1), (1, 4, 2, 1, 1), (3, 1, 2, 1, 1)])
 def test_maxpool(h, w, size, stride, pad):
     x = ints((3, h, w), -50, 50)
     ref = naive_maxpool(x, size, stride, pad)
