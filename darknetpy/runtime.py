@@ -90,7 +90,7 @@ class Plan:
         self._plan_buffers()
         # One scratch buffer (zero-padded conv inputs) shared by all layers: they run one at a time.
         need = max([self._scratch_shape(layer) for layer in graph], key=lambda sh: int(np.prod(sh)), default=(0,))
-        self._scratch = np.zeros(int(np.prod(need)), dtype=np.float32)
+        self._scratch = memory.hugepage_zeros(int(np.prod(need)))
         # per-thread scratch of the grouped/depthwise kernel and of the weight-stationary GEMM (which packs
         # a whole input), sized for the largest such layer
         import numba
@@ -160,6 +160,8 @@ class Plan:
         own inputs live). The network's output, and with ``keep_all`` every layer, stays live to the end.
         Reusing memory keeps a whole inference's activations in a few MB that stay in cache: Tiny
         Darknet's 22 separate outputs come to ~12 MB, far more than L2 (see the README's performance notes).
+        The arena (and the prepared-input scratch) sit in transparent huge pages where the OS gives them
+        (``memory.hugepage_zeros``): kernels read hundreds of channel planes at once.
         """
         g = self.graph
         consumers = g.consumers()
@@ -193,7 +195,7 @@ class Plan:
             placed.append((at, size, first[o], last[o]))
             offset[o] = at
             top = max(top, at + size)
-        return np.zeros(max(top, 1), dtype=np.float32), offset
+        return memory.hugepage_zeros(top), offset
 
     def _in(self, layer: L.Layer) -> np.ndarray:
         """The layer's input as darknet sees it: the previous output (or the network input)."""
@@ -328,13 +330,13 @@ class Plan:
             xs = self._scratch[: int(np.prod(shape))].reshape(shape)
         variant = kcfg.winograd_variant(layer)
         if variant == 4:
-            up = kwino.transform_weights4(w)
+            up = memory.in_huge_pages(kwino.transform_weights4(w))
             return lambda: kwino.conv3x3_winograd4(x, up, shift, a, pad, out, xs)
         if variant == 2:
-            up = kwino.transform_weights(w)
+            up = memory.in_huge_pages(kwino.transform_weights(w))
             return lambda: kwino.conv3x3_winograd(x, up, shift, a, pad, out, xs)
         if layer.groups == 1:
-            ap = kconv.pack_filters(w.reshape(layer.filters, -1), layer.out_h * layer.out_w)
+            ap = memory.in_huge_pages(kconv.pack_filters(w.reshape(layer.filters, -1), layer.out_h * layer.out_w))
             res = None
             if layer.index in self.fused:
                 sc = self.graph[self.fused[layer.index]]

@@ -228,9 +228,10 @@ CONV_MIN_ITEMS = 8
 # (6.3 MB) 7.57 / 6.06, DLA-46-C's 128->128 at 7x7 (1 MB) 0.222 / 0.202; but 256->512 at 13x13 (8.4 MB)
 # 2.72 / 2.87 and 512->1024 at 13x13 (32 MB) 10.3 / 10.9. So F(2x2) takes a layer whose U fits
 # WINOGRAD2_CACHED_BYTES, or maps of WINOGRAD2_MIN_PIXELS and up up to WINOGRAD2_MAX_BYTES; F(4x4) keeps
-# its weights under WINOGRAD4_MAX_BYTES (Tiny Darknet's 64->512 at 14x14, U 4.7 MB: GEMM 0.89, F(2x2)
-# 0.54, F(4x4) 0.48-0.56).
-WINOGRAD4_MAX_BYTES = 8 << 20
+# its weights under WINOGRAD4_MAX_BYTES (Tiny Darknet's 64->512 at 14x14, U 4.7 MB for F(4x4), 2.1 MB for
+# F(2x2): alone GEMM 0.89, F(2x2) 0.54, F(4x4) 0.48; in the network F(4x4) 0.83, F(2x2) 0.58-0.61, at 2
+# threads 0.34 and 0.36).
+WINOGRAD4_MAX_BYTES = 2 << 20
 WINOGRAD2_MAX_BYTES = 32 << 20
 WINOGRAD2_CACHED_BYTES = 4 << 20
 WINOGRAD2_MIN_PIXELS = 20 * 20

@@ -483,3 +483,16 @@ def test_resize_min_refuses_a_result_beyond_the_memory_limit(monkeypatch):
                                          r"1\.0 MiB set by DARKNETPY_MAX_MEMORY"):
         resize_min(np.zeros((3, 2000, 1), np.float32), 8)
     assert resize_min(np.zeros((3, 20, 10), np.float32), 8).shape == (3, 16, 8)
+
+
+@pytest.mark.parametrize("n", [0, 1, 1000, (2 << 20) // 4, 3 << 20])
+def test_hugepage_buffers_are_zeroed_aligned_and_sized(n):
+    from darknetpy import memory
+    a = memory.hugepage_zeros(n)
+    assert a.dtype == np.float32 and a.size == max(n, 1) and a.flags.c_contiguous and not a.any()
+    if 4 * n >= memory.HUGE_PAGE:
+        assert a.ctypes.data % memory.HUGE_PAGE == 0                   # a huge page can back it from the start
+    src = np.arange(n, dtype=np.float32).reshape(-1, 1) if n else np.zeros((1, 1), np.float32)
+    copy = memory.in_huge_pages(src)
+    assert copy.shape == src.shape and np.array_equal(copy, src)
+    assert (copy is src) == (src.nbytes < memory.HUGE_PAGE)
