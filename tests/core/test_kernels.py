@@ -120,7 +120,7 @@ KBLOCKED_CASES = [
     (3, 24, 24, 70, 3, 1, 1, "leaky", True),      # K = 27, blocked only where the blocked tile is wider
     (1100, 6, 8, 29, 1, 1, 0, "leaky", True),     # 48 pixels: a last panel exactly half wide (gemm.KNR_NARROW)
     (520, 10, 10, 30, 3, 1, 1, "relu", False),    # 100 pixels: 3 full panels of 32 and 4 more
-    (600, 12, 12, 110, 1, 1, 0, "leaky", False),  # K = 600 on 144 pixels: blocked where the tile is wider
+    (600, 12, 12, 210, 1, 1, 0, "leaky", False),  # K = 600 on 144 pixels: blocked where the tile is wider
 ]
 
 
