@@ -1,7 +1,8 @@
 """The int8 GEMM micro-kernel: u8 x s8 pairs with int32 accumulation, as LLVM vector IR.
 
-MR=4 output channels x NR=16 pixels, int32 accumulators in 8 vector registers (``config.INT8_MR``,
-``config.INT8_NR``), written through ``numba.extending.intrinsic`` like ``kernels/gemm.py``. It is portable
+MR=4 output channels x NR=2L pixels, int32 accumulators in 8 vector registers of L lanes
+(``config.INT8_MR``; ``config.CodegenTarget.int8_lanes``: 8 with AVX2, 16 with AVX-512 VNNI and BW), written
+through ``numba.extending.intrinsic`` like ``kernels/gemm.py``. It is portable
 IR: the saturating pair sum is written as zext/sext, mul, add, clamp, trunc, which LLVM's x86 backend turns
 into ``vpmaddubsw``; the int16 pair sum into int32 is a multiply-add by a ones vector loaded from memory,
 which becomes ``vpmaddwd``. On CPUs with AVX2 the two steps are the x86 intrinsics themselves
@@ -29,8 +30,9 @@ from .. import config
 from ..vecir import count_loop
 
 # The register tile: compile-time constants of the code generator (see config.py).
-MR = config.INT8_MR     # output channels per micro-tile (8 int32 accumulators of 8 lanes)
-NR = config.INT8_NR     # output pixels per micro-tile (2 x 32 bytes of interleaved uint8 input per quad)
+MR = config.INT8_MR     # output channels per micro-tile (2 int32 accumulators each)
+L = config.codegen_target().int8_lanes   # int32 lanes per vector: 8 (256-bit) or 16 (512-bit)
+NR = 2 * L              # output pixels per micro-tile (2 vectors of 4*L bytes of interleaved uint8 per quad)
 
 _i8 = ir.IntType(8)
 _i16 = ir.IntType(16)
@@ -58,29 +60,33 @@ def _x86(builder, name: str, ret, args):
 
 
 def _madd_quads(builder, b, w, ones):
-    """<8 x i32>: per 32-bit lane, sat16(b0*w0 + b1*w1) + sat16(b2*w2 + b3*w3); b uint8, w int8 (<32 x i8>).
+    """<L x i32>: per 32-bit lane, sat16(b0*w0 + b1*w1) + sat16(b2*w2 + b3*w3); b uint8, w int8 (<4L x i8>).
 
-    On AVX2 CPUs the two steps are the x86 intrinsics themselves (``vpmaddubsw``, ``vpmaddwd`` by ones):
-    LLVM matches the generic pattern below to vpmaddubsw, but inside the micro-kernel's loop, with the ones
-    vector hoisted out of it, it turns the pair sum into a 7-instruction sequence."""
+    On AVX2 CPUs the two steps are the x86 intrinsics themselves (``vpmaddubsw``, ``vpmaddwd`` by ones; their
+    512-bit AVX512-BW forms with 16 lanes): LLVM matches the generic pattern below to vpmaddubsw, but inside
+    the micro-kernel's loop, with the ones vector hoisted out of it, it turns the pair sum into a
+    7-instruction sequence."""
+    if _AVX2 and L == 16:
+        t = _x86(builder, "llvm.x86.avx512.pmaddubs.w.512", _vec(_i16, 32), [b, w])
+        return _x86(builder, "llvm.x86.avx512.pmaddw.d.512", _vec(_i32, 16), [t, ones])
     if _AVX2:
         t = _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _vec(_i16, 16), [b, w])
         return _x86(builder, "llvm.x86.avx2.pmadd.wd", _vec(_i32, 8), [t, ones])
-    even = ir.Constant(_vec(_i32, 16), list(range(0, 32, 2)))
-    odd = ir.Constant(_vec(_i32, 16), list(range(1, 32, 2)))
-    v16 = _vec(_i32, 16)
+    even = ir.Constant(_vec(_i32, 2 * L), list(range(0, 4 * L, 2)))
+    odd = ir.Constant(_vec(_i32, 2 * L), list(range(1, 4 * L, 2)))
+    v16 = _vec(_i32, 2 * L)
     s = builder.add(builder.mul(builder.zext(builder.shuffle_vector(b, b, even), v16),
                                 builder.sext(builder.shuffle_vector(w, w, even), v16)),
                     builder.mul(builder.zext(builder.shuffle_vector(b, b, odd), v16),
                                 builder.sext(builder.shuffle_vector(w, w, odd), v16)))
-    lo = ir.Constant(v16, [-32768] * 16)
-    hi = ir.Constant(v16, [32767] * 16)
+    lo = ir.Constant(v16, [-32768] * (2 * L))
+    hi = ir.Constant(v16, [32767] * (2 * L))
     s = builder.select(builder.icmp_signed(">", s, hi), hi, s)
     s = builder.select(builder.icmp_signed("<", s, lo), lo, s)
-    t = builder.trunc(s, _vec(_i16, 16))                                   # -> vpmaddubsw
-    e2 = ir.Constant(_vec(_i32, 8), list(range(0, 16, 2)))
-    o2 = ir.Constant(_vec(_i32, 8), list(range(1, 16, 2)))
-    v8 = _vec(_i32, 8)
+    t = builder.trunc(s, _vec(_i16, 2 * L))                                # -> vpmaddubsw
+    e2 = ir.Constant(_vec(_i32, L), list(range(0, 2 * L, 2)))
+    o2 = ir.Constant(_vec(_i32, L), list(range(1, 2 * L, 2)))
+    v8 = _vec(_i32, L)
     return builder.add(builder.mul(builder.sext(builder.shuffle_vector(t, t, e2), v8),
                                    builder.sext(builder.shuffle_vector(ones, ones, e2), v8)),
                        builder.mul(builder.sext(builder.shuffle_vector(t, t, o2), v8),
@@ -88,18 +94,18 @@ def _madd_quads(builder, b, w, ones):
 
 
 def _dot_quads(builder, acc, b, w):
-    """acc + <8 x i32>: per 32-bit lane, the exact sum b0*w0 + b1*w1 + b2*w2 + b3*w3 (b uint8, w int8).
+    """acc + <L x i32>: per 32-bit lane, the exact sum b0*w0 + b1*w1 + b2*w2 + b3*w3 (b uint8, w int8).
 
     On VNNI CPUs this is ``vpdpbusd`` (MLAS's VNNI kernels use vpdpbusds, which saturates only the int32
     accumulator: never reached here); elsewhere the same sums in portable IR (correct, slower)."""
-    v8 = _vec(_i32, 8)
+    v8 = _vec(_i32, L)
     if _VNNI:
-        return _x86(builder, "llvm.x86.avx512.vpdpbusd.256", v8,
+        return _x86(builder, f"llvm.x86.avx512.vpdpbusd.{32 * L}", v8,
                     [acc, builder.bitcast(b, v8), builder.bitcast(w, v8)])
-    v32 = _vec(_i32, 32)
+    v32 = _vec(_i32, 4 * L)
     prod = builder.mul(builder.zext(b, v32), builder.sext(w, v32))
     for lane in range(4):
-        pick = ir.Constant(_vec(_i32, 8), list(range(lane, 32, 4)))
+        pick = ir.Constant(_vec(_i32, L), list(range(lane, 4 * L, 4)))
         acc = builder.add(acc, builder.shuffle_vector(prod, prod, pick))
     return acc
 
@@ -112,15 +118,15 @@ def _codegen_microkernel(builder, ap_i, base_i, koff_i, k_i, t_i, ones_i, epilog
     accumulators are requantised in registers and stored as int8 to t_i instead. ``exact``: the quads'
     four products are summed exactly (``_dot_quads``) instead of in two saturating pairs (``_madd_quads``).
     """
-    u8v = _vec(_i8, 32)
+    u8v = _vec(_i8, 4 * L)
     ap = builder.inttoptr(ap_i, _i32.as_pointer())
     base = builder.inttoptr(base_i, _i8.as_pointer())
     koff = builder.inttoptr(koff_i, _i64.as_pointer()) if koff_i is not None else None
-    ones = builder.load(builder.inttoptr(ones_i, _vec(_i16, 16).as_pointer()), align=2)
-    v8 = _vec(_i32, 8)
-    zero = ir.Constant(v8, [0] * 8)
+    ones = builder.load(builder.inttoptr(ones_i, _vec(_i16, 2 * L).as_pointer()), align=2)
+    v8 = _vec(_i32, L)
+    zero = ir.Constant(v8, [0] * L)
     undef = ir.Constant(v8, ir.Undefined)
-    bcast = ir.Constant(_vec(_i32, 8), [0] * 8)
+    bcast = ir.Constant(_vec(_i32, L), [0] * L)
     nacc = MR * 2
 
     def step(kk, acc):
@@ -130,7 +136,7 @@ def _codegen_microkernel(builder, ap_i, base_i, koff_i, k_i, t_i, ones_i, epilog
             kb = builder.load(builder.gep(koff, [kk]))
         b = []
         for h in range(2):
-            p = builder.gep(base, [builder.add(kb, ir.Constant(_i64, 32 * h))])
+            p = builder.gep(base, [builder.add(kb, ir.Constant(_i64, 4 * L * h))])
             b.append(builder.load(builder.bitcast(p, u8v.as_pointer()), align=1))
         ka = builder.mul(kk, ir.Constant(_i64, MR))
         new = []
@@ -152,7 +158,7 @@ def _codegen_microkernel(builder, ap_i, base_i, koff_i, k_i, t_i, ones_i, epilog
     t = builder.inttoptr(t_i, _i32.as_pointer())
     for i, phi in enumerate(res):
         r, h = divmod(i, 2)
-        dst = builder.gep(t, [ir.Constant(_i64, r * NR + h * 8)])
+        dst = builder.gep(t, [ir.Constant(_i64, r * NR + h * L)])
         builder.store(phi, builder.bitcast(dst, v8.as_pointer()), align=4)
 
 
@@ -165,19 +171,19 @@ def _codegen_epilogue(builder, res, out_i, ldc, bias_i, scale_i, fp_i, ip_i, row
     instead of d / fp[3], where that is exact). Rows >= ``rows`` (zero padding of the last weight panel) are not
     stored.
     """
-    v8 = _vec(_i32, 8)
-    f8 = _vec(_f32, 8)
+    v8 = _vec(_i32, L)
+    f8 = _vec(_f32, L)
     undef_i = ir.Constant(v8, ir.Undefined)
     undef_f = ir.Constant(f8, ir.Undefined)
-    bc = ir.Constant(_vec(_i32, 8), [0] * 8)
+    bc = ir.Constant(_vec(_i32, L), [0] * L)
     out = builder.inttoptr(out_i, _i8.as_pointer())
     bias = builder.inttoptr(bias_i, _i32.as_pointer())
     scale = builder.inttoptr(scale_i, _f32.as_pointer())
     fp = builder.inttoptr(fp_i, _f32.as_pointer())
     ip = builder.inttoptr(ip_i, _i32.as_pointer())
-    rint = builder.module.globals.get("llvm.rint.v8f32")
+    rint = builder.module.globals.get(f"llvm.rint.v{L}f32")
     if rint is None:
-        rint = ir.Function(builder.module, ir.FunctionType(f8, [f8]), name="llvm.rint.v8f32")
+        rint = ir.Function(builder.module, ir.FunctionType(f8, [f8]), name=f"llvm.rint.v{L}f32")
 
     def splat_f(x):
         return builder.shuffle_vector(builder.insert_element(undef_f, x, ir.Constant(_i32, 0)), undef_f, bc)
@@ -199,7 +205,7 @@ def _codegen_epilogue(builder, res, out_i, ldc, bias_i, scale_i, fp_i, ip_i, row
     flo, fhi, sx2, sy2, alpha, flo2, fhi2, rsy2 = (fparam(k) for k in range(8))
     zp, zy = iparam(0), iparam(2)
     mode = builder.load(builder.gep(ip, [ir.Constant(_i64, 1)]))
-    zero_f = ir.Constant(f8, [0.0] * 8)
+    zero_f = ir.Constant(f8, [0.0] * L)
 
     def emit_rows(leaky: int) -> None:
         # leaky: 0 none, 1 divide by s_out (MLAS), 2 multiply by 1/s_out (chosen only where exact, see
@@ -221,9 +227,9 @@ def _codegen_epilogue(builder, res, out_i, ldc, bias_i, scale_i, fp_i, ip_i, row
                     d = builder.select(builder.fcmp_ordered(">=", d, zero_f), d, builder.fmul(alpha, d))
                     v = builder.fdiv(d, sy2) if leaky == 1 else builder.fmul(d, rsy2)
                     q = builder.add(clamp_round(v, flo2, fhi2), zy)
-                off = builder.add(builder.mul(ldc, ir.Constant(_i64, r)), ir.Constant(_i64, 8 * h))
-                dst = builder.bitcast(builder.gep(out, [off]), _vec(_i8, 8).as_pointer())
-                builder.store(builder.trunc(q, _vec(_i8, 8)), dst, align=1)
+                off = builder.add(builder.mul(ldc, ir.Constant(_i64, r)), ir.Constant(_i64, L * h))
+                dst = builder.bitcast(builder.gep(out, [off]), _vec(_i8, L).as_pointer())
+                builder.store(builder.trunc(q, _vec(_i8, L)), dst, align=1)
         builder.branch(end_bb)
         builder.position_at_end(end_bb)
 
@@ -287,5 +293,5 @@ def microkernel_u8s8_fused(typingctx, ap, base, koff, k, out, ldc, bias, scale, 
     return sig, codegen
 
 
-# The ones vector the pair sums are multiplied by (vpmaddwd); pass its address as ``ones``.
-ONES16 = np.ones(16, np.int16)
+# The ones vector the pair sums are multiplied by (vpmaddwd); pass its address as ``ones`` (2*L int16 are read).
+ONES16 = np.ones(32, np.int16)
