@@ -12,6 +12,8 @@ The plan is built once:
 * which kernels a layer kind gets is one table per mode, ``FAST_PLAN`` and ``EXACT_PLAN`` (layer class ->
   bind method; ``layers.Refuse`` for a kind the mode cannot run), and the thresholds that choose between
   kernels (Winograd, depthwise, GEMM orders) are in ``kernels/config.py``;
+* unless ``keep_all``, a linear 1x1 convolution whose only consumer is a global ``[avgpool]`` (a
+  classifier head) runs after it as a per-channel mean and a matrix-vector product (``_pooled_step``);
 * unless ``keep_all`` (every layer's output wanted), a linear GEMM convolution whose only consumer is a
   same-shape ``[shortcut]`` (alpha = beta = 1) writes ``act(conv + shift + from)`` straight into the
   shortcut's buffer: the addition and activation happen in the GEMM's registers and the convolution's
@@ -84,6 +86,10 @@ class Plan:
         # conv index -> shortcut index; a pre-activation copy needs both layers' own outputs
         self.fused = {} if (exact or keep_all) else {
             c: sc for c, sc in _shortcut_fusions(graph).items() if c not in pre and sc not in pre and c not in self.keep}
+        # conv index -> the global [avgpool] after it, computed in the other order (see _pooled_step)
+        self.pooled = {} if (exact or keep_all) else {
+            c: ap for c, ap in _avgpool_fusions(graph).items() if c not in pre and c not in self.keep}
+        self._pooled_steps: dict[int, Callable[[], None]] = {}
         self.input = np.zeros(graph.net.in_shape, dtype=np.float32)
         self.outputs: list[np.ndarray] = [None] * len(graph)  # type: ignore[list-item]
         self.pre_activation: dict[int, np.ndarray] = {i: np.zeros(graph[i].out_shape, np.float32) for i in sorted(pre)}
@@ -210,6 +216,11 @@ class Plan:
         """The layer's step, from this mode's table (``FAST_PLAN`` or ``EXACT_PLAN``)."""
         if layer.index - 1 in self.fused:
             return _nothing                                  # computed by the convolution before it
+        if layer.index in self.pooled:                       # computed by the [avgpool] after it
+            self._pooled_steps[self.pooled[layer.index]] = self._pooled_step(layer, p)
+            return _nothing
+        if layer.index in self._pooled_steps:
+            return self._pooled_steps[layer.index]
         entry = L.dispatch(self.table, layer)
         if isinstance(entry, L.Refuse):
             where = os.path.basename(self.graph.path)
@@ -227,6 +238,24 @@ class Plan:
             pre[...] = out
             activate(flat, name)                             # darknet's formula, in place: what the next layers read
         return run_pre_activation
+
+    def _pooled_step(self, conv: L.Convolutional, p: dict) -> Callable[[], None]:
+        """A linear 1x1 convolution followed by a global [avgpool] (Tiny Darknet's and darknet's classifier
+        heads: 1x1 128->1000 at 14x14, then the mean of each map), computed in the other order: the mean of
+        each input channel, then the 1x1 weights as a matrix-vector product. The same linear map, so the
+        same values up to rounding (darknet.md §9), for C*H*W + C*F multiply-adds instead of C*F*H*W
+        (Tiny Darknet's layers 19 and 20, Xeon, 1 thread: 0.43 + 0.025 ms -> 0.05 ms)."""
+        scale, shift = bn_scale_shift(p, conv.filters)
+        w = np.ascontiguousarray((p["weights"] * scale[:, None, None, None]).reshape(conv.filters, conv.c),
+                                 dtype=np.float32)
+        x2d = self._in(conv).reshape(conv.c, -1)
+        mean = np.zeros(conv.c, np.float32)
+        out = self.outputs[self.pooled[conv.index]].reshape(-1)
+
+        def run_pooled():
+            kex.avgpool_fast(x2d, mean)
+            kconv.connected(mean, w, shift, ACT["linear"], out)
+        return run_pooled
 
     def _bind_maxpool(self, layer: L.MaxPool, p: dict, x, out) -> Callable[[], None]:
         return lambda: kel.maxpool(x, layer.size, layer.stride, layer.padding, out)
@@ -402,6 +431,10 @@ class Plan:
         return run_route
 
     def _kernel_key(self, layer: L.Layer) -> str:
+        if layer.index in self.pooled:
+            return "nothing"                 # computed by the [avgpool] after it
+        if layer.index in self._pooled_steps:
+            return "avgpool:after-conv1x1"
         if self.exact or not isinstance(layer, (L.Convolutional, L.MaxPool)):
             return f"{layer.kind}:{'exact' if self.exact else 'fast'}"
         if isinstance(layer, L.MaxPool):
@@ -463,6 +496,21 @@ def _shortcut_fusions(graph: L.Graph) -> dict[int, int]:
         if graph[sc.from_].out_shape == conv.out_shape == sc.out_shape:
             fused[i] = i + 1
     return fused
+
+
+def _avgpool_fusions(graph: L.Graph) -> dict[int, int]:
+    """conv index -> the [avgpool] right after it, where that conv is a linear 1x1 stride-1 unpadded
+    groups=1 convolution whose only consumer is the pool: avgpool(W x + b) = W avgpool(x) + b."""
+    consumers = graph.consumers()
+    pooled = {}
+    for conv in graph:
+        i = conv.index
+        if i + 1 >= len(graph) or not isinstance(conv, L.Convolutional) or not isinstance(graph[i + 1], L.AvgPool):
+            continue
+        if (conv.size, conv.stride, conv.padding, conv.groups) == (1, 1, 0, 1) and conv.activation == "linear" \
+                and not conv.quirk_1x1_no_subsample and consumers[i] == [i + 1]:
+            pooled[i] = i + 1
+    return pooled
 
 
 def _writes_own_output(layer: L.Layer) -> bool:

@@ -201,6 +201,59 @@ def test_kept_layers_outlive_the_shared_memory(tmp_path, cfg):
     assert plan.outputs[0].base.nbytes < sum(o.nbytes for o in every)
 
 
+POOLED = """[net]
+height=9
+width=11
+channels=4
+[convolutional]
+batch_normalize=1
+filters=6
+size=3
+pad=1
+activation=leaky
+[convolutional]
+batch_normalize=1
+filters=10
+size=1
+stride=1
+pad=0
+activation=linear
+[avgpool]
+[convolutional]
+filters=7
+size=1
+activation=leaky
+[avgpool]
+[convolutional]
+filters=5
+size=1
+activation=linear
+[route]
+layers=-1
+[avgpool]
+"""
+
+
+def test_linear_1x1_conv_then_global_avgpool_runs_as_avgpool_then_matvec(tmp_path):
+    # avgpool(W x + b) = W avgpool(x) + b: only for a linear 1x1 conv whose one consumer is the pool
+    net = darknetpy.load(write(tmp_path, "p.cfg", POOLED))
+    plan = net.plan()
+    assert plan.pooled == {1: 2}                       # leaky (3), or read by a route too (5): not rewritten
+    assert plan.kernel_keys[1:3] == ["nothing", "avgpool:after-conv1x1"]
+    assert net.plan(keep_all=True).pooled == {} and net.plan(exact=True).pooled == {}
+    assert net.plan(keep=frozenset({1})).pooled == {}
+    x = np.random.default_rng(6).random((4, 9, 11)).astype(np.float32)
+    plan = net.plan(keep=frozenset({2}))               # the pool's output stays readable after the run
+    assert plan.pooled == {1: 2}
+    plan.run(x)
+    every = net.predict(x, all_layers=True)
+    exact = net.predict(x, exact=True, all_layers=True)
+    got = plan.outputs[2].reshape(every[2].shape)
+    np.testing.assert_allclose(got, every[2], rtol=0, atol=1e-5 * float(np.abs(every[2]).max()))
+    np.testing.assert_allclose(got, exact[2], rtol=0, atol=1e-5 * float(np.abs(exact[2]).max()))
+    np.testing.assert_allclose(net.predict(x), exact[-1], rtol=0, atol=1e-5 * float(np.abs(exact[-1]).max()))
+
+
 PRE_ACTIVATION = """[net]
 height=10
 width=9
