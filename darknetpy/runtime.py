@@ -408,7 +408,7 @@ class Plan:
         a = ACT[layer.activation]
         x1, o1 = x.reshape(-1), out.reshape(-1)
         scale, shift = bn_scale_shift(p, layer.output)
-        w = np.ascontiguousarray(p["weights"] * scale[:, None], dtype=np.float32)
+        w = memory.in_huge_pages(np.ascontiguousarray(p["weights"] * scale[:, None], dtype=np.float32))
         return lambda: kconv.connected(x1, w, shift, a, o1)
 
     def _bind_route(self, layer: L.Route, p: dict, x, out) -> Callable[[], None]:
