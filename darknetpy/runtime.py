@@ -13,9 +13,7 @@ The plan is built once:
   bind method; ``layers.Refuse`` for a kind the mode cannot run), and the thresholds that choose between
   kernels (Winograd, depthwise, GEMM orders) are in ``kernels/config.py``;
 * unless ``keep_all``, a linear 1x1 convolution whose only consumer is a global ``[avgpool]`` (a
-  classifier head) runs after it as a per-channel mean and a matrix-vector product (``_pooled_step``),
-  and a Winograd convolution whose only consumer is a 2x2 stride-2 ``[maxpool]`` writes the pooled
-  map directly (``_maxpool_fusions``);
+  classifier head) runs after it as a per-channel mean and a matrix-vector product (``_pooled_step``);
 * unless ``keep_all`` (every layer's output wanted), a linear GEMM convolution whose only consumer is a
   same-shape ``[shortcut]`` (alpha = beta = 1) writes ``act(conv + shift + from)`` straight into the
   shortcut's buffer: the addition and activation happen in the GEMM's registers and the convolution's
@@ -92,9 +90,6 @@ class Plan:
         self.pooled = {} if (exact or keep_all) else {
             c: ap for c, ap in _avgpool_fusions(graph).items() if c not in pre and c not in self.keep}
         self._pooled_steps: dict[int, Callable[[], None]] = {}
-        # Winograd conv index -> the 2x2 stride-2 [maxpool] after it, applied in the conv's store step
-        self.conv_pool = {} if (exact or keep_all) else {
-            c: mp for c, mp in _maxpool_fusions(graph).items() if c not in pre and c not in self.keep}
         self.input = np.zeros(graph.net.in_shape, dtype=np.float32)
         self.outputs: list[np.ndarray] = [None] * len(graph)  # type: ignore[list-item]
         self.pre_activation: dict[int, np.ndarray] = {i: np.zeros(graph[i].out_shape, np.float32) for i in sorted(pre)}
@@ -189,8 +184,8 @@ class Plan:
                 last[o] = end
             if isinstance(layer, L.Cost):             # never written: its zeros must stay zeros
                 first[o], last[o] = 0, end
-        for conv, sc in list(self.fused.items()) + list(self.conv_pool.items()):
-            o = owner[sc]                             # a fused shortcut's or pool's storage is written at the conv
+        for conv, sc in self.fused.items():           # a fused shortcut's storage is written at the conv
+            o = owner[sc]
             first[o] = min(first.get(o, end), conv)
         placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
         offset: dict[int, int] = {}
@@ -219,7 +214,7 @@ class Plan:
 
     def _bind(self, layer: L.Layer, p: dict) -> Callable[[], None]:
         """The layer's step, from this mode's table (``FAST_PLAN`` or ``EXACT_PLAN``)."""
-        if layer.index - 1 in self.fused or layer.index - 1 in self.conv_pool:
+        if layer.index - 1 in self.fused:
             return _nothing                                  # computed by the convolution before it
         if layer.index in self.pooled:                       # computed by the [avgpool] after it
             self._pooled_steps[self.pooled[layer.index]] = self._pooled_step(layer, p)
@@ -363,15 +358,12 @@ class Plan:
         else:
             xs = self._scratch[: int(np.prod(shape))].reshape(shape)
         variant = kcfg.winograd_variant(layer)
-        pool = layer.index in self.conv_pool
-        if pool:                                    # writes the [maxpool]'s output (see _maxpool_fusions)
-            out = self.outputs[self.conv_pool[layer.index]].reshape(self.graph[self.conv_pool[layer.index]].out_shape)
         if variant == 4:
             up = memory.in_huge_pages(kwino.transform_weights4(w))
-            return lambda: kwino.conv3x3_winograd4(x, up, shift, a, pad, out, xs, pool)
+            return lambda: kwino.conv3x3_winograd4(x, up, shift, a, pad, out, xs)
         if variant == 2:
             up = memory.in_huge_pages(kwino.transform_weights(w))
-            return lambda: kwino.conv3x3_winograd(x, up, shift, a, pad, out, xs, pool)
+            return lambda: kwino.conv3x3_winograd(x, up, shift, a, pad, out, xs)
         if layer.groups == 1:
             ap = memory.in_huge_pages(kconv.pack_filters(w.reshape(layer.filters, -1), layer.out_h * layer.out_w))
             res = None
@@ -439,8 +431,8 @@ class Plan:
         return run_route
 
     def _kernel_key(self, layer: L.Layer) -> str:
-        if layer.index in self.pooled or layer.index - 1 in self.conv_pool:
-            return "nothing"                 # computed by the [avgpool] after it / the convolution before it
+        if layer.index in self.pooled:
+            return "nothing"                 # computed by the [avgpool] after it
         if layer.index in self._pooled_steps:
             return "avgpool:after-conv1x1"
         if self.exact or not isinstance(layer, (L.Convolutional, L.MaxPool)):
@@ -502,25 +494,6 @@ def _shortcut_fusions(graph: L.Graph) -> dict[int, int]:
                 and sc.alpha == 1 and sc.beta == 1 and sc.from_ != i and consumers[i] == [i + 1]):
             continue
         if graph[sc.from_].out_shape == conv.out_shape == sc.out_shape:
-            fused[i] = i + 1
-    return fused
-
-
-def _maxpool_fusions(graph: L.Graph) -> dict[int, int]:
-    """conv index -> the [maxpool] right after it, where the conv runs Winograd (tiles of 2x2 or 4x4 output
-    pixels, which hold whole 2x2 pool windows), its map is even, its only consumer is the pool and the pool
-    is 2x2 stride 2 starting at (0, 0): the pool is applied as the tiles are stored and the convolution's
-    own output is never written (yolov3-tiny's 16->32 at 208x208: 5.5 MB written and read back)."""
-    consumers = graph.consumers()
-    fused = {}
-    for conv in graph:
-        i = conv.index
-        if i + 1 >= len(graph) or not isinstance(conv, L.Convolutional) or not isinstance(graph[i + 1], L.MaxPool):
-            continue
-        mp = graph[i + 1]
-        if kcfg.winograd_variant(conv) and conv.out_h % 2 == 0 and conv.out_w % 2 == 0 \
-                and (mp.size, mp.stride, mp.padding // 2) == (2, 2, 0) and consumers[i] == [i + 1] \
-                and (mp.out_h, mp.out_w) == (conv.out_h // 2, conv.out_w // 2):
             fused[i] = i + 1
     return fused
 

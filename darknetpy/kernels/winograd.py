@@ -290,35 +290,13 @@ def _store_full(of, res, ob, qb, ntiles, out_w, t):
 
 
 @njit(cache=True, inline="always")
-def _pool_rows(of, ob, a, b, n):
-    # of[ob + j] = max over darknet's 2x2 window, in its order (a[2j], a[2j+1], b[2j], b[2j+1]) from
-    # -FLT_MAX with ``v > m`` comparisons (kernels.elementwise._maxpool_2x2s2): two output rows of the
-    # convolution (a, b) pooled into one row of n values. Inlined into the fastmath kernel, LLVM may make
-    # them max instructions: the same values (NaN aside; a -0.0 may come out as 0.0).
-    lo = np.float32(-3.4028234663852886e38)
-    dst = of[ob:ob + n]
-    for j in range(n):
-        m = lo
-        v = a[2 * j]
-        m = v if v > m else m
-        v = a[2 * j + 1]
-        m = v if v > m else m
-        v = b[2 * j]
-        m = v if v > m else m
-        v = b[2 * j + 1]
-        m = v if v > m else m
-        dst[j] = m
-
-
-@njit(cache=True, inline="always")
-def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, of, f4, vblock, pool):
+def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, of, f4, vblock):
     # One thread's share: a range of tile panels (all filter panels), or with fewer tile panels than
     # threads, every tile panel and a range of filter panels. Panels are taken in blocks: transform the
     # block's input tiles, then for each filter panel run the nx micro-kernels per tile panel into an
     # L1-resident block, transform back (+ shift, activation), store. vblock: bytes of transformed input
     # (V) a block may hold (config.WINOGRAD_V_BLOCK_BYTES): U is then read once per block of panels.
-    # xp: the zero-padded input (C, Hp, Wp), see padded_shape. pool: ``of`` is the output of a 2x2 stride-2
-    # [maxpool] after the convolution (out_h and out_w even), which is applied on the way out.
+    # xp: the zero-padded input (C, Hp, Wp), see padded_shape.
     nx = 36 if f4 else 16                  # Winograd points: (t+2)^2 for t x t output tiles
     t = 4 if f4 else 2
     m = shift.shape[0]
@@ -392,28 +370,6 @@ def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, 
                     activate_block(res.reshape(-1), t * t * MR * NR, act)
                 # Store the panel's tiles as runs along tile rows; whole tiles row by row (vectorised),
                 # tiles on a right/bottom edge element by element.
-                if pool:
-                    # the tiles' pixels pooled 2x2 (t is even, tiles start on even rows and columns)
-                    pw = out_w // 2
-                    pplane = (out_h // 2) * pw
-                    for sg in range(nseg[pb]):
-                        j0, j1 = seg_lo[pb, sg], seg_hi[pb, sg]
-                        full = vrows[pb, j0] == t and vcols[pb, j1 - 1] == t
-                        for r in range(rows):
-                            if full:
-                                y0, x0 = tout[pb, j0] // out_w, tout[pb, j0] % out_w
-                                for pr in range(t // 2):
-                                    qs = (r * NR + j0) * t
-                                    _pool_rows(of, (i0 + r) * pplane + (y0 // 2 + pr) * pw + x0 // 2,
-                                               res[2 * pr, qs:], res[2 * pr + 1, qs:], (j1 - j0) * t // 2)
-                                continue
-                            for j in range(j0, j1):
-                                q = r * NR + j
-                                y0, x0 = tout[pb, j] // out_w, tout[pb, j] % out_w
-                                for pr in range(vrows[pb, j] // 2):
-                                    _pool_rows(of, (i0 + r) * pplane + (y0 // 2 + pr) * pw + x0 // 2,
-                                               res[2 * pr, q * t:], res[2 * pr + 1, q * t:], vcols[pb, j] // 2)
-                    continue
                 for sg in range(nseg[pb]):
                     j0, j1 = seg_lo[pb, sg], seg_hi[pb, sg]
                     full = vrows[pb, j0] == t and vcols[pb, j1 - 1] == t
@@ -434,19 +390,18 @@ def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, 
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _winograd(x, up, shift, act, pad, th, tw, nthreads, f4, vblock, xp, pool, out):
+def _winograd(x, up, shift, act, pad, th, tw, nthreads, f4, vblock, xp, out):
     # f4: F(4x4,3x3), else F(2x2,3x3). The thread body is an ordinary call (once per thread), not inlined
     # into the parallel loop, and serves both variants: one compiled kernel instead of two (a cold start
     # compiled the pair for ~13 s); the inner loops branch on f4 outside their bodies.
-    # xp: scratch for the zero-padded input, padded_shape(C, H, W, pad, t). pool: ``out`` is the 2x2
-    # stride-2 pooled output (M, out_h/2, out_w/2) of the convolution
-    out_h, out_w = (2 * out.shape[1], 2 * out.shape[2]) if pool else (out.shape[1], out.shape[2])
+    # xp: scratch for the zero-padded input, padded_shape(C, H, W, pad, t)
+    m, out_h, out_w = out.shape
     c = x.shape[0]
     of = out.reshape(-1)
     for ch in prange(c):
         _pad_plane(x, pad, xp, ch)
     for th_ in prange(nthreads):
-        _thread_body(th_, nthreads, xp, c, up, shift, act, tw, th * tw, out_w, out_h, of, f4, vblock, pool)
+        _thread_body(th_, nthreads, xp, c, up, shift, act, tw, th * tw, out_w, out_h, of, f4, vblock)
 
 
 def _scratch(x, pad: int, t: int, xp):
@@ -457,21 +412,18 @@ def _scratch(x, pad: int, t: int, xp):
     return xp.reshape(-1)[:n].reshape(shape)
 
 
-def conv3x3_winograd4(x, up, shift, act: int, pad: int, out, xp=None, pool: bool = False) -> None:
+def conv3x3_winograd4(x, up, shift, act: int, pad: int, out, xp=None) -> None:
     """3x3 stride-1 conv with F(4x4,3x3): out = act(conv(x, W) + shift), ``up`` from ``transform_weights4``.
-    ``xp``: an optional float32 scratch of at least prod(padded_shape(C, H, W, pad, 4)) floats. ``pool``:
-    ``out`` (M, H'/2, W'/2) gets darknet's 2x2 stride-2 [maxpool] of that (H' and W' even)."""
-    oh, ow = (2 * out.shape[1], 2 * out.shape[2]) if pool else out.shape[1:]
-    th, tw, _ = tiles4(oh, ow)
+    ``xp``: an optional float32 scratch of at least prod(padded_shape(C, H, W, pad, 4)) floats."""
+    th, tw, _ = tiles4(out.shape[1], out.shape[2])
     _winograd(x, up, shift, act, pad, th, tw, numba.get_num_threads(), True, config.WINOGRAD_V_BLOCK_BYTES,
-              _scratch(x, pad, 4, xp), pool, out)
+              _scratch(x, pad, 4, xp), out)
 
 
-def conv3x3_winograd(x, up, shift, act: int, pad: int, out, xp=None, pool: bool = False) -> None:
+def conv3x3_winograd(x, up, shift, act: int, pad: int, out, xp=None) -> None:
     """3x3 stride-1 conv with F(2x2,3x3): out = act(conv(x, W) + shift), ``up`` from ``transform_weights``.
-    ``xp``, ``pool``: as for ``conv3x3_winograd4``."""
-    oh, ow = (2 * out.shape[1], 2 * out.shape[2]) if pool else out.shape[1:]
-    th, tw, _ = tiles(oh, ow)
+    ``xp``: as for ``conv3x3_winograd4``, with 2 for 4."""
+    th, tw, _ = tiles(out.shape[1], out.shape[2])
     # the thread count is passed in: numba.get_num_threads() inside a kernel makes it uncacheable
     _winograd(x, up, shift, act, pad, th, tw, numba.get_num_threads(), False, config.WINOGRAD_V_BLOCK_BYTES,
-              _scratch(x, pad, 2, xp), pool, out)
+              _scratch(x, pad, 2, xp), out)

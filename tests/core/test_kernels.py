@@ -625,34 +625,6 @@ def test_no_kernel_reads_a_tunable_as_a_global():
     assert checked > 50
 
 
-@pytest.mark.parametrize("f4", [False, True])
-@pytest.mark.parametrize("c,h,w,m,threads", [(16, 14, 14, 20, 1), (8, 20, 6, 33, 2), (12, 2, 10, 5, 2),
-                                              (16, 52, 52, 24, 2)])
-def test_winograd_with_the_maxpool_after_it_is_the_maxpool_of_the_winograd(c, h, w, m, threads, f4):
-    # pool=True: darknet's 2x2 stride-2 maxpool applied in the store step; partial tiles (14 = 3*4 + 2)
-    # and both thread splits. Same convolution values, same comparisons: identical.
-    import numba
-
-    from darknetpy.kernels import winograd as kw
-    rng = np.random.default_rng(c * h + m)
-    x = rng.standard_normal((c, h, w)).astype(np.float32)
-    wt = rng.standard_normal((m, c, 3, 3)).astype(np.float32)
-    shift = rng.standard_normal(m).astype(np.float32)
-    conv, up = (kw.conv3x3_winograd4, kw.transform_weights4(wt)) if f4 else (kw.conv3x3_winograd, kw.transform_weights(wt))
-    before = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    try:
-        full = np.full((m, h, w), np.nan, np.float32)
-        conv(x, up, shift, CODE["leaky"], 1, full)
-        ref = np.full((m, h // 2, w // 2), np.nan, np.float32)
-        kel.maxpool(full, 2, 2, 1, ref)
-        out = np.full_like(ref, np.nan)
-        conv(x, up, shift, CODE["leaky"], 1, out, pool=True)
-    finally:
-        numba.set_num_threads(before)
-    assert np.array_equal(out, ref)
-
-
 @pytest.mark.parametrize("vblock", [1, 1 << 30])
 def test_winograd_block_size_changes_the_split_not_the_result(monkeypatch, vblock):
     # one tile panel per block, or every panel in one block: the same values as the default

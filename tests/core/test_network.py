@@ -254,58 +254,6 @@ def test_linear_1x1_conv_then_global_avgpool_runs_as_avgpool_then_matvec(tmp_pat
     np.testing.assert_allclose(net.predict(x), exact[-1], rtol=0, atol=1e-5 * float(np.abs(exact[-1]).max()))
 
 
-CONV_POOL = """[net]
-height=12
-width=10
-channels=16
-[convolutional]
-batch_normalize=1
-filters=32
-size=3
-pad=1
-activation=leaky
-[maxpool]
-size=2
-stride=2
-[convolutional]
-filters=32
-size=3
-pad=1
-activation=leaky
-[maxpool]
-size=2
-stride=2
-[route]
-layers=-2
-[convolutional]
-filters=40
-size=3
-pad=1
-activation=relu
-[maxpool]
-size=2
-stride=2
-"""
-
-
-def test_winograd_conv_then_2x2_maxpool_writes_the_pooled_map(tmp_path):
-    # the pool runs in the Winograd store step: only where the conv's one consumer is the pool (layer 2
-    # is also read by the route) and the map is even (layer 5's is 6x5)
-    from darknetpy.kernels import config
-    net = darknetpy.load(write(tmp_path, "cp.cfg", CONV_POOL))
-    assert all(config.winograd_variant(net.graph[i]) for i in (0, 2, 5))
-    plan = net.plan()
-    assert plan.conv_pool == {0: 1}
-    assert plan.kernel_keys[1] == "nothing"
-    assert net.plan(keep_all=True).conv_pool == {} and net.plan(keep=frozenset({0})).conv_pool == {}
-    x = np.random.default_rng(9).random((16, 12, 10)).astype(np.float32)
-    plan = net.plan(keep=frozenset({1}))
-    plan.run(x)
-    every = net.predict(x, all_layers=True)
-    assert np.array_equal(plan.outputs[1].reshape(every[1].shape), every[1])
-    assert np.array_equal(net.predict(x), every[-1])
-
-
 PRE_ACTIVATION = """[net]
 height=10
 width=9
