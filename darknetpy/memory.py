@@ -108,10 +108,10 @@ def plan_bytes(graph: L.Graph, *, exact: bool = False) -> PlanMemory:
         params = 4 * layer.nparams
         if not exact and isinstance(layer, L.Convolutional) and not layer.quirk_1x1_no_subsample:
             nw = layer.filters * (layer.c // layer.groups) * layer.size * layer.size
-            params += 4 * nw * {4: 4, 2: 16 / 9}.get(kcfg.winograd_variant(layer), 1)
+            t = kcfg.winograd_variant(layer)
+            params += 4 * nw * {4: 4, 2: 16 / 9}.get(t, 1)
             p, s = layer.padding, layer.stride
             scratch = max(scratch, 4 * layer.c * (layer.h + 2 * p + 2) * (layer.w + 2 * p + s))
-            t = kcfg.winograd_variant(layer)
             if t:          # padded to whole t x t tiles (kernels/winograd.padded_shape)
                 scratch = max(scratch, 4 * layer.c * (-(-layer.out_h // t) * t + 2) * (-(-layer.out_w // t) * t + 2))
         elif not exact and isinstance(layer, L.Connected):

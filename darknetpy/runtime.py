@@ -13,7 +13,8 @@ The plan is built once:
   bind method; ``layers.Refuse`` for a kind the mode cannot run), and the thresholds that choose between
   kernels (Winograd, depthwise, GEMM orders) are in ``kernels/config.py``;
 * unless ``keep_all``, a linear 1x1 convolution whose only consumer is a global ``[avgpool]`` (a
-  classifier head) runs after it as a per-channel mean and a matrix-vector product (``_pooled_step``);
+  classifier head) computes the pool's output itself, as a per-channel mean and a matrix-vector product
+  (``_pooled_step``), the same way as the [shortcut] fusion below;
 * unless ``keep_all`` (every layer's output wanted), a linear GEMM convolution whose only consumer is a
   same-shape ``[shortcut]`` (alpha = beta = 1) writes ``act(conv + shift + from)`` straight into the
   shortcut's buffer: the addition and activation happen in the GEMM's registers and the convolution's
@@ -83,13 +84,15 @@ class Plan:
             if not (0 <= i < len(graph) and isinstance(graph[i], _PRE_ACTIVATION_KINDS)):
                 what = graph[i].describe() if 0 <= i < len(graph) else f"layer {i} (the network has {len(graph)})"
                 raise ValueError(f"pre_activation: {what} is not a [convolutional], [connected] or [shortcut] layer")
+        for i in self.keep:
+            if not (isinstance(i, (int, np.integer)) and 0 <= i < len(graph)):
+                raise ValueError(f"keep: {i!r} is not a layer index (the network has {len(graph)} layers)")
         # conv index -> shortcut index; a pre-activation copy needs both layers' own outputs
         self.fused = {} if (exact or keep_all) else {
             c: sc for c, sc in _shortcut_fusions(graph).items() if c not in pre and sc not in pre and c not in self.keep}
-        # conv index -> the global [avgpool] after it, computed in the other order (see _pooled_step)
+        # conv index -> the global [avgpool] after it, whose output the conv's step computes (_pooled_step)
         self.pooled = {} if (exact or keep_all) else {
             c: ap for c, ap in _avgpool_fusions(graph).items() if c not in pre and c not in self.keep}
-        self._pooled_steps: dict[int, Callable[[], None]] = {}
         self.input = np.zeros(graph.net.in_shape, dtype=np.float32)
         self.outputs: list[np.ndarray] = [None] * len(graph)  # type: ignore[list-item]
         self.pre_activation: dict[int, np.ndarray] = {i: np.zeros(graph[i].out_shape, np.float32) for i in sorted(pre)}
@@ -184,8 +187,8 @@ class Plan:
                 last[o] = end
             if isinstance(layer, L.Cost):             # never written: its zeros must stay zeros
                 first[o], last[o] = 0, end
-        for conv, sc in self.fused.items():           # a fused shortcut's storage is written at the conv
-            o = owner[sc]
+        for conv, nxt in list(self.fused.items()) + list(self.pooled.items()):
+            o = owner[nxt]                            # a fused shortcut's or pool's storage is written at the conv
             first[o] = min(first.get(o, end), conv)
         placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
         offset: dict[int, int] = {}
@@ -214,13 +217,10 @@ class Plan:
 
     def _bind(self, layer: L.Layer, p: dict) -> Callable[[], None]:
         """The layer's step, from this mode's table (``FAST_PLAN`` or ``EXACT_PLAN``)."""
-        if layer.index - 1 in self.fused:
+        if layer.index - 1 in self.fused or layer.index - 1 in self.pooled:
             return _nothing                                  # computed by the convolution before it
-        if layer.index in self.pooled:                       # computed by the [avgpool] after it
-            self._pooled_steps[self.pooled[layer.index]] = self._pooled_step(layer, p)
-            return _nothing
-        if layer.index in self._pooled_steps:
-            return self._pooled_steps[layer.index]
+        if layer.index in self.pooled:
+            return self._pooled_step(layer, p)
         entry = L.dispatch(self.table, layer)
         if isinstance(entry, L.Refuse):
             where = os.path.basename(self.graph.path)
@@ -432,9 +432,9 @@ class Plan:
 
     def _kernel_key(self, layer: L.Layer) -> str:
         if layer.index in self.pooled:
-            return "nothing"                 # computed by the [avgpool] after it
-        if layer.index in self._pooled_steps:
-            return "avgpool:after-conv1x1"
+            return "conv1x1+avgpool"         # also computes the [avgpool] after it
+        if layer.index - 1 in self.pooled:
+            return "nothing"
         if self.exact or not isinstance(layer, (L.Convolutional, L.MaxPool)):
             return f"{layer.kind}:{'exact' if self.exact else 'fast'}"
         if isinstance(layer, L.MaxPool):

@@ -213,61 +213,37 @@ def microkernel_fused(typingctx, ap, base, koff, k, c, ldc, shift, act, rows, re
     return sig, codegen
 
 
-@intrinsic
-def microkernel_acc(typingctx, ap, bp, k, init, tile):
-    """tile[r*KNR + j] = init[r*KNR + j] + sum_k ap[k*KMR + r] * bp[k*KNR + j]: one block of K of a
-    K-blocked GEMM, on its KMR x KNR tile (``init`` may be ``tile`` itself; a zero tile for the first
-    block; ``ap`` packed by ``pack_a(a, KMR)``)."""
-    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp)
+def _acc_intrinsics(nr: int):
+    """The K-blocked GEMM's two micro-kernels on a KMR x nr tile (nr: KNR, or KNR_NARROW for a last
+    panel of at most that many pixels), see ``microkernel_acc`` and ``microkernel_acc_fused``."""
+    @intrinsic
+    def acc(typingctx, ap, bp, k, init, tile):
+        def codegen(context, builder, signature, args):
+            ap_i, bp_i, k_i, init_i, t_i = args
+            _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, init_i=init_i, mr=KMR, nr=nr)
+            return context.get_dummy_value()
+        return types.void(*([types.intp] * 5)), codegen
 
-    def codegen(context, builder, signature, args):
-        ap_i, bp_i, k_i, init_i, t_i = args
-        _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, init_i=init_i, mr=KMR, nr=KNR)
-        return context.get_dummy_value()
+    @intrinsic
+    def acc_fused(typingctx, ap, bp, k, init, c, ldc, shift, act, rows, res):
+        def codegen(context, builder, signature, args):
+            ap_i, bp_i, k_i, init_i, c_i, ldc_i, shift_i, act_i, rows_i, res_i = args
+            _codegen_microkernel(builder, ap_i, bp_i, k_i, c_i, None, (ldc_i, shift_i, act_i, rows_i, res_i),
+                                 init_i=init_i, mr=KMR, nr=nr)
+            return context.get_dummy_value()
+        return types.void(*([types.intp] * 10)), codegen
 
-    return sig, codegen
-
-
-@intrinsic
-def microkernel_acc_fused(typingctx, ap, bp, k, init, c, ldc, shift, act, rows, res):
-    """The last block of K of a K-blocked GEMM: ``microkernel_fused`` on a packed B panel, with the
-    accumulators starting from the tile at ``init`` (the earlier blocks' partial sums)."""
-    sig = types.void(*([types.intp] * 10))
-
-    def codegen(context, builder, signature, args):
-        ap_i, bp_i, k_i, init_i, c_i, ldc_i, shift_i, act_i, rows_i, res_i = args
-        _codegen_microkernel(builder, ap_i, bp_i, k_i, c_i, None, (ldc_i, shift_i, act_i, rows_i, res_i),
-                             init_i=init_i, mr=KMR, nr=KNR)
-        return context.get_dummy_value()
-
-    return sig, codegen
+    return acc, acc_fused
 
 
-@intrinsic
-def microkernel_acc_narrow(typingctx, ap, bp, k, init, tile):
-    """``microkernel_acc`` on a KMR x KNR_NARROW tile (B panel and tile KNR_NARROW wide)."""
-    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp)
-
-    def codegen(context, builder, signature, args):
-        ap_i, bp_i, k_i, init_i, t_i = args
-        _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, init_i=init_i, mr=KMR, nr=KNR_NARROW or KNR)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def microkernel_acc_fused_narrow(typingctx, ap, bp, k, init, c, ldc, shift, act, rows, res):
-    """``microkernel_acc_fused`` on a KMR x KNR_NARROW tile."""
-    sig = types.void(*([types.intp] * 10))
-
-    def codegen(context, builder, signature, args):
-        ap_i, bp_i, k_i, init_i, c_i, ldc_i, shift_i, act_i, rows_i, res_i = args
-        _codegen_microkernel(builder, ap_i, bp_i, k_i, c_i, None, (ldc_i, shift_i, act_i, rows_i, res_i),
-                             init_i=init_i, mr=KMR, nr=KNR_NARROW or KNR)
-        return context.get_dummy_value()
-
-    return sig, codegen
+# microkernel_acc(ap, bp, k, init, tile): tile[r*KNR + j] = init[r*KNR + j] + sum_k ap[k*KMR + r] *
+# bp[k*KNR + j]: one block of K of a K-blocked GEMM, on its KMR x KNR tile (``init`` may be ``tile``
+# itself; a zero tile for the first block; ``ap`` packed by ``pack_a(a, KMR)``).
+# microkernel_acc_fused(ap, bp, k, init, c, ldc, shift, act, rows, res): the last block of K:
+# ``microkernel_fused`` on a packed B panel, the accumulators starting from the tile at ``init`` (the
+# earlier blocks' partial sums). The _narrow pair: the same on a KMR x KNR_NARROW tile.
+microkernel_acc, microkernel_acc_fused = _acc_intrinsics(KNR)
+microkernel_acc_narrow, microkernel_acc_fused_narrow = _acc_intrinsics(KNR_NARROW or KNR)
 
 
 @intrinsic

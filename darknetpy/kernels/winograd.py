@@ -98,24 +98,21 @@ def _inverse_codegen(builder, args, t: int, at_fn, nout: int):
     loop(builder, v.i64(0), v.i64(width), lanes, body, "inv")
 
 
-@intrinsic
-def _inverse4(typingctx, blk, res, shift, act):
-    """F(4x4,3x3) inverse transform of a 36 x (MR*NR) block into 4 x (MR*NR*4), plus shift and activation
-    (FUSED_ACTS)."""
-    def codegen(context, builder, signature, args):
-        _inverse_codegen(builder, args, 6, _at6_v, 4)
-        return context.get_dummy_value()
-    return types.void(types.intp, types.intp, types.intp, types.intp), codegen
+def _inverse_intrinsic(t: int, at_fn, nout: int, what: str):
+    """The inverse transform of a t*t x (MR*NR) block into nout x (MR*NR*nout), plus shift and activation
+    (FUSED_ACTS), as an intrinsic (blk, res, shift, act): see ``_inverse_codegen``."""
+    @intrinsic
+    def inverse(typingctx, blk, res, shift, act):
+        def codegen(context, builder, signature, args):
+            _inverse_codegen(builder, args, t, at_fn, nout)
+            return context.get_dummy_value()
+        return types.void(types.intp, types.intp, types.intp, types.intp), codegen
+    inverse.__doc__ = what
+    return inverse
 
 
-@intrinsic
-def _inverse2(typingctx, blk, res, shift, act):
-    """F(2x2,3x3) inverse transform of a 16 x (MR*NR) block into 2 x (MR*NR*2), plus shift and activation
-    (FUSED_ACTS)."""
-    def codegen(context, builder, signature, args):
-        _inverse_codegen(builder, args, 4, _at4_v, 2)
-        return context.get_dummy_value()
-    return types.void(types.intp, types.intp, types.intp, types.intp), codegen
+_inverse4 = _inverse_intrinsic(6, _at6_v, 4, "F(4x4,3x3) inverse transform")
+_inverse2 = _inverse_intrinsic(4, _at4_v, 2, "F(2x2,3x3) inverse transform")
 
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
@@ -231,22 +228,20 @@ def _transform_codegen(builder, args, t, bt_fn):
     count_loop(builder, c, [], step, "wt")
 
 
-@intrinsic
-def _transform4(typingctx, xp, tin, wp, plane, c, vb, ldv):
-    """F(4x4,3x3) input transform of a tile panel (see ``_transform_codegen``)."""
-    def codegen(context, builder, signature, args):
-        _transform_codegen(builder, args, 6, _bt6_v)
-        return context.get_dummy_value()
-    return types.void(*([types.intp] * 7)), codegen
+def _transform_intrinsic(t: int, bt_fn):
+    """The input transform of a tile panel with t x t windows as an intrinsic (xp, tin, wp, plane, c, vb,
+    ldv): see ``_transform_codegen``."""
+    @intrinsic
+    def transform(typingctx, xp, tin, wp, plane, c, vb, ldv):
+        def codegen(context, builder, signature, args):
+            _transform_codegen(builder, args, t, bt_fn)
+            return context.get_dummy_value()
+        return types.void(*([types.intp] * 7)), codegen
+    return transform
 
 
-@intrinsic
-def _transform2(typingctx, xp, tin, wp, plane, c, vb, ldv):
-    """F(2x2,3x3) input transform of a tile panel (see ``_transform_codegen``)."""
-    def codegen(context, builder, signature, args):
-        _transform_codegen(builder, args, 4, _bt4_v)
-        return context.get_dummy_value()
-    return types.void(*([types.intp] * 7)), codegen
+_transform4 = _transform_intrinsic(6, _bt6_v)    # F(4x4,3x3): 6x6 windows
+_transform2 = _transform_intrinsic(4, _bt4_v)    # F(2x2,3x3): 4x4 windows
 
 
 def padded_shape(c: int, h: int, w: int, pad: int, t: int) -> tuple[int, int, int]:

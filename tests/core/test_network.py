@@ -131,7 +131,8 @@ def test_threads_setting():
         darknetpy.set_threads(10_000)
 
 
-FUSABLE = """[net]
+# a 4-channel 9x11 input and a 3x3 leaky conv with batch norm: the start of the inline test networks below
+_HEAD = """[net]
 height=9
 width=11
 channels=4
@@ -141,7 +142,9 @@ filters=6
 size=3
 pad=1
 activation=leaky
-[convolutional]
+"""
+
+FUSABLE = _HEAD + """[convolutional]
 batch_normalize=1
 filters=5
 size=1
@@ -177,6 +180,14 @@ def test_shortcut_fused_into_conv(tmp_path):
     np.testing.assert_allclose(fused, exact, rtol=0, atol=1e-5 * float(np.abs(exact).max()))
 
 
+def test_keep_refuses_what_is_not_a_layer_index(net):
+    from darknetpy.runtime import Plan
+    n = len(net.graph)
+    for bad in (n, -1, "2", 1.5):
+        with pytest.raises(ValueError, match="keep: .* is not a layer index"):
+            Plan(net.graph, net.weights, keep={0, bad})
+
+
 @pytest.mark.parametrize("cfg", ["fusable", "tiny", "dla46_c", "hardnet39ds"])
 def test_kept_layers_outlive_the_shared_memory(tmp_path, cfg):
     # Plan(keep=...) (what detect() uses for the heads' inputs): those outputs survive the run, everything
@@ -201,17 +212,7 @@ def test_kept_layers_outlive_the_shared_memory(tmp_path, cfg):
     assert plan.outputs[0].base.nbytes < sum(o.nbytes for o in every)
 
 
-POOLED = """[net]
-height=9
-width=11
-channels=4
-[convolutional]
-batch_normalize=1
-filters=6
-size=3
-pad=1
-activation=leaky
-[convolutional]
+POOLED = _HEAD + """[convolutional]
 batch_normalize=1
 filters=10
 size=1
@@ -239,7 +240,7 @@ def test_linear_1x1_conv_then_global_avgpool_runs_as_avgpool_then_matvec(tmp_pat
     net = darknetpy.load(write(tmp_path, "p.cfg", POOLED))
     plan = net.plan()
     assert plan.pooled == {1: 2}                       # leaky (3), or read by a route too (5): not rewritten
-    assert plan.kernel_keys[1:3] == ["nothing", "avgpool:after-conv1x1"]
+    assert plan.kernel_keys[1:3] == ["conv1x1+avgpool", "nothing"]    # the conv's step computes both
     assert net.plan(keep_all=True).pooled == {} and net.plan(exact=True).pooled == {}
     assert net.plan(keep=frozenset({1})).pooled == {}
     x = np.random.default_rng(6).random((4, 9, 11)).astype(np.float32)
