@@ -27,7 +27,7 @@ from numba import njit, prange
 
 from . import config
 from .activation import activate_block
-from .gemm import (KMR, KNR, KNR_NARROW, MR, NR, microkernel_acc, microkernel_acc_fused,
+from .gemm import (KMR, KNR, KNR_NARROW, MR, NR, gather_rows16, microkernel_acc, microkernel_acc_fused,
                    microkernel_acc_fused_narrow, microkernel_acc_narrow, microkernel_cols, microkernel_fused,
                    microkernel_indirect, pack_a, prefetch_l2)
 
@@ -102,25 +102,25 @@ def prepare_input(x, pad: int, xs) -> None:
 @njit(cache=True)
 def _gather(xflat, koff, k0, kn, n0, jn, width, out_w, s, row, bp):
     """B rows k0..k0+kn of the ``width`` pixels from n0 (jn of them real) into a packed panel,
-    bp[kk*width + j], copied as runs along output rows (contiguous in the prepared input); columns
-    jn..width are zero. width: NR (conv_gemm) or KNR (the K-blocked GEMM)."""
-    j = 0
-    while j < jn:
-        n1 = n0 + j
+    bp[kk*width + j]; columns jn..width are zero. width: NR (conv_gemm) or KNR (the K-blocked GEMM).
+    Pixels that are one run in the prepared input (on one output row; any panel of a 1x1 stride-1
+    conv) are copied; others (a panel across output rows) gathered 16 at a time (gather_rows16)."""
+    pix = np.empty(width, dtype=np.int32)
+    for j in range(width):
+        n1 = n0 + min(j, jn - 1)
         oy = n1 // out_w
-        run = min(jn - j, (oy + 1) * out_w - n1)
-        src = oy * s * row + n1 - oy * out_w
+        pix[j] = oy * s * row + n1 - oy * out_w
+    if jn == width and pix[width - 1] - pix[0] == width - 1:     # one run (a 1x1 conv's are, across rows)
         for kk in range(kn):
-            o = src + koff[k0 + kk]
-            d = bp[kk * width + j:kk * width + j + run]
-            sv = xflat[o:o + run]
-            for t in range(run):
+            o = pix[0] + koff[k0 + kk]
+            d = bp[kk * width:(kk + 1) * width]
+            sv = xflat[o:o + width]
+            for t in range(width):
                 d[t] = sv[t]
-        j += run
-    if jn < width:
-        for kk in range(kn):
-            for t in range(jn, width):
-                bp[kk * width + t] = np.float32(0.0)
+        return
+    for j0 in range(0, width, 16):
+        gather_rows16(xflat.ctypes.data, koff.ctypes.data + 8 * k0, kn, pix.ctypes.data + 4 * j0,
+                      max(0, min(16, jn - j0)), bp.ctypes.data + 4 * j0, width)
 
 
 @njit(cache=True)
