@@ -314,7 +314,9 @@ class Plan:
 
     def _bind_region(self, layer: L.Region, p: dict, x, out) -> Callable[[], None]:
         x1, o1, hw = x.reshape(-1), out.reshape(-1), layer.out_h * layer.out_w
-        return lambda: kdet.region(x1, layer.num, layer.coords, layer.classes, layer.softmax, layer.background, hw, o1)
+        fast = not self.exact       # predict's [region] output; detect() decodes the head inputs exactly
+        return lambda: kdet.region(x1, layer.num, layer.coords, layer.classes, layer.softmax, layer.background, hw, o1,
+                                   fast)
 
     def _bind_yolo(self, layer: L.Yolo, p: dict, x, out) -> Callable[[], None]:
         x1, o1, hw = x.reshape(-1), out.reshape(-1), layer.out_h * layer.out_w
