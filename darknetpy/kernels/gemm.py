@@ -322,6 +322,63 @@ def gather_rows16(typingctx, x, koff, kn, pix, nvalid, dst, ldd):
     return sig, codegen
 
 
+@intrinsic
+def copy_runs16(typingctx, x, koff, kn, runs, nruns, dst, ldd):
+    """For kk < kn and each run r (``runs``: int32 triples src, dst, len <= 16): dst[kk*ldd + dst_r + i] =
+    x[koff[kk] + src_r + i] for i < len_r, by one masked load and one masked store of 16 lanes per run and
+    row. A panel of pixels across output rows is a few runs (a 32-pixel panel of a 13x13 map: 13 + 13 +
+    6), so this moves it at a few instructions per row where gather_rows16 takes two gathers; used where
+    masked stores are single instructions (AVX-512: vmovups with a k-mask; the AVX2 form, vmaskmovps, is
+    microcoded on AMD CPUs)."""
+    sig = types.void(*([types.intp] * 7))
+
+    def codegen(context, builder, signature, args):
+        x_i, koff_i, kn_i, runs_i, nruns_i, dst_i, ldd_i = args
+        lanes = 16
+        vt = ir.VectorType(_F32, lanes)
+        mvt = ir.VectorType(ir.IntType(1), lanes)
+        i32v = ir.VectorType(_I32, lanes)
+        lname = f"llvm.masked.load.v{lanes}f32.p0"
+        sname = f"llvm.masked.store.v{lanes}f32.p0"
+        load = builder.module.globals.get(lname) or ir.Function(
+            builder.module, ir.FunctionType(vt, [vt.as_pointer(), _I32, mvt, vt]), lname)
+        store = builder.module.globals.get(sname) or ir.Function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), _I32, mvt]), sname)
+        idx = ir.Constant(i32v, list(range(lanes)))
+        undef = ir.Constant(i32v, ir.Undefined)
+        bzero = ir.Constant(i32v, [0] * lanes)
+        zero = ir.Constant(vt, [0.0] * lanes)
+        koff = builder.inttoptr(koff_i, _I64.as_pointer())
+        runs = builder.inttoptr(runs_i, _I32.as_pointer())
+        x = builder.inttoptr(x_i, _F32.as_pointer())
+        dst = builder.inttoptr(dst_i, _F32.as_pointer())
+
+        def row(kk, carried):
+            src_row = builder.gep(x, [builder.load(builder.gep(koff, [kk]))])
+            dst_row = builder.gep(dst, [builder.mul(kk, ldd_i)])
+
+            def run(r, c2):
+                r3 = builder.mul(r, ir.Constant(_I64, 3))
+                so = builder.sext(builder.load(builder.gep(runs, [r3])), _I64)
+                do = builder.sext(builder.load(builder.gep(runs, [builder.add(r3, ir.Constant(_I64, 1))])), _I64)
+                n = builder.load(builder.gep(runs, [builder.add(r3, ir.Constant(_I64, 2))]))
+                nv = builder.shuffle_vector(builder.insert_element(undef, n, ir.Constant(_I32, 0)), undef, bzero)
+                mask = builder.icmp_signed("<", idx, nv)
+                v = builder.call(load, [builder.bitcast(builder.gep(src_row, [so]), vt.as_pointer()),
+                                        ir.Constant(_I32, 4), mask, zero])
+                builder.call(store, [v, builder.bitcast(builder.gep(dst_row, [do]), vt.as_pointer()),
+                                     ir.Constant(_I32, 4), mask])
+                return c2
+
+            count_loop(builder, nruns_i, [], run, "run")
+            return carried
+
+        count_loop(builder, kn_i, [], row, "cr")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _codegen_narrow(builder, ap_i, bp_i, k_i, t_i, ncols):
     """tile[r*NR + j] = sum_k ap[k*MR + r] * bp[k*NR + j] for j < ncols only: a nearly empty last panel.
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-# the float convolution paths whose code depends on the target: GEMM (in place, packed, K-blocked),
-# Winograd F(2x2)/F(4x4), grouped/depthwise; and every int8 kernel test but the one comparing with
+# the float convolution paths whose code depends on the target: GEMM (in place, packed by runs or gathers,
+# K-blocked), Winograd F(2x2)/F(4x4), grouped/depthwise; and every int8 kernel test but the one comparing with
 # onnxruntime on this host (whose MLAS sums the pairs as this CPU does, not as Haswell would)
 SELECTION = ("winograd or conv_gemm or depthwise or grouped or "
              "(test_int8_kernels and not follows_the_host_pairs)")
@@ -30,11 +30,13 @@ def test_kernels_compiled_for_avx2_match_the_references(tmp_path):
     env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "DARKNETPY_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("NUMBA_CPU_FEATURES", None)
     env.pop("NUMBA_CACHE_DIR", None)
-    probe = subprocess.run([sys.executable, "-c", "from darknetpy.kernels import config; t = config.codegen_target();"
-                            "print(t.float_mr, t.float_lanes, t.block_mr, t.block_nr, t.int8_lanes, t.int8_vnni)"],
+    probe = subprocess.run([sys.executable, "-c", "from darknetpy.kernels import config, conv; t = config.codegen_target();"
+                            "print(t.float_mr, t.float_lanes, t.block_mr, t.block_nr, t.int8_lanes, t.int8_vnni,"
+                            " conv.MASKED_RUNS)"],
                            env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert probe.returncode == 0, probe.stderr
-    assert probe.stdout.split() == ["6", "8", "6", "16", "8", "False"]   # the AVX2 tiles, not this CPU's
+    # the AVX2 tiles, not this CPU's; B panels across output rows gathered, not copied by masked runs
+    assert probe.stdout.split() == ["6", "8", "6", "16", "8", "False", "False"]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           str(ROOT / "tests" / "core" / "test_kernels.py"), "-k", SELECTION,
                           str(ROOT / "tests" / "int8" / "test_int8_kernels.py")],
