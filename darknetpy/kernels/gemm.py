@@ -58,6 +58,21 @@ def _splat(builder, s, lanes: int):
     return builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(_I32, 0)), undef, mask)
 
 
+def _declare(builder, name: str, fnty: ir.FunctionType) -> ir.Function:
+    """The LLVM intrinsic ``name`` in the module being built (declared once)."""
+    return builder.module.globals.get(name) or ir.Function(builder.module, fnty, name)
+
+
+def _first_lanes(builder, n, lanes: int):
+    """The <lanes x i1> mask of lanes j < n (n an i64 or i32 value)."""
+    ity = n.type
+    vt = ir.VectorType(ity, lanes)
+    undef = ir.Constant(vt, ir.Undefined)
+    nv = builder.shuffle_vector(builder.insert_element(undef, n, ir.Constant(_I32, 0)), undef,
+                                ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes))
+    return builder.icmp_signed("<", ir.Constant(vt, list(range(lanes))), nv)
+
+
 def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=None, init_i=None, mr=MR, nr=NR):
     """Emit the MR x NR micro-kernel. B row k is at bp + k*NR, or at bp + koff[k] when koff is given.
 
@@ -259,7 +274,7 @@ def prefetch_l2(typingctx, addr, nbytes):
         addr_i, n_i = args
         i8p = ir.IntType(8).as_pointer()
         fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
-        fn = builder.module.globals.get("llvm.prefetch.p0") or ir.Function(builder.module, fnty, "llvm.prefetch.p0")
+        fn = _declare(builder, "llvm.prefetch.p0", fnty)
         base = builder.inttoptr(addr_i, i8p)
         lines = builder.sdiv(builder.add(n_i, ir.Constant(_I64, 63)), ir.Constant(_I64, 64))
 
@@ -289,29 +304,23 @@ def gather_rows16(typingctx, x, koff, kn, pix, nvalid, dst, ldd):
         vt = ir.VectorType(_F32, lanes)
         pvt = ir.VectorType(_F32.as_pointer(), lanes)
         i64v = ir.VectorType(_I64, lanes)
-        mvt = ir.VectorType(ir.IntType(1), lanes)
-        name = f"llvm.masked.gather.v{lanes}f32.v{lanes}p0"
-        fn = builder.module.globals.get(name) or ir.Function(
-            builder.module, ir.FunctionType(vt, [pvt, _I32, mvt, vt]), name)
+        mask = _first_lanes(builder, nvalid_i, lanes)
+        gather = _declare(builder, f"llvm.masked.gather.v{lanes}f32.v{lanes}p0",
+                          ir.FunctionType(vt, [pvt, _I32, mask.type, vt]))
         pix = builder.load(builder.bitcast(builder.inttoptr(pix_i, _I32.as_pointer()),
                                            ir.VectorType(_I32, lanes).as_pointer()), align=4)
         pix_bytes = builder.mul(builder.sext(pix, i64v), ir.Constant(i64v, [4] * lanes))
-        idx = ir.Constant(i64v, list(range(lanes)))
         undef64 = ir.Constant(i64v, ir.Undefined)
-        bzero = ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes)
-
-        def splat64(v):
-            return builder.shuffle_vector(builder.insert_element(undef64, v, ir.Constant(_I32, 0)), undef64, bzero)
-
-        mask = builder.icmp_signed("<", idx, splat64(nvalid_i))
         zero = ir.Constant(vt, [0.0] * lanes)
         koff = builder.inttoptr(koff_i, _I64.as_pointer())
         dst = builder.inttoptr(dst_i, _F32.as_pointer())
 
         def step(kk, carried):
             base = builder.add(x_i, builder.mul(builder.load(builder.gep(koff, [kk])), ir.Constant(_I64, 4)))
-            ptrs = builder.inttoptr(builder.add(splat64(base), pix_bytes), pvt)
-            v = builder.call(fn, [ptrs, ir.Constant(_I32, 4), mask, zero])
+            bases = builder.shuffle_vector(builder.insert_element(undef64, base, ir.Constant(_I32, 0)), undef64,
+                                           ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes))
+            ptrs = builder.inttoptr(builder.add(bases, pix_bytes), pvt)
+            v = builder.call(gather, [ptrs, ir.Constant(_I32, 4), mask, zero])
             d = builder.gep(dst, [builder.mul(kk, ldd_i)])
             builder.store(v, builder.bitcast(d, vt.as_pointer()), align=4)
             return carried
@@ -337,16 +346,10 @@ def copy_runs16(typingctx, x, koff, kn, runs, nruns, dst, ldd):
         lanes = 16
         vt = ir.VectorType(_F32, lanes)
         mvt = ir.VectorType(ir.IntType(1), lanes)
-        i32v = ir.VectorType(_I32, lanes)
-        lname = f"llvm.masked.load.v{lanes}f32.p0"
-        sname = f"llvm.masked.store.v{lanes}f32.p0"
-        load = builder.module.globals.get(lname) or ir.Function(
-            builder.module, ir.FunctionType(vt, [vt.as_pointer(), _I32, mvt, vt]), lname)
-        store = builder.module.globals.get(sname) or ir.Function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), _I32, mvt]), sname)
-        idx = ir.Constant(i32v, list(range(lanes)))
-        undef = ir.Constant(i32v, ir.Undefined)
-        bzero = ir.Constant(i32v, [0] * lanes)
+        load = _declare(builder, f"llvm.masked.load.v{lanes}f32.p0",
+                        ir.FunctionType(vt, [vt.as_pointer(), _I32, mvt, vt]))
+        store = _declare(builder, f"llvm.masked.store.v{lanes}f32.p0",
+                         ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), _I32, mvt]))
         zero = ir.Constant(vt, [0.0] * lanes)
         koff = builder.inttoptr(koff_i, _I64.as_pointer())
         runs = builder.inttoptr(runs_i, _I32.as_pointer())
@@ -358,16 +361,14 @@ def copy_runs16(typingctx, x, koff, kn, runs, nruns, dst, ldd):
             dst_row = builder.gep(dst, [builder.mul(kk, ldd_i)])
 
             def run(r, c2):
-                r3 = builder.mul(r, ir.Constant(_I64, 3))
-                so = builder.sext(builder.load(builder.gep(runs, [r3])), _I64)
-                do = builder.sext(builder.load(builder.gep(runs, [builder.add(r3, ir.Constant(_I64, 1))])), _I64)
-                n = builder.load(builder.gep(runs, [builder.add(r3, ir.Constant(_I64, 2))]))
-                nv = builder.shuffle_vector(builder.insert_element(undef, n, ir.Constant(_I32, 0)), undef, bzero)
-                mask = builder.icmp_signed("<", idx, nv)
-                v = builder.call(load, [builder.bitcast(builder.gep(src_row, [so]), vt.as_pointer()),
-                                        ir.Constant(_I32, 4), mask, zero])
-                builder.call(store, [v, builder.bitcast(builder.gep(dst_row, [do]), vt.as_pointer()),
-                                     ir.Constant(_I32, 4), mask])
+                so, do, n = (builder.load(builder.gep(runs, [builder.add(builder.mul(r, ir.Constant(_I64, 3)),
+                                                                         ir.Constant(_I64, f))]))
+                             for f in range(3))
+                mask = _first_lanes(builder, n, lanes)
+                v = builder.call(load, [builder.bitcast(builder.gep(src_row, [builder.sext(so, _I64)]),
+                                                        vt.as_pointer()), ir.Constant(_I32, 4), mask, zero])
+                builder.call(store, [v, builder.bitcast(builder.gep(dst_row, [builder.sext(do, _I64)]),
+                                                        vt.as_pointer()), ir.Constant(_I32, 4), mask])
                 return c2
 
             count_loop(builder, nruns_i, [], run, "run")
