@@ -50,9 +50,9 @@ _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 
 
-def _splat(builder, s, lanes: int):
-    """A float scalar in every lane of a <lanes x float> vector (one broadcast instruction)."""
-    vt = ir.VectorType(_F32, lanes)
+def splat(builder, s, lanes: int):
+    """A scalar (float or integer value) in every lane of a <lanes x its type> vector (one broadcast)."""
+    vt = ir.VectorType(s.type, lanes)
     undef = ir.Constant(vt, ir.Undefined)
     mask = ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes)
     return builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(_I32, 0)), undef, mask)
@@ -65,12 +65,8 @@ def _declare(builder, name: str, fnty: ir.FunctionType) -> ir.Function:
 
 def _first_lanes(builder, n, lanes: int):
     """The <lanes x i1> mask of lanes j < n (n an i64 or i32 value)."""
-    ity = n.type
-    vt = ir.VectorType(ity, lanes)
-    undef = ir.Constant(vt, ir.Undefined)
-    nv = builder.shuffle_vector(builder.insert_element(undef, n, ir.Constant(_I32, 0)), undef,
-                                ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes))
-    return builder.icmp_signed("<", ir.Constant(vt, list(range(lanes))), nv)
+    return builder.icmp_signed("<", ir.Constant(ir.VectorType(n.type, lanes), list(range(lanes))),
+                               splat(builder, n, lanes))
 
 
 def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=None, init_i=None, mr=MR, nr=NR):
@@ -111,7 +107,7 @@ def _codegen_microkernel(builder, ap_i, bp_i, k_i, t_i, koff_i=None, epilogue=No
         new = []
         for r in range(mr):
             s = builder.load(builder.gep(a, [builder.add(ka, ir.Constant(i64, r))]))
-            av = _splat(builder, s, _LANES)
+            av = splat(builder, s, _LANES)
             for h in range(halves):
                 prod = builder.fmul(av, bv[h], flags=("contract",))
                 new.append(builder.fadd(acc[r * halves + h], prod, flags=("contract",)))
@@ -162,7 +158,7 @@ def _codegen_epilogue(builder, res, t, ldc, shift_i, act, rows, resid, mr=MR, nr
             builder.cbranch(keep, store_bb, end_bb)
             builder.position_at_end(store_bb)
         sr = builder.load(builder.gep(shift, [ir.Constant(i64, r)]))
-        sv = _splat(builder, sr, _LANES)
+        sv = splat(builder, sr, _LANES)
         y = builder.fadd(v, sv)
         off = builder.add(builder.mul(ldc, ir.Constant(i64, r)), ir.Constant(i64, h * _LANES))
         if resid is not None:   # a fused [shortcut]: + the residual tile, same layout as the output
@@ -310,16 +306,13 @@ def gather_rows16(typingctx, x, koff, kn, pix, nvalid, dst, ldd):
         pix = builder.load(builder.bitcast(builder.inttoptr(pix_i, _I32.as_pointer()),
                                            ir.VectorType(_I32, lanes).as_pointer()), align=4)
         pix_bytes = builder.mul(builder.sext(pix, i64v), ir.Constant(i64v, [4] * lanes))
-        undef64 = ir.Constant(i64v, ir.Undefined)
         zero = ir.Constant(vt, [0.0] * lanes)
         koff = builder.inttoptr(koff_i, _I64.as_pointer())
         dst = builder.inttoptr(dst_i, _F32.as_pointer())
 
         def step(kk, carried):
             base = builder.add(x_i, builder.mul(builder.load(builder.gep(koff, [kk])), ir.Constant(_I64, 4)))
-            bases = builder.shuffle_vector(builder.insert_element(undef64, base, ir.Constant(_I32, 0)), undef64,
-                                           ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes))
-            ptrs = builder.inttoptr(builder.add(bases, pix_bytes), pvt)
+            ptrs = builder.inttoptr(builder.add(splat(builder, base, lanes), pix_bytes), pvt)
             v = builder.call(gather, [ptrs, ir.Constant(_I32, 4), mask, zero])
             d = builder.gep(dst, [builder.mul(kk, ldd_i)])
             builder.store(v, builder.bitcast(d, vt.as_pointer()), align=4)
@@ -398,7 +391,7 @@ def _codegen_narrow(builder, ap_i, bp_i, k_i, t_i, ncols):
         new = []
         for j in range(ncols):
             s = builder.load(builder.gep(b, [builder.add(kb, ir.Constant(i64, j))]))
-            sv = _splat(builder, s, MR)
+            sv = splat(builder, s, MR)
             new.append(builder.fadd(acc[j], builder.fmul(av, sv, flags=("contract",)), flags=("contract",)))
         return new
 

@@ -39,7 +39,7 @@ from numba.extending import intrinsic
 
 from . import config
 from .activation import activate_block
-from .gemm import MR, NR, microkernel_cols, pack_a
+from .gemm import MR, NR, microkernel_cols, pack_a, splat
 from .vecir import Vec, count_loop, loop
 
 # lanes of the inverse transform's vectors: the CPU's (16 floats with AVX-512, 8 with AVX2)
@@ -199,19 +199,14 @@ def _transform_codegen(builder, args, t, bt_fn):
     tin = builder.load(builder.bitcast(builder.inttoptr(tin_i, i32.as_pointer()), ir.VectorType(i32, NR).as_pointer()),
                        align=4)
     tin_bytes = builder.mul(builder.sext(tin, i64v), ir.Constant(i64v, [4] * NR))
-    zeros = ir.Constant(ir.VectorType(i32, NR), [0] * NR)
     vb = builder.inttoptr(vb_i, ir.FloatType().as_pointer())
-
-    def splat64(x):
-        return builder.shuffle_vector(builder.insert_element(ir.Constant(i64v, ir.Undefined), x, ir.Constant(i32, 0)),
-                                      ir.Constant(i64v, ir.Undefined), zeros)
 
     def step(ch, carried):
         base = builder.add(xp_i, builder.mul(builder.mul(ch, plane), ir.Constant(i64, 4)))
         rows = []
         for a in range(t):
             row = builder.add(base, builder.mul(builder.mul(wp, ir.Constant(i64, a)), ir.Constant(i64, 4)))
-            addr = builder.add(splat64(row), tin_bytes)
+            addr = builder.add(splat(builder, row, NR), tin_bytes)
             d = []
             for bb in range(t):
                 ptrs = builder.inttoptr(builder.add(addr, ir.Constant(i64v, [4 * bb] * NR)), pvt)
