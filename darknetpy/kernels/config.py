@@ -295,17 +295,16 @@ def depthwise_kind(conv) -> str:
     grouped. ("rows", depthwise.depthwise3x3, row by row from the input, is no longer chosen: "planes"
     is 1.3-4x faster on every HarDNet shape.)
 
-    "hwc" for at least 64 channels on maps of at most 7x7, or 14x14 with stride 2, where a plane is
-    too small to fill vectors and the channels are many. Measured on a Sapphire Rapids Xeon, 1 thread
-    (ms, planes vs hwc): 160ch 7x7 0.024/0.013, 410ch 7x7 0.053/0.045, 640ch 14->7 0.206/0.098, 320ch
-    28->14 0.216/0.189; at 14x14 stride 1 they tie (262ch 0.074/0.074, 64ch 0.021/0.019); 28x28 and
-    larger "planes" wins (132ch 0.100/0.163).
+    "hwc" for at least 64 channels on output maps of at most 7x7, where a plane is too small to fill
+    vectors and the channels are many. Measured on Zen 4 inside HarDNet-39DS since "planes" writes its
+    rows as vector IR (ms, 1 / 2 threads, hwc -> planes): 320ch 28->14 0.274 -> 0.188 / 0.162 -> 0.104
+    (so "planes" from 14x14 on, stride 2 included), 640ch 14->7 0.166 -> 0.167 / 0.105 -> 0.096, 160ch
+    7x7 0.023 -> 0.029 / 0.024 -> 0.022, 410ch 7x7 0.054 -> 0.060 / 0.045 -> 0.039.
     """
     if conv.groups == 1:
         return ""
     if conv.groups == conv.c == conv.filters and conv.size == 3 and conv.padding == 1 and conv.stride in (1, 2):
-        small = conv.out_h * conv.out_w <= 7 * 7 or (conv.stride == 2 and conv.out_h * conv.out_w <= 14 * 14)
-        if small and conv.c >= 64:
+        if conv.out_h * conv.out_w <= 7 * 7 and conv.c >= 64:
             return "hwc"
     return "planes"
 

@@ -6,15 +6,14 @@ its own that stays in cache::
     xs[c, py, px, i, j] = x[c, i*s + py - pad, j*s + px - pad]      shape (C, s, s, Hq, Wq)
 
 so output pixel (oy, ox) under tap (ky, kx) reads plane (ky % s, kx % s) at (oy + ky//s, ox + kx//s): a
-stride-1 access for any stride. Laying the output out with the planes' row pitch Wq (a few garbage
-columns per row, dropped when storing), every tap becomes one offset into a single long row, and one
-call of ``taps_fma`` accumulates all size*size taps of an input channel into the whole map:
+stride-1 access for any stride. Every (input channel, tap) is then one offset from an output pixel's
+base, and ``dw_plane`` computes an output channel row by row, a vector of pixels at a time:
 
-    acc[j] += sum_t w[t] * plane[off[t] + j]     for j < out_h * Wq
+    out[oy, j] = act(shift + sum_k w[k] * planes[oy*Wq + off[k] + j])
 
-That is memory-bound work at full vector width, instead of LLVM's scalar code for the same loop (it
-cannot prove a dozen row streams unaliased). Depthwise convolutions (HarDNet: 36 layers) and grouped
-ones with 2-8 channels per group (DLA-X: 32 groups) are far too small for GEMM tiles.
+memory-bound work at full vector width, written as vector IR (LLVM does not vectorise the same loop: it
+reads ten streams it cannot prove distinct from the one it writes). Depthwise convolutions (HarDNet: 36
+layers) and grouped ones with 2-8 channels per group (DLA-X: 32 groups) are far too small for GEMM tiles.
 
 Shapes: x (C, H, W); weights (M, C/groups, k, k); out (M, out_h, out_w).
 """
@@ -27,8 +26,9 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .activation import activate_scalar
-from .vecir import LANES, Vec, loop, loop_carry
+from .activation import activate_block, activate_scalar
+from .gemm import declare_intrinsic, first_lanes
+from .vecir import LANES, WIDE, Vec, deinterleave2, loop, loop_carry
 
 
 def planes_shape(c: int, h: int, w: int, pad: int, stride: int, size: int) -> tuple[int, int, int, int, int]:
@@ -100,8 +100,7 @@ def _prepare_channel(x, ch, pad, dst5, dc):
                 continue
             src = x[ch, iy]
             if s == 2:
-                # both column phases in one loop: a complete stride-2 interleave group, which LLVM
-                # deinterleaves with two vector loads and shuffles (one phase at a time it gathers)
+                # both column phases at once: two vector loads and two shuffles per 2*WIDE floats
                 d0 = dst5[dc, py, 0, i]
                 d1 = dst5[dc, py, 1, i]
                 # interior: 0 <= 2j - pad and 2j + 1 - pad < w for both phases
@@ -111,14 +110,8 @@ def _prepare_channel(x, ch, pad, dst5, dc):
                     ix = 2 * j - pad
                     d0[j] = src[ix] if 0 <= ix < w else np.float32(0.0)
                     d1[j] = src[ix + 1] if 0 <= ix + 1 < w else np.float32(0.0)
-                n = j1 - j0
-                a = 2 * j0 - pad
-                sv = src[a:a + 2 * n]
-                e0 = d0[j0:j1]
-                e1 = d1[j0:j1]
-                for j in range(n):
-                    e0[j] = sv[2 * j]
-                    e1[j] = sv[2 * j + 1]
+                deinterleave2(src.ctypes.data + 4 * (2 * j0 - pad), j1 - j0, d0.ctypes.data + 4 * j0,
+                              d1.ctypes.data + 4 * j0)
                 for j in range(j1, wq):
                     ix = 2 * j - pad
                     d0[j] = src[ix] if 0 <= ix < w else np.float32(0.0)
@@ -140,74 +133,91 @@ def prepare_planes(x, pad: int, xs) -> None:
 
 
 @intrinsic
-def taps_fma(typingctx, acc, src, n, offs, w, t):
-    """acc[j] += sum_{k<t} w[k] * src[offs[k] + j] for j < n (float pointers, int64 offsets)."""
-    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp)
+def dw_plane(typingctx, out, ldo, rows, cols, src, ldx, offs, t, w, shift, act):
+    """out[oy*ldo + j] = act(shift[0] + sum_{k<t} w[k] * src[oy*ldx + offs[k] + j]) for oy < rows, j < cols:
+    one output channel of a grouped convolution over its whole map, straight from the phase planes into
+    the output (``offs``: int64 offsets of each (input channel, tap) from a pixel's base; ``ldx``: the
+    planes' row pitch). ``act``: one of gemm.FUSED_ACTS (the caller applies any other afterwards).
+
+    Two vectors of the CPU's width per step, each summed in three interleaved partial sums; a row's last
+    partial vector is recomputed at cols - WIDE (same values) where the row has a whole vector, else
+    stored with a mask. Reads up to WIDE floats past a row's last tap (the planes' spare row and the
+    scratch after them cover it: ``scratch_size``). Written as vector IR because LLVM would not
+    vectorise the loop: it reads ten streams it cannot prove distinct from the one it writes."""
+    sig = types.void(*([types.intp] * 11))
 
     def codegen(context, builder, signature, args):
-        acc_i, src_i, n_i, offs_i, w_i, t_i = args
-        v = Vec(builder)
+        out_i, ldo_i, rows_i, cols_i, src_i, ldx_i, offs_i, t_i, w_i, shift_i, act_i = args
+        v = Vec(builder, WIDE)
         i64 = ir.IntType(64)
-        acc, src, wp = v.ptr(acc_i), v.ptr(src_i), v.ptr(w_i)
+        out, src, wp = v.ptr(out_i), v.ptr(src_i), v.ptr(w_i)
         offs = builder.inttoptr(offs_i, i64.as_pointer())
-        nvec = builder.mul(builder.sdiv(n_i, v.i64(LANES)), v.i64(LANES))
+        sh = v.splat(v.load_scalar(v.ptr(shift_i)))
+        vt = ir.VectorType(ir.FloatType(), WIDE)
+        mvt = ir.VectorType(ir.IntType(1), WIDE)
+        mstore = declare_intrinsic(builder, f"llvm.masked.store.v{WIDE}f32.p0",
+                          ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), ir.IntType(32), mvt]))
 
-        def vec_body(j):
-            def tap(k, vals):
-                off = builder.add(builder.load(builder.gep(offs, [k])), j)
-                wk = v.splat(builder.load(builder.gep(wp, [k])))
-                return [v.add(vals[0], v.mul(wk, v.load(src, off)))]
-            (a,) = loop_carry(builder, v.i64(0), t_i, 1, [v.load(acc, j)], tap, "taps.v")
-            v.store(a, acc, j)
+        t3 = builder.mul(builder.sdiv(t_i, v.i64(3)), v.i64(3))
+        zero = v.splat(0.0)
 
-        def scalar_body(j):
-            def tap(k, vals):
-                off = builder.add(builder.load(builder.gep(offs, [k])), j)
-                prod = builder.fmul(builder.load(builder.gep(wp, [k])), builder.load(v.at(src, off)))
-                return [builder.fadd(vals[0], prod)]
-            (a,) = loop_carry(builder, v.i64(0), t_i, 1, [builder.load(v.at(acc, j))], tap, "taps.s")
-            builder.store(a, v.at(acc, j))
+        def taps(xb, js):
+            # three partial sums per vector (taps k, k+1, k+2), so 3 * len(js) independent FMA chains:
+            # one chain per vector made a 3x3 depthwise row latency-bound (9 dependent FMAs)
+            def fma(a, k, j):
+                off = builder.add(builder.add(xb, builder.load(builder.gep(offs, [k]))), j)
+                return v.add(a, v.mul(v.splat(builder.load(builder.gep(wp, [k]))), v.load(src, off)))
 
-        loop(builder, v.i64(0), nvec, LANES, vec_body, "fma.v")
-        loop(builder, nvec, n_i, 1, scalar_body, "fma.s")
+            def three(k, vals):
+                return [fma(a, builder.add(k, v.i64(i % 3)), js[i // 3]) for i, a in enumerate(vals)]
+
+            def rest(k, vals):
+                return [fma(a, k, j) for a, j in zip(vals, js)]
+
+            part = loop_carry(builder, v.i64(0), t3, 3, [sh, zero, zero] * len(js), three, "dw.t3")
+            acc = loop_carry(builder, t3, t_i, 1, part[::3], rest, "dw.t1")
+            return [v.activation(v.add(v.add(a, part[3 * u + 1]), part[3 * u + 2]), act_i) for u, a in enumerate(acc)]
+
+        n2 = builder.mul(builder.sdiv(cols_i, v.i64(2 * WIDE)), v.i64(2 * WIDE))
+        n1 = builder.mul(builder.sdiv(cols_i, v.i64(WIDE)), v.i64(WIDE))
+
+        def row(oy):
+            xb = builder.mul(oy, ldx_i)
+            ob = builder.mul(oy, ldo_i)
+
+            def two(j):
+                j2 = builder.add(j, v.i64(WIDE))
+                a, b = taps(xb, [j, j2])
+                v.store(a, out, builder.add(ob, j))
+                v.store(b, out, builder.add(ob, j2))
+
+            def one(j):
+                (a,) = taps(xb, [j])
+                v.store(a, out, builder.add(ob, j))
+
+            loop(builder, v.i64(0), n2, 2 * WIDE, two, "dw.two")
+            loop(builder, n2, n1, WIDE, one, "dw.one")
+            with builder.if_then(builder.icmp_signed("<", n1, cols_i)):
+                with builder.if_else(builder.icmp_signed(">=", cols_i, v.i64(WIDE))) as (whole, partial):
+                    with whole:                 # the last WIDE columns again, overlapping the previous vector
+                        one(builder.sub(cols_i, v.i64(WIDE)))
+                    with partial:               # a row narrower than a vector
+                        (a,) = taps(xb, [n1])
+                        mask = first_lanes(builder, builder.sub(cols_i, n1), WIDE)
+                        builder.call(mstore, [a, builder.bitcast(v.at(out, builder.add(ob, n1)), vt.as_pointer()),
+                                              ir.Constant(ir.IntType(32), 4), mask])
+
+        loop(builder, v.i64(0), rows_i, 1, row, "dw.row")
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-@njit(cache=True, fastmath=True, inline="always")
-def _taps9(acc, xflat, n, offs, w, sh, add):
-    # acc[j] = sh (acc[j] when add) + sum of the 9 taps of one 3x3 depthwise filter over the flat phase planes: one loop
-    # whose 9 products per element are independent across j, so LLVM vectorises it and the FMAs of
-    # neighbouring vectors overlap (a loop over the taps per vector is latency-bound on its accumulator).
-    # Views indexed from 0 by the loop variable, so numba drops its negative-index wraparound checks.
-    x0 = xflat[offs[0]:offs[0] + n]
-    x1 = xflat[offs[1]:offs[1] + n]
-    x2 = xflat[offs[2]:offs[2] + n]
-    x3 = xflat[offs[3]:offs[3] + n]
-    x4 = xflat[offs[4]:offs[4] + n]
-    x5 = xflat[offs[5]:offs[5] + n]
-    x6 = xflat[offs[6]:offs[6] + n]
-    x7 = xflat[offs[7]:offs[7] + n]
-    x8 = xflat[offs[8]:offs[8] + n]
-    w0, w1, w2 = w[0, 0], w[0, 1], w[0, 2]
-    w3, w4, w5 = w[1, 0], w[1, 1], w[1, 2]
-    w6, w7, w8 = w[2, 0], w[2, 1], w[2, 2]
-    a = acc[:n]
-    if add:
-        for j in range(n):
-            a[j] += (w0 * x0[j] + w1 * x1[j] + w2 * x2[j] + w3 * x3[j] + w4 * x4[j] + w5 * x5[j]
-                     + w6 * x6[j] + w7 * x7[j] + w8 * x8[j])
-        return
-    for j in range(n):
-        a[j] = sh + (w0 * x0[j] + w1 * x1[j] + w2 * x2[j] + w3 * x3[j] + w4 * x4[j] + w5 * x5[j]
-                     + w6 * x6[j] + w7 * x7[j] + w8 * x8[j])
-
-
 @njit(cache=True, parallel=True, fastmath=True)
 def _conv_grouped(x, weights, groups, shift, act, pad, stride, pshape, scratch, out):
     # One work item = one group: its cg input channels are laid out as phase planes in a buffer private
-    # to the item (it stays in L2), then each of its mg output channels is computed over the whole map.
+    # to the item (it stays in L2), then each of its mg output channels is computed over the whole map by
+    # dw_plane, straight into the output.
     c = x.shape[0]
     s = stride
     hq, wq = pshape[3], pshape[4]
@@ -216,68 +226,37 @@ def _conv_grouped(x, weights, groups, shift, act, pad, stride, pshape, scratch, 
     cg = c // groups
     mg = m // groups
     t = size * size
-    n = out_h * wq                                   # the whole map as one row of pitch wq
     plane = hq * wq
-    offs = np.empty(t, dtype=np.int64)
-    for ky in range(size):
-        for kx in range(size):
-            offs[ky * size + kx] = ((ky % s) * s + kx % s) * plane + (ky // s) * wq + kx // s
+    # (input channel ci, tap) -> offset of that tap from an output pixel's base in the group's planes
+    offs = np.empty(cg * t, dtype=np.int64)
+    for ci in range(cg):
+        for ky in range(size):
+            for kx in range(size):
+                offs[ci * t + ky * size + kx] = (ci * s * s + (ky % s) * s + kx % s) * plane + (ky // s) * wq + kx // s
+    wflat = weights.reshape(m, cg * t)
+    fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
     nthreads = scratch.shape[0]
     for th in prange(nthreads):
-        # scratch[th] holds this thread's planes then its accumulator: reused, never reallocated (a
-        # fresh buffer per item costs page faults on every call)
+        # scratch[th] holds this thread's planes: reused, never reallocated (a fresh buffer per item
+        # costs page faults on every call)
         xs = scratch[th, : cg * s * s * plane].reshape((cg, s, s, hq, wq))
-        xflat = scratch[th]
-        acc = scratch[th, cg * s * s * plane: cg * s * s * plane + n]
-        wk = np.empty(t, dtype=np.float32)
         for g in range(th * groups // nthreads, (th + 1) * groups // nthreads):
             for ci in range(cg):
                 _prepare_channel(x, g * cg + ci, pad, xs, ci)
             for oi in range(mg):
                 o = g * mg + oi
-                sh = shift[o]
-                if t == 9:
-                    for ci in range(cg):
-                        _taps9(acc, xflat[ci * s * s * plane:], n, offs, weights[o, ci], sh, ci > 0)
-                else:
-                    for j in range(n):
-                        acc[j] = sh
-                    for ci in range(cg):
-                        for ky in range(size):
-                            for kx in range(size):
-                                wk[ky * size + kx] = weights[o, ci, ky, kx]
-                        taps_fma(acc.ctypes.data, xflat[ci * s * s * plane:].ctypes.data, n, offs.ctypes.data,
-                                 wk.ctypes.data, t)
                 dst = out[o]
-                for oy in range(out_h):
-                    row = dst[oy]
-                    b = oy * wq
-                    if act == 0:
-                        for j in range(out_w):
-                            row[j] = acc[b + j]
-                    elif act == 11:
-                        for j in range(out_w):
-                            a = acc[b + j]
-                            row[j] = a if a > 0 else a * np.float32(0.1)
-                    elif act == 3:
-                        for j in range(out_w):
-                            a = acc[b + j]
-                            row[j] = a if a > 0 else np.float32(0.0)
-                    elif act == 14:
-                        for j in range(out_w):
-                            a = acc[b + j]
-                            a = a if a > 0 else np.float32(0.0)
-                            row[j] = a if a < 6 else np.float32(6.0)
-                    else:
-                        for j in range(out_w):
-                            row[j] = activate_scalar(acc[b + j], act)
+                dw_plane(dst.ctypes.data, out_w, out_h, out_w, xs.ctypes.data, wq, offs.ctypes.data, cg * t,
+                         wflat[o].ctypes.data, shift.ctypes.data + 4 * o, act if fused else 0)
+                if not fused:
+                    activate_block(dst.reshape(-1), out_h * out_w, act)
 
 
 def scratch_size(c: int, h: int, w: int, groups: int, pad: int, stride: int, size: int) -> int:
-    """Floats of scratch one thread needs: one group's phase planes plus the accumulator."""
+    """Floats of scratch one thread needs: one group's phase planes, plus a vector's worth that dw_plane
+    may read (and ignore) past the last plane's last row."""
     _, s, _, hq, wq = planes_shape(c, h, w, pad, stride, size)
-    out_h = (h + 2 * pad - size) // stride + 1
-    return (c // groups) * s * s * hq * wq + out_h * wq
+    return (c // groups) * s * s * hq * wq + WIDE
 
 
 def conv_grouped(x, weights, groups: int, shift, act: int, pad: int, stride: int, out, scratch=None) -> None:

@@ -58,12 +58,12 @@ def splat(builder, s, lanes: int):
     return builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(_I32, 0)), undef, mask)
 
 
-def _declare(builder, name: str, fnty: ir.FunctionType) -> ir.Function:
+def declare_intrinsic(builder, name: str, fnty: ir.FunctionType) -> ir.Function:
     """The LLVM intrinsic ``name`` in the module being built (declared once)."""
     return builder.module.globals.get(name) or ir.Function(builder.module, fnty, name)
 
 
-def _first_lanes(builder, n, lanes: int):
+def first_lanes(builder, n, lanes: int):
     """The <lanes x i1> mask of lanes j < n (n an i64 or i32 value)."""
     return builder.icmp_signed("<", ir.Constant(ir.VectorType(n.type, lanes), list(range(lanes))),
                                splat(builder, n, lanes))
@@ -270,7 +270,7 @@ def prefetch_l2(typingctx, addr, nbytes):
         addr_i, n_i = args
         i8p = ir.IntType(8).as_pointer()
         fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
-        fn = _declare(builder, "llvm.prefetch.p0", fnty)
+        fn = declare_intrinsic(builder, "llvm.prefetch.p0", fnty)
         base = builder.inttoptr(addr_i, i8p)
         lines = builder.sdiv(builder.add(n_i, ir.Constant(_I64, 63)), ir.Constant(_I64, 64))
 
@@ -300,8 +300,8 @@ def gather_rows16(typingctx, x, koff, kn, pix, nvalid, dst, ldd):
         vt = ir.VectorType(_F32, lanes)
         pvt = ir.VectorType(_F32.as_pointer(), lanes)
         i64v = ir.VectorType(_I64, lanes)
-        mask = _first_lanes(builder, nvalid_i, lanes)
-        gather = _declare(builder, f"llvm.masked.gather.v{lanes}f32.v{lanes}p0",
+        mask = first_lanes(builder, nvalid_i, lanes)
+        gather = declare_intrinsic(builder, f"llvm.masked.gather.v{lanes}f32.v{lanes}p0",
                           ir.FunctionType(vt, [pvt, _I32, mask.type, vt]))
         pix = builder.load(builder.bitcast(builder.inttoptr(pix_i, _I32.as_pointer()),
                                            ir.VectorType(_I32, lanes).as_pointer()), align=4)
@@ -339,9 +339,9 @@ def copy_runs16(typingctx, x, koff, kn, runs, nruns, dst, ldd):
         lanes = 16
         vt = ir.VectorType(_F32, lanes)
         mvt = ir.VectorType(ir.IntType(1), lanes)
-        load = _declare(builder, f"llvm.masked.load.v{lanes}f32.p0",
+        load = declare_intrinsic(builder, f"llvm.masked.load.v{lanes}f32.p0",
                         ir.FunctionType(vt, [vt.as_pointer(), _I32, mvt, vt]))
-        store = _declare(builder, f"llvm.masked.store.v{lanes}f32.p0",
+        store = declare_intrinsic(builder, f"llvm.masked.store.v{lanes}f32.p0",
                          ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), _I32, mvt]))
         zero = ir.Constant(vt, [0.0] * lanes)
         koff = builder.inttoptr(koff_i, _I64.as_pointer())
@@ -357,7 +357,7 @@ def copy_runs16(typingctx, x, koff, kn, runs, nruns, dst, ldd):
                 so, do, n = (builder.load(builder.gep(runs, [builder.add(builder.mul(r, ir.Constant(_I64, 3)),
                                                                          ir.Constant(_I64, f))]))
                              for f in range(3))
-                mask = _first_lanes(builder, n, lanes)
+                mask = first_lanes(builder, n, lanes)
                 v = builder.call(load, [builder.bitcast(builder.gep(src_row, [builder.sext(so, _I64)]),
                                                         vt.as_pointer()), ir.Constant(_I32, 4), mask, zero])
                 builder.call(store, [v, builder.bitcast(builder.gep(dst_row, [builder.sext(do, _I64)]),

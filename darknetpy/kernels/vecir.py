@@ -10,6 +10,10 @@ register; LLVM splits or widens it on other targets) unless a kernel asks for it
 from __future__ import annotations
 
 from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from . import config
 
 LANES = 8
 _f32 = ir.FloatType()
@@ -152,3 +156,41 @@ def count_loop(builder: ir.IRBuilder, k, init: list, body, name: str) -> list:
         phi.add_incoming(v, latch)
         out.append(phi)
     return out
+
+
+# the CPU's float vector width (16 with AVX-512, 8 with AVX2), for kernels that move whole vectors
+WIDE = config.codegen_target().float_lanes
+
+
+@intrinsic
+def deinterleave2(typingctx, src, n, d0, d1):
+    """d0[j] = src[2j], d1[j] = src[2j + 1] for j < n (float addresses): a row split into its two
+    stride-2 column phases. Per 2*WIDE floats, two vector loads and two shuffles (vpermt2ps on AVX-512);
+    LLVM's own vectorisation of the same loop, inside the kernels that call it, ran at ~0.45 ns per float
+    on Zen 4 (48 x 112x112: 0.26 ms)."""
+    sig = types.void(types.intp, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        src_i, n_i, d0_i, d1_i = args
+        v = Vec(builder, WIDE)
+        src, d0, d1 = v.ptr(src_i), v.ptr(d0_i), v.ptr(d1_i)
+        even = ir.Constant(ir.VectorType(_i32, WIDE), list(range(0, 2 * WIDE, 2)))
+        odd = ir.Constant(ir.VectorType(_i32, WIDE), list(range(1, 2 * WIDE, 2)))
+        nvec = builder.mul(builder.sdiv(n_i, v.i64(WIDE)), v.i64(WIDE))
+
+        def vec(j):
+            j2 = builder.add(j, j)
+            a, b = v.load(src, j2), v.load(src, builder.add(j2, v.i64(WIDE)))
+            v.store(builder.shuffle_vector(a, b, even), d0, j)
+            v.store(builder.shuffle_vector(a, b, odd), d1, j)
+
+        def one(j):
+            j2 = builder.add(j, j)
+            builder.store(builder.load(v.at(src, j2)), v.at(d0, j))
+            builder.store(builder.load(v.at(src, builder.add(j2, v.i64(1)))), v.at(d1, j))
+
+        loop(builder, v.i64(0), nvec, WIDE, vec, "dei.v")
+        loop(builder, nvec, n_i, 1, one, "dei.s")
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -69,6 +69,9 @@ CONV_CASES = [
     (8, 9, 9, 8, 5, 2, 2, 8),       # depthwise 5x5 stride 2 (generic taps)
     (5, 10, 7, 5, 3, 3, 1, 5),      # depthwise stride 3
     (48, 14, 13, 48, 3, 2, 1, 48),  # depthwise stride 2, odd width (edge of the interleaved copy)
+    (4, 6, 50, 4, 3, 1, 1, 4),      # depthwise rows of 50: two vectors, one, and an overlapping last one
+    (6, 7, 75, 6, 3, 2, 1, 6),      # depthwise stride 2, rows of 38 (vector deinterleave of the input)
+    (9, 5, 40, 6, 3, 1, 1, 3),      # 3 channels per group (9 taps each: 27 per output), rows of 40
 ]
 
 
@@ -99,6 +102,21 @@ def gemm_case(c, h, w, m, k, stride, pad, act, with_res):
     if k == 1 and stride == 1 and pad == 0:
         xs = x.reshape(c, h, 1, w)
     return xs, wt, shift, res, ref, np.full(ref.shape, np.nan, np.float32)
+
+
+@pytest.mark.parametrize("act", ["leaky", "relu6", "logistic", "elu"])
+@pytest.mark.parametrize("c,h,w,groups,stride", [(6, 7, 50, 6, 1), (8, 9, 37, 4, 2), (32, 5, 7, 32, 2)])
+def test_conv_grouped_activations(c, h, w, groups, stride, act):
+    # the grouped kernel applies leaky/relu6 in its vector code (dw_plane) and any other activation
+    # afterwards; rows of 50 and 19 take its whole-vector paths, a 3x4 output its masked one
+    x = ints((c, h, w))
+    wt = ints((c, c // groups, 3, 3))
+    shift = ints((c,))
+    ref = naive_conv(x, wt, groups, stride, 1) + shift[:, None, None]
+    ref = np.array([reference_activation(act, v) for v in ref.astype(np.float32).ravel()]).reshape(ref.shape)
+    out = np.full(ref.shape, np.nan, np.float32)
+    kdw.conv_grouped(x, wt, groups, shift, CODE[act], 1, stride, out)
+    np.testing.assert_allclose(out, ref, rtol=2e-6 if act in ("logistic", "elu") else 0, atol=1e-6)
 
 
 @pytest.mark.parametrize("c,h,w,m,k,stride,pad,act,with_res", STATIONARY_CASES)
@@ -682,8 +700,9 @@ def test_kernel_choices_follow_config():
     assert config.winograd_variant(conv(16, 16, 224)) == 0
     assert config.winograd_variant(conv(64, 128, 28, stride=2)) == 0
     assert config.depthwise_kind(conv(64, 64, 7, groups=64)) == "hwc"
-    assert config.depthwise_kind(conv(64, 64, 14, stride=2, groups=64)) == "hwc"
+    assert config.depthwise_kind(conv(64, 64, 7, stride=2, groups=64)) == "hwc"
     assert config.depthwise_kind(conv(64, 64, 14, groups=64)) == "planes"
+    assert config.depthwise_kind(conv(320, 320, 14, stride=2, groups=320)) == "planes"
     assert config.depthwise_kind(conv(32, 32, 7, groups=32)) == "planes"
     assert config.depthwise_kind(conv(64, 64, 14, groups=32)) == "planes"
     assert config.depthwise_kind(conv(64, 64, 14)) == ""
