@@ -27,7 +27,7 @@ from numba import njit, prange
 
 from . import config
 from .activation import activate_block
-from .vecir import deinterleave2
+from .vecir import split_row2
 from .gemm import (KMR, KNR, KNR_NARROW, MR, NR, copy_runs16, gather_rows16, microkernel_acc, microkernel_acc_fused,
                    microkernel_acc_fused_narrow, microkernel_acc_narrow, microkernel_cols, microkernel_fused,
                    microkernel_indirect, pack_a, prefetch_l2)
@@ -52,21 +52,7 @@ def _prepare_input(x, pad, xs):
                 continue
             src = x[ch, iy]
             if s == 2:
-                # both column phases at once: two vector loads and two shuffles per 2*WIDE floats
-                d0 = xs[ch, y, 0]
-                d1 = xs[ch, y, 1]
-                j0 = min(wq, (pad + 1) // 2)
-                j1 = min(wq, max(j0, (w - 1 + pad - 1) // 2 + 1))
-                for j in range(j0):
-                    ix = 2 * j - pad
-                    d0[j] = src[ix] if 0 <= ix < w else np.float32(0.0)
-                    d1[j] = src[ix + 1] if 0 <= ix + 1 < w else np.float32(0.0)
-                deinterleave2(src.ctypes.data + 4 * (2 * j0 - pad), j1 - j0, d0.ctypes.data + 4 * j0,
-                              d1.ctypes.data + 4 * j0)
-                for j in range(j1, wq):
-                    ix = 2 * j - pad
-                    d0[j] = src[ix] if 0 <= ix < w else np.float32(0.0)
-                    d1[j] = src[ix + 1] if 0 <= ix + 1 < w else np.float32(0.0)
+                split_row2(src, w, pad, xs[ch, y, 0], xs[ch, y, 1])
                 continue
             for p in range(s):
                 dst = xs[ch, y, p]

@@ -28,7 +28,7 @@ from numba.extending import intrinsic
 
 from .activation import activate_block, activate_scalar
 from .gemm import declare_intrinsic, first_lanes
-from .vecir import LANES, WIDE, Vec, deinterleave2, loop, loop_carry
+from .vecir import LANES, WIDE, Vec, loop, loop_carry, split_row2
 
 
 def planes_shape(c: int, h: int, w: int, pad: int, stride: int, size: int) -> tuple[int, int, int, int, int]:
@@ -100,22 +100,7 @@ def _prepare_channel(x, ch, pad, dst5, dc):
                 continue
             src = x[ch, iy]
             if s == 2:
-                # both column phases at once: two vector loads and two shuffles per 2*WIDE floats
-                d0 = dst5[dc, py, 0, i]
-                d1 = dst5[dc, py, 1, i]
-                # interior: 0 <= 2j - pad and 2j + 1 - pad < w for both phases
-                j0 = min(wq, (pad + 1) // 2)
-                j1 = min(wq, max(j0, (w - 1 + pad - 1) // 2 + 1))
-                for j in range(j0):
-                    ix = 2 * j - pad
-                    d0[j] = src[ix] if 0 <= ix < w else np.float32(0.0)
-                    d1[j] = src[ix + 1] if 0 <= ix + 1 < w else np.float32(0.0)
-                deinterleave2(src.ctypes.data + 4 * (2 * j0 - pad), j1 - j0, d0.ctypes.data + 4 * j0,
-                              d1.ctypes.data + 4 * j0)
-                for j in range(j1, wq):
-                    ix = 2 * j - pad
-                    d0[j] = src[ix] if 0 <= ix < w else np.float32(0.0)
-                    d1[j] = src[ix + 1] if 0 <= ix + 1 < w else np.float32(0.0)
+                split_row2(src, w, pad, dst5[dc, py, 0, i], dst5[dc, py, 1, i])
             else:
                 for px in range(s):
                     _copy_phase_row(src, w, px, pad, s, dst5[dc, py, px, i])
@@ -139,7 +124,7 @@ def dw_plane(typingctx, out, ldo, rows, cols, src, ldx, offs, t, w, shift, act):
     the output (``offs``: int64 offsets of each (input channel, tap) from a pixel's base; ``ldx``: the
     planes' row pitch). ``act``: one of gemm.FUSED_ACTS (the caller applies any other afterwards).
 
-    Two vectors of the CPU's width per step, each summed in three interleaved partial sums; a row's last
+    Two vectors of the CPU's width per step (two independent chains of t fused multiply-adds); a row's last
     partial vector is recomputed at cols - WIDE (same values) where the row has a whole vector, else
     stored with a mask. Reads up to WIDE floats past a row's last tap (the planes' spare row and the
     scratch after them cover it: ``scratch_size``). Written as vector IR because LLVM would not
@@ -156,27 +141,14 @@ def dw_plane(typingctx, out, ldo, rows, cols, src, ldx, offs, t, w, shift, act):
         vt = ir.VectorType(ir.FloatType(), WIDE)
         mvt = ir.VectorType(ir.IntType(1), WIDE)
         mstore = declare_intrinsic(builder, f"llvm.masked.store.v{WIDE}f32.p0",
-                          ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), ir.IntType(32), mvt]))
-
-        t3 = builder.mul(builder.sdiv(t_i, v.i64(3)), v.i64(3))
-        zero = v.splat(0.0)
+                                   ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), ir.IntType(32), mvt]))
 
         def taps(xb, js):
-            # three partial sums per vector (taps k, k+1, k+2), so 3 * len(js) independent FMA chains:
-            # one chain per vector made a 3x3 depthwise row latency-bound (9 dependent FMAs)
-            def fma(a, k, j):
-                off = builder.add(builder.add(xb, builder.load(builder.gep(offs, [k]))), j)
-                return v.add(a, v.mul(v.splat(builder.load(builder.gep(wp, [k]))), v.load(src, off)))
-
-            def three(k, vals):
-                return [fma(a, builder.add(k, v.i64(i % 3)), js[i // 3]) for i, a in enumerate(vals)]
-
-            def rest(k, vals):
-                return [fma(a, k, j) for a, j in zip(vals, js)]
-
-            part = loop_carry(builder, v.i64(0), t3, 3, [sh, zero, zero] * len(js), three, "dw.t3")
-            acc = loop_carry(builder, t3, t_i, 1, part[::3], rest, "dw.t1")
-            return [v.activation(v.add(v.add(a, part[3 * u + 1]), part[3 * u + 2]), act_i) for u, a in enumerate(acc)]
+            def tap(k, vals):
+                off = builder.add(xb, builder.load(builder.gep(offs, [k])))
+                wk = v.splat(builder.load(builder.gep(wp, [k])))
+                return [v.add(a, v.mul(wk, v.load(src, builder.add(off, j)))) for a, j in zip(vals, js)]
+            return [v.activation(a, act_i) for a in loop_carry(builder, v.i64(0), t_i, 1, [sh] * len(js), tap, "dw.t")]
 
         n2 = builder.mul(builder.sdiv(cols_i, v.i64(2 * WIDE)), v.i64(2 * WIDE))
         n1 = builder.mul(builder.sdiv(cols_i, v.i64(WIDE)), v.i64(WIDE))

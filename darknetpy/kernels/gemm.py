@@ -302,7 +302,7 @@ def gather_rows16(typingctx, x, koff, kn, pix, nvalid, dst, ldd):
         i64v = ir.VectorType(_I64, lanes)
         mask = first_lanes(builder, nvalid_i, lanes)
         gather = declare_intrinsic(builder, f"llvm.masked.gather.v{lanes}f32.v{lanes}p0",
-                          ir.FunctionType(vt, [pvt, _I32, mask.type, vt]))
+                                   ir.FunctionType(vt, [pvt, _I32, mask.type, vt]))
         pix = builder.load(builder.bitcast(builder.inttoptr(pix_i, _I32.as_pointer()),
                                            ir.VectorType(_I32, lanes).as_pointer()), align=4)
         pix_bytes = builder.mul(builder.sext(pix, i64v), ir.Constant(i64v, [4] * lanes))
@@ -340,9 +340,9 @@ def copy_runs16(typingctx, x, koff, kn, runs, nruns, dst, ldd):
         vt = ir.VectorType(_F32, lanes)
         mvt = ir.VectorType(ir.IntType(1), lanes)
         load = declare_intrinsic(builder, f"llvm.masked.load.v{lanes}f32.p0",
-                        ir.FunctionType(vt, [vt.as_pointer(), _I32, mvt, vt]))
+                                 ir.FunctionType(vt, [vt.as_pointer(), _I32, mvt, vt]))
         store = declare_intrinsic(builder, f"llvm.masked.store.v{lanes}f32.p0",
-                         ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), _I32, mvt]))
+                                  ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), _I32, mvt]))
         zero = ir.Constant(vt, [0.0] * lanes)
         koff = builder.inttoptr(koff_i, _I64.as_pointer())
         runs = builder.inttoptr(runs_i, _I32.as_pointer())

@@ -9,8 +9,9 @@ register; LLVM splits or widens it on other targets) unless a kernel asks for it
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic
 
 from . import config
@@ -194,3 +195,23 @@ def deinterleave2(typingctx, src, n, d0, d1):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def split_row2(src, w, pad, d0, d1):
+    """One input row (w floats) into its two stride-2 column phases with ``pad`` zero columns on the left:
+    d0[j] = src[2j - pad], d1[j] = src[2j + 1 - pad] (0 outside the row), for j < len(d0). The interior,
+    where both phases lie inside the row, by ``deinterleave2``; the few edge columns one by one. How the
+    stride-2 GEMM input (conv.prepare_input) and the depthwise phase planes are built."""
+    wq = d0.shape[0]
+    j0 = min(wq, (pad + 1) // 2)
+    j1 = min(wq, max(j0, (w - 1 + pad - 1) // 2 + 1))
+    for j in range(j0):
+        ix = 2 * j - pad
+        d0[j] = src[ix] if 0 <= ix < w else np.float32(0.0)
+        d1[j] = src[ix + 1] if 0 <= ix + 1 < w else np.float32(0.0)
+    deinterleave2(src.ctypes.data + 4 * (2 * j0 - pad), j1 - j0, d0.ctypes.data + 4 * j0, d1.ctypes.data + 4 * j0)
+    for j in range(j1, wq):
+        ix = 2 * j - pad
+        d0[j] = src[ix] if 0 <= ix < w else np.float32(0.0)
+        d1[j] = src[ix + 1] if 0 <= ix + 1 < w else np.float32(0.0)

@@ -40,10 +40,10 @@ from numba.extending import intrinsic
 from . import config
 from .activation import activate_block
 from .gemm import MR, NR, microkernel_cols, pack_a, splat
-from .vecir import Vec, count_loop, loop
+from .vecir import WIDE, Vec, count_loop, loop
 
 # lanes of the inverse transform's vectors: the CPU's (16 floats with AVX-512, 8 with AVX2)
-_LANES = config.codegen_target().float_lanes
+_LANES = WIDE
 
 
 def _at6_v(v: Vec, m):
