@@ -251,10 +251,11 @@ class Plan:
         x2d = self._in(conv).reshape(conv.c, -1)
         mean = np.zeros(conv.c, np.float32)
         out = self.outputs[self.pooled[conv.index]].reshape(-1)
+        connected = kconv.bind_connected(mean, w, shift, ACT["linear"], out)
 
         def run_pooled():
             kex.avgpool_fast(x2d, mean)
-            kconv.connected(mean, w, shift, ACT["linear"], out)
+            connected()
         return run_pooled
 
     def _bind_maxpool(self, layer: L.MaxPool, p: dict, x, out) -> Callable[[], None]:
@@ -361,11 +362,9 @@ class Plan:
             xs = self._scratch[: int(np.prod(shape))].reshape(shape)
         variant = kcfg.winograd_variant(layer)
         if variant == 4:
-            up = memory.in_huge_pages(kwino.transform_weights4(w))
-            return lambda: kwino.conv3x3_winograd4(x, up, shift, a, pad, out, xs)
+            return kwino.bind_winograd(x, memory.in_huge_pages(kwino.transform_weights4(w)), shift, a, pad, out, xs, 4)
         if variant == 2:
-            up = memory.in_huge_pages(kwino.transform_weights(w))
-            return lambda: kwino.conv3x3_winograd(x, up, shift, a, pad, out, xs)
+            return kwino.bind_winograd(x, memory.in_huge_pages(kwino.transform_weights(w)), shift, a, pad, out, xs, 2)
         if layer.groups == 1:
             ap = memory.in_huge_pages(kconv.pack_filters(w.reshape(layer.filters, -1), layer.out_h * layer.out_w))
             res = None
@@ -374,23 +373,21 @@ class Plan:
                 out = self.outputs[sc.index]
                 res = self.outputs[sc.from_]
                 a = ACT[sc.activation]
-            bs = self._thread_scratch
+            gemm = kconv.bind_conv_gemm(xs, ap, shift, a, size, stride, out, res, self._thread_scratch)
             if shape == (0,):
-                return lambda: kconv.conv_gemm(xs, ap, shift, a, size, stride, out, res, bs)
+                return gemm
+            prepare = kconv.bind_prepare_input(x, pad, xs)
 
             def run_gemm():
-                kconv.prepare_input(x, pad, xs)
-                kconv.conv_gemm(xs, ap, shift, a, size, stride, out, res, bs)
+                prepare()
+                gemm()
             return run_gemm
 
         kind = kcfg.depthwise_kind(layer)
         if kind == "hwc":
             xt = self._scratch[: (layer.h + 2) * (layer.w + 2) * layer.c].reshape(layer.h + 2, layer.w + 2, layer.c)
-            return lambda: kdw.depthwise_hwc(x, w, shift, a, pad, stride, out, xt)
-        if kind == "rows":
-            return lambda: kdw.depthwise3x3(x, w, shift, a, stride, out)
-        tscratch = self._thread_scratch
-        return lambda: kdw.conv_grouped(x, w, layer.groups, shift, a, pad, stride, out, tscratch)
+            return kdw.bind_depthwise_hwc(x, w, shift, a, pad, stride, out, xt)
+        return kdw.bind_conv_grouped(x, w, layer.groups, shift, a, pad, stride, out, self._thread_scratch)
 
     def _bind_connected_exact(self, layer: L.Connected, p: dict, x, out) -> Callable[[], None]:
         a = ACT[layer.activation]
@@ -411,7 +408,7 @@ class Plan:
         x1, o1 = x.reshape(-1), out.reshape(-1)
         scale, shift = bn_scale_shift(p, layer.output)
         w = memory.in_huge_pages(np.ascontiguousarray(p["weights"] * scale[:, None], dtype=np.float32))
-        return lambda: kconv.connected(x1, w, shift, a, o1)
+        return kconv.bind_connected(x1, w, shift, a, o1)
 
     def _bind_route(self, layer: L.Route, p: dict, x, out) -> Callable[[], None]:
         # Copy only the inputs that could not write into their slice directly.
@@ -448,7 +445,9 @@ class Plan:
         kind = kcfg.depthwise_kind(layer)
         if kind:
             return f"conv:{kind}"
-        return "conv:gemm"          # with or without prepare_input: the same GEMM specialisation
+        if kconv.kblocked(layer.c * layer.size * layer.size, layer.filters, layer.out_h * layer.out_w):
+            return "conv:gemm-kblocked"     # its own thread body (kernels/conv.py)
+        return "conv:gemm"          # with or without prepare_input: the same GEMM thread body
 
     def _scratch_shape(self, layer: L.Layer) -> tuple[int, ...]:
         """The prepared-input buffer (see kernels/conv.py) a fast convolution reads; (0,) when none."""

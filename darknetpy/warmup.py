@@ -1,7 +1,8 @@
 """Compile a plan's kernels on two cores when the kernel cache is cold.
 
 numba compiles a kernel on its first call, single-threaded, and stores it in the on-disk cache. On a
-fresh install Tiny Darknet's kernels take ~19 s of compiling. ``classify`` therefore starts a helper
+fresh install Tiny Darknet's kernels take ~8 s of compiling on one core (Zen 4; 18.5 s before the large
+kernels became thread bodies, kernels/parallel.py). ``classify`` therefore starts a helper
 process that builds the same plan (same cfg, input size and mode; random weights -- values do not matter
 to the compiler), and the two share the work by kernel:
 
@@ -14,7 +15,7 @@ to the compiler), and the two share the work by kernel:
   waits for its done file (numba loads it from the cache at the first call), or, if the helper died,
   compiles it itself.
 
-So no kernel is compiled twice, except numba functions two kernels share (conv.prepare_input).
+So no kernel is compiled twice, except numba functions two kernels share (parallel.py's driver).
 A marker file next to the cache records networks whose plan has been compiled, so warm runs never
 start the helper (``is_cold`` asks it; commands use it to say, once, that they are compiling).
 ``DARKNETPY_PARALLEL_COMPILE=0`` disables the helper.

@@ -9,7 +9,13 @@ depthwise.py    grouped and depthwise convolutions over whole output maps
 winograd.py     Winograd F(2x2,3x3) and F(4x4,3x3)
 int8/           int8 engine: u8 x s8 GEMM with int32 accumulation, ONNX-exact requantisation
 vecir.py        helpers for writing explicit vector code as LLVM IR
+parallel.py     the large kernels' parallel region: thread bodies compiled once, called by address
 config.py       every tunable and threshold (passed to the kernels as arguments), the CPU-feature choice
+
+The GEMM, Winograd and grouped-convolution kernels are thread bodies (``parallel.thread_body``) with a
+``bind_*`` function that checks their arrays and returns a callable (``parallel.Call``); the plan binds
+each step once. The smaller kernels (pooling, element-wise, the exact and int8 ones) are still
+``@njit(parallel=True)`` over a prange: for them numba's parfor compile costs well under a second.
 
 Compiled kernels are cached on disk (``cache=True``). numba invalidates a cached function only when
 its own source file changes, not when a helper it inlines from another file does; so the cache lives
@@ -25,7 +31,8 @@ own copy in a process that compiles, the caller's copy in one that loads from th
 warm runs would differ by a few ulp, and the darknet-exact activations could lose -0.0 and NaN handling.
 
 Threads: numba's TBB threading layer when the ``tbb`` package is installed (a dependency on x86-64 Linux
-and Windows), else OpenMP. Every parallel kernel is a ``prange`` over work items; with OpenMP each such
+and Windows), else OpenMP. Every parallel kernel is a ``prange`` over work items (parallel.py's driver
+included); with OpenMP each such
 region ends in a barrier that waits for every thread of the team, so when another process holds one of
 the two cores, each of the 20-60 regions of an inference waits for the descheduled thread (measured: Tiny
 Darknet at 2 threads 1.35-1.4x its own 1-thread time under a busy loop). TBB's scheduler lets the calling

@@ -292,8 +292,8 @@ def depthwise_kind(conv) -> str:
     """Kernel for a grouped convolution (``conv`` as in ``winograd_variant``): "hwc" (depthwise 3x3 on
     small maps with many channels, vectorised across channels) or "planes" (any grouped conv,
     depthwise.conv_grouped: 3x3 taps as one vectorised loop over a whole zero-padded plane); "" if not
-    grouped. ("rows", depthwise.depthwise3x3, row by row from the input, is no longer chosen: "planes"
-    is 1.3-4x faster on every HarDNet shape.)
+    grouped. (A third kernel, row by row straight from the input, was 1.3-4x slower than "planes" on
+    every HarDNet shape and was removed.)
 
     "hwc" for at least 64 channels on output maps of at most 7x7, where a plane is too small to fill
     vectors and the channels are many. Measured on Zen 4 inside HarDNet-39DS since "planes" writes its

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import config
 from .activation import activate_block
+from .parallel import Call, addr, f32, i64, thread_body
 from .vecir import split_row2
 from .gemm import (KMR, KNR, KNR_NARROW, MR, NR, copy_runs16, gather_rows16, microkernel_acc, microkernel_acc_fused,
                    microkernel_acc_fused_narrow, microkernel_acc_narrow, microkernel_cols, microkernel_fused,
@@ -38,17 +39,20 @@ def input_shape(c: int, h: int, w: int, pad: int, stride: int) -> tuple[int, int
     return c, h + 2 * pad, stride, -(-(w + 2 * pad) // stride)
 
 
-@njit(cache=True, parallel=True)
-def _prepare_input(x, pad, xs):
-    c, h, w = x.shape
-    hp, s, wq = xs.shape[1], xs.shape[2], xs.shape[3]
-    for ch in prange(c):
+@thread_body()
+def _prepare_input_body(th, nthreads, argv):
+    # argv: x, C, H, W, pad, xs, Hp, S, Wq. Thread th fills its share of the channels.
+    c, h, w, pad = argv[1], argv[2], argv[3], argv[4]
+    hp, s, wq = argv[6], argv[7], argv[8]
+    x = f32(argv[0], (c, h, w))
+    xs = f32(argv[5], (c, hp, s, wq))
+    for ch in range(th * c // nthreads, (th + 1) * c // nthreads):
         for y in range(hp):
             iy = y - pad
             if iy < 0 or iy >= h:
                 for p in range(s):
-                    for j in range(wq):             # a loop, not xs[..., :] = 0: inside a parallel kernel
-                        xs[ch, y, p, j] = np.float32(0.0)   # an array expression becomes another parfor
+                    for j in range(wq):
+                        xs[ch, y, p, j] = np.float32(0.0)
                 continue
             src = x[ch, iy]
             if s == 2:
@@ -76,9 +80,18 @@ def _prepare_input(x, pad, xs):
                     dst[j] = np.float32(0.0)
 
 
+def bind_prepare_input(x, pad: int, xs) -> Call:
+    """``prepare_input`` bound to its arrays (a plan step calls it many times)."""
+    c, h, w = x.shape
+    if xs.shape[0] != c or xs.shape[1] != h + 2 * pad:
+        raise ValueError(f"prepare_input: buffer {xs.shape} does not fit input {x.shape} with pad {pad}")
+    return Call(_prepare_input_body, [addr(x, np.float32), c, h, w, pad, addr(xs, np.float32), *xs.shape[1:]],
+                (x, xs))
+
+
 def prepare_input(x, pad: int, xs) -> None:
     """Fill xs (C, Hp, stride, Wq), see the module docstring; any margin beyond the image is zeroed."""
-    _prepare_input(x, pad, xs)
+    bind_prepare_input(x, pad, xs)()
 
 
 @njit(cache=True)
@@ -181,108 +194,81 @@ def _store_tile(tile, t0, mr, nr, i0, n0, jn, act, shift, has_res, out2d, res2d)
 MASKED_RUNS = config.codegen_target().float_lanes == 16
 
 
-# Array expressions (np.zeros, np.arange, arithmetic on arrays) in a parallel=True kernel outside its
-# prange become parallel regions of their own: waking the other thread for 448 floats cost ~13 us per
-# call (measured inside the K-blocked GEMM at 2 threads). These small helpers are compiled serially.
-@njit(cache=True)
-def _zeros(n):
-    z = np.empty(n, dtype=np.float32)
-    for i in range(n):
-        z[i] = np.float32(0.0)
-    return z
+def _offsets(c: int, size: int, s: int, hp: int, row: int, wq: int) -> np.ndarray:
+    """koff[k] for k = (c, ky, kx): offset of that tap from a pixel's base in the prepared input
+    (channel planes hp*row floats apart, rows ``row``, column phase kx % s at (kx % s)*wq)."""
+    col = np.array([(kx % s) * wq + kx // s for kx in range(size)], dtype=np.int64)
+    base = np.arange(c, dtype=np.int64)[:, None] * (hp * row) + np.arange(size, dtype=np.int64)[None, :] * row
+    return np.ascontiguousarray((base[:, :, None] + col[None, None, :]).reshape(-1))
 
 
-@njit(cache=True)
-def _strided(n, step):
-    """[0, step, 2*step, ...] (n int64 values)."""
-    a = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        a[i] = i * step
-    return a
+# argv words of the two GEMM bodies, in this order (bind_conv_gemm builds them)
+#   0 xs  1-4 C, Hp, S, Wq  5 ap  6-7 ap's shape  8 shift  9 out  10-12 M, out_h*out_w, out_w
+#   13 res (= out when there is none)  14 has_res  15 K  16 koff  17 act
+#   conv_gemm:  18 kpack  19 in_place_rows  20 in_place_ok  21 mchunks  22 a_stationary  23 bscratch  24 its row
+#   K-blocked:  18 kc  19 ncp (pixel panels per block)  20 zero tile
 
 
-@njit(cache=True)
-def _offsets(c, size, s, hp, row, wq):
-    """koff[k] for k = (c, ky, kx): offset of that tap from a pixel's base in the prepared input."""
-    # the column part of each kx once (a division by the stride per tap was 2 ns per entry: 5 us per call
-    # for K = 2304)
-    col = np.empty(size, dtype=np.int64)
-    for kx in range(size):
-        col[kx] = (kx % s) * wq + kx // s
-    koff = np.empty(c * size * size, dtype=np.int64)
-    k = 0
-    for cc in range(c):
-        for ky in range(size):
-            base = cc * hp * row + ky * row
-            for kx in range(size):
-                koff[k] = base + col[kx]
-                k += 1
-    return koff
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def _conv_gemm(xs, ap, shift, act, size, stride, in_place_rows, in_place_ok, nthreads, min_items, a_stationary,
-               bscratch, res, out):
-    # res: a residual shaped like out added before the activation (a fused [shortcut]), or empty
-    # xs: (C, Hp, S, Wq) prepared input (S == stride); out: (M, out_h, out_w)
-    # bscratch: (nthreads, >= K*npan*NR) when a_stationary, else unused
-    m, out_h, out_w = out.shape
-    n = out_h * out_w
-    c, hp, s, wq = xs.shape
+@thread_body(fastmath=True)
+def _conv_gemm_body(th, nthreads, argv):
+    # xs: (C, Hp, S, Wq) prepared input (S == stride); out: (M, out_h, out_w); res: a residual shaped like
+    # out added before the activation (a fused [shortcut])
+    c, hp, s, wq = argv[1], argv[2], argv[3], argv[4]
+    xflat = f32(argv[0], (c * hp * s * wq,))
+    nip = argv[6]
+    ap = f32(argv[5], (nip, argv[7]))
+    m, n, out_w = argv[10], argv[11], argv[12]
+    shift = f32(argv[8], (m,))
+    out2d = f32(argv[9], (m, n))
+    res2d = f32(argv[13], (m, n))
+    has_res = argv[14] != 0
+    kdim = argv[15]
+    koff = i64(argv[16], (kdim,))
+    act = argv[17]
+    kpack = i64(argv[18], (kdim,))                 # the same offsets for a packed B panel
+    in_place_rows, in_place_ok, mchunks, a_stationary = argv[19] != 0, argv[20] != 0, argv[21], argv[22] != 0
     row = s * wq                                  # floats between two input rows
-    kdim = c * size * size
     npan = (n + NR - 1) // NR
-    nip = ap.shape[0]
-    koff = _offsets(c, size, s, hp, row, wq)
-    kpack = _strided(kdim, NR)                    # the same offsets for a packed B panel
-    xflat = xs.reshape(-1)
-    out2d = out.reshape(m, n)
     fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
-    has_res = res.size == out.size
-    res2d = res.reshape(m, n) if has_res else out2d
-    mchunks = 1                                   # split M too when pixel panels are few
-    if npan < min_items:
-        mchunks = min(nip, (min_items + npan - 1) // npan)
     nitems = npan * mchunks
-    for th in prange(nthreads):
-        tile = np.empty(MR * NR, dtype=np.float32)
-        bp = np.empty(kdim * NR, dtype=np.float32)
-        srcs = np.empty(npan, dtype=np.int64)
-        offs = np.empty(npan, dtype=np.int64)
+    tile = np.empty(MR * NR, dtype=np.float32)
+    bp = np.empty(kdim * NR, dtype=np.float32)
+    srcs = np.empty(npan, dtype=np.int64)
+    offs = np.empty(npan, dtype=np.int64)
+    if a_stationary:
+        # Weights larger than the whole (packed) input, which fits in L2: each thread packs every
+        # pixel panel once, then takes its share of filter panels (outer loop) and runs each against
+        # all pixel panels (inner), so every weight is read from memory once (the other order
+        # re-reads all weights for each pixel panel).
+        bpa = f32(argv[23] + 4 * th * argv[24], (argv[24],))
+        for jp in range(npan):
+            srcs[jp], offs[jp] = _panel_source(xflat, koff, kpack, kdim, jp * NR, min(NR, n - jp * NR), out_w,
+                                               s, row, in_place_rows, in_place_ok,
+                                               bpa[jp * kdim * NR:(jp + 1) * kdim * NR])
+        o_lo, o_hi = th * nip // nthreads, (th + 1) * nip // nthreads
+    else:
+        # items = (pixel panel, range of filter panels): pack the panel, run the filter panels on it
+        o_lo, o_hi = th * nitems // nthreads, (th + 1) * nitems // nthreads
+    for o in range(o_lo, o_hi):
         if a_stationary:
-            # Weights larger than the whole (packed) input, which fits in L2: each thread packs every
-            # pixel panel once, then takes its share of filter panels (outer loop) and runs each against
-            # all pixel panels (inner), so every weight is read from memory once (the other order
-            # re-reads all weights for each pixel panel).
-            bpa = bscratch[th]
-            for jp in range(npan):
-                srcs[jp], offs[jp] = _panel_source(xflat, koff, kpack, kdim, jp * NR, min(NR, n - jp * NR), out_w,
-                                                   s, row, in_place_rows, in_place_ok,
-                                                   bpa[jp * kdim * NR:(jp + 1) * kdim * NR])
-            o_lo, o_hi = th * nip // nthreads, (th + 1) * nip // nthreads
+            i_lo, i_hi = 0, npan
         else:
-            # items = (pixel panel, range of filter panels): pack the panel, run the filter panels on it
-            o_lo, o_hi = th * nitems // nthreads, (th + 1) * nitems // nthreads
-        for o in range(o_lo, o_hi):
+            jp = o // mchunks
+            mc = o % mchunks
+            srcs[0], offs[0] = _panel_source(xflat, koff, kpack, kdim, jp * NR, min(NR, n - jp * NR), out_w,
+                                             s, row, in_place_rows, in_place_ok, bp)
+            i_lo, i_hi = mc * nip // mchunks, (mc + 1) * nip // mchunks
+        for i in range(i_lo, i_hi):
             if a_stationary:
-                i_lo, i_hi = 0, npan
+                ip, jp, q = o, i, i
             else:
-                jp = o // mchunks
-                mc = o % mchunks
-                srcs[0], offs[0] = _panel_source(xflat, koff, kpack, kdim, jp * NR, min(NR, n - jp * NR), out_w,
-                                                 s, row, in_place_rows, in_place_ok, bp)
-                i_lo, i_hi = mc * nip // mchunks, (mc + 1) * nip // mchunks
-            for i in range(i_lo, i_hi):
-                if a_stationary:
-                    ip, jp, q = o, i, i
-                else:
-                    ip, q = i, 0
-                _tile(ap, ip, srcs[q], offs[q], kdim, jp * NR, min(NR, n - jp * NR), fused, act, shift, has_res,
-                      out2d, res2d, tile)
+                ip, q = i, 0
+            _tile(ap, ip, srcs[q], offs[q], kdim, jp * NR, min(NR, n - jp * NR), fused, act, shift, has_res,
+                  out2d, res2d, tile)
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def _conv_gemm_kblocked(xs, ap, shift, act, size, stride, nthreads, kc, ncp, res, out):
+@thread_body(fastmath=True)
+def _conv_gemm_kblocked_body(th, nthreads, argv):
     # The implicit GEMM with K (= C*k*k) cut into blocks of kc rows, for the layers whose K runs into the
     # thousands (3x3 over 256-512 channels): there a whole pixel panel (K x NR) or filter panel (MR x K)
     # no longer fits in a core's cache, and the micro-kernel would stream both from L3/DRAM. Here a thread
@@ -293,19 +279,21 @@ def _conv_gemm_kblocked(xs, ap, shift, act, size, stride, nthreads, kc, ncp, res
     # Work items: (block of pixel panels, range of filter panels). Many pixel panels: the blocks are shared
     # out (each thread packs only its pixels, reads all weights once per block); few: one block, the
     # filter panels are shared out (each thread packs all pixels, reads its share of the weights).
-    m, out_h, out_w = out.shape
-    n = out_h * out_w
-    c, hp, s, wq = xs.shape
+    c, hp, s, wq = argv[1], argv[2], argv[3], argv[4]
+    xflat = f32(argv[0], (c * hp * s * wq,))
+    nip = argv[6]
+    ap_addr = argv[5]
+    m, n, out_w = argv[10], argv[11], argv[12]
+    shift = f32(argv[8], (m,))
+    out2d = f32(argv[9], (m, n))
+    res2d = f32(argv[13], (m, n))
+    has_res = argv[14] != 0
+    kdim = argv[15]
+    koff = i64(argv[16], (kdim,))
+    act, kc, ncp, zero_addr = argv[17], argv[18], argv[19], argv[20]
     row = s * wq
-    kdim = c * size * size
     npan = (n + KNR - 1) // KNR
-    nip = ap.shape[0]
-    koff = _offsets(c, size, s, hp, row, wq)
-    xflat = xs.reshape(-1)
-    out2d = out.reshape(m, n)
     fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
-    has_res = res.size == out.size
-    res2d = res.reshape(m, n) if has_res else out2d
     njc = (npan + ncp - 1) // ncp
     nsplit = 1
     if njc >= nthreads:
@@ -315,71 +303,69 @@ def _conv_gemm_kblocked(xs, ap, shift, act, size, stride, nthreads, kc, ncp, res
     per = (npan + njc - 1) // njc
     nitems = njc * nsplit
     tsz = KMR * KNR
-    zero = _zeros(tsz)
-    for th in prange(nthreads):
-        bblk = np.empty(per * kc * KNR, dtype=np.float32)
-        cacc = np.empty(((nip + nsplit - 1) // nsplit + 1) * per * tsz, dtype=np.float32)
-        for item in range(th * nitems // nthreads, (th + 1) * nitems // nthreads):
-            jc, sp = item // nsplit, item % nsplit
-            j_lo, j_hi = min(npan, jc * per), min(npan, (jc + 1) * per)
-            nj = j_hi - j_lo
-            if nj <= 0:
-                continue
-            # filter panels shared out: by tiles (filter panel x pixel panel, filter panel major), so a
-            # filter panel may be split between two items: 37 panels x 6 (512 filters on 13x13) as 111 + 111
-            # tiles, not 18 + 19 panels (at 2 threads the one thread took 8% longer than the other)
-            t_lo, t_hi = sp * nip * nj // nsplit, (sp + 1) * nip * nj // nsplit
-            i_lo, i_hi = t_lo // nj, (t_hi + nj - 1) // nj
-            for k0 in range(0, kdim, kc):
-                kn = min(kc, kdim - k0)
-                last = k0 + kn == kdim
-                for jp in range(j_lo, j_hi):
-                    jn = min(KNR, n - jp * KNR)
-                    # a last panel of at most KNR_NARROW pixels is packed that wide, for the narrow tile
-                    width = KNR_NARROW if jn <= KNR_NARROW else KNR
-                    _gather(xflat, koff, k0, kn, jp * KNR, jn, width, out_w, s, row,
-                            bblk[(jp - j_lo) * kc * KNR:(jp - j_lo) * kc * KNR + kc * width])
-                for ip in range(i_lo, i_hi):
-                    i0 = ip * KMR
-                    # pack_filters' layout: block of K by block of K, each block panel after panel
-                    a_addr = ap.ctypes.data + 4 * KMR * (k0 * nip + ip * kn)
-                    # the next filter panel's block of weights (or the next block's first panel), a
-                    # slice per pixel panel: they come from DRAM in the large layers
-                    if ip + 1 < i_hi:
-                        nxt, pf_all = a_addr + 4 * KMR * kn, 4 * KMR * kn
-                    else:
-                        kn2 = min(kc, max(0, kdim - k0 - kc))
-                        nxt = ap.ctypes.data + 4 * KMR * ((k0 + kc) * nip + i_lo * kn2)
-                        pf_all = 4 * KMR * kn2
-                    pf_step = (pf_all // nj + 63) // 64 * 64
-                    for jp in range(j_lo + max(0, t_lo - ip * nj), j_lo + min(nj, t_hi - ip * nj)):
-                        pf0 = (jp - j_lo) * pf_step
-                        if pf0 < pf_all:
-                            prefetch_l2(nxt + pf0, min(pf_step, pf_all - pf0))
-                        n0 = jp * KNR
-                        jn = min(KNR, n - n0)
-                        b_addr = bblk.ctypes.data + 4 * (jp - j_lo) * kc * KNR
-                        t0 = ((ip - i_lo) * nj + (jp - j_lo)) * tsz
-                        t_addr = cacc.ctypes.data + 4 * t0
-                        init = zero.ctypes.data if k0 == 0 else t_addr
-                        c_addr = out2d.ctypes.data + 4 * (i0 * n + n0)
-                        r_addr = res2d.ctypes.data + 4 * (i0 * n + n0) if has_res else 0
-                        if jn <= KNR_NARROW:
-                            if last and fused and jn == KNR_NARROW:
-                                microkernel_acc_fused_narrow(a_addr, b_addr, kn, init, c_addr, n,
-                                                             shift.ctypes.data + 4 * i0, act, m - i0, r_addr)
-                            else:
-                                microkernel_acc_narrow(a_addr, b_addr, kn, init, t_addr)
-                                if last:
-                                    _store_tile(cacc, t0, KMR, KNR_NARROW, i0, n0, jn, act, shift, has_res, out2d,
-                                                res2d)
-                        elif last and fused and jn == KNR:
-                            microkernel_acc_fused(a_addr, b_addr, kn, init, c_addr, n, shift.ctypes.data + 4 * i0,
-                                                  act, m - i0, r_addr)
+    bblk = np.empty(per * kc * KNR, dtype=np.float32)
+    cacc = np.empty(((nip + nsplit - 1) // nsplit + 1) * per * tsz, dtype=np.float32)
+    for item in range(th * nitems // nthreads, (th + 1) * nitems // nthreads):
+        jc, sp = item // nsplit, item % nsplit
+        j_lo, j_hi = min(npan, jc * per), min(npan, (jc + 1) * per)
+        nj = j_hi - j_lo
+        if nj <= 0:
+            continue
+        # filter panels shared out: by tiles (filter panel x pixel panel, filter panel major), so a
+        # filter panel may be split between two items: 37 panels x 6 (512 filters on 13x13) as 111 + 111
+        # tiles, not 18 + 19 panels (at 2 threads the one thread took 8% longer than the other)
+        t_lo, t_hi = sp * nip * nj // nsplit, (sp + 1) * nip * nj // nsplit
+        i_lo, i_hi = t_lo // nj, (t_hi + nj - 1) // nj
+        for k0 in range(0, kdim, kc):
+            kn = min(kc, kdim - k0)
+            last = k0 + kn == kdim
+            for jp in range(j_lo, j_hi):
+                jn = min(KNR, n - jp * KNR)
+                # a last panel of at most KNR_NARROW pixels is packed that wide, for the narrow tile
+                width = KNR_NARROW if jn <= KNR_NARROW else KNR
+                _gather(xflat, koff, k0, kn, jp * KNR, jn, width, out_w, s, row,
+                        bblk[(jp - j_lo) * kc * KNR:(jp - j_lo) * kc * KNR + kc * width])
+            for ip in range(i_lo, i_hi):
+                i0 = ip * KMR
+                # pack_filters' layout: block of K by block of K, each block panel after panel
+                a_addr = ap_addr + 4 * KMR * (k0 * nip + ip * kn)
+                # the next filter panel's block of weights (or the next block's first panel), a
+                # slice per pixel panel: they come from DRAM in the large layers
+                if ip + 1 < i_hi:
+                    nxt, pf_all = a_addr + 4 * KMR * kn, 4 * KMR * kn
+                else:
+                    kn2 = min(kc, max(0, kdim - k0 - kc))
+                    nxt = ap_addr + 4 * KMR * ((k0 + kc) * nip + i_lo * kn2)
+                    pf_all = 4 * KMR * kn2
+                pf_step = (pf_all // nj + 63) // 64 * 64
+                for jp in range(j_lo + max(0, t_lo - ip * nj), j_lo + min(nj, t_hi - ip * nj)):
+                    pf0 = (jp - j_lo) * pf_step
+                    if pf0 < pf_all:
+                        prefetch_l2(nxt + pf0, min(pf_step, pf_all - pf0))
+                    n0 = jp * KNR
+                    jn = min(KNR, n - n0)
+                    b_addr = bblk.ctypes.data + 4 * (jp - j_lo) * kc * KNR
+                    t0 = ((ip - i_lo) * nj + (jp - j_lo)) * tsz
+                    t_addr = cacc.ctypes.data + 4 * t0
+                    init = zero_addr if k0 == 0 else t_addr
+                    c_addr = out2d.ctypes.data + 4 * (i0 * n + n0)
+                    r_addr = res2d.ctypes.data + 4 * (i0 * n + n0) if has_res else 0
+                    if jn <= KNR_NARROW:
+                        if last and fused and jn == KNR_NARROW:
+                            microkernel_acc_fused_narrow(a_addr, b_addr, kn, init, c_addr, n,
+                                                         shift.ctypes.data + 4 * i0, act, m - i0, r_addr)
                         else:
-                            microkernel_acc(a_addr, b_addr, kn, init, t_addr)
+                            microkernel_acc_narrow(a_addr, b_addr, kn, init, t_addr)
                             if last:
-                                _store_tile(cacc, t0, KMR, KNR, i0, n0, jn, act, shift, has_res, out2d, res2d)
+                                _store_tile(cacc, t0, KMR, KNR_NARROW, i0, n0, jn, act, shift, has_res, out2d,
+                                            res2d)
+                    elif last and fused and jn == KNR:
+                        microkernel_acc_fused(a_addr, b_addr, kn, init, c_addr, n, shift.ctypes.data + 4 * i0,
+                                              act, m - i0, r_addr)
+                    else:
+                        microkernel_acc(a_addr, b_addr, kn, init, t_addr)
+                        if last:
+                            _store_tile(cacc, t0, KMR, KNR, i0, n0, jn, act, shift, has_res, out2d, res2d)
 
 
 def kblocked(kdim: int, m: int, n: int) -> bool:
@@ -417,8 +403,53 @@ def pack_filters(w2d: np.ndarray, n: int) -> np.ndarray:
     return flat.reshape(ap.shape)
 
 
-_NO_RES = np.zeros(0, dtype=np.float32)
-_NO_SCRATCH = np.zeros((1, 1), dtype=np.float32)
+def bind_conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bscratch=None):
+    """``conv_gemm`` bound to its arrays: a callable that runs it (a plan step calls it many times).
+    ``bscratch`` is then required when gemm_scratch_size(...) is not 0: (threads, that many floats), for
+    as many threads as will ever run it."""
+    c, hp, s, wq = xs.shape
+    m, out_h, out_w = out.shape
+    n = out_h * out_w
+    kdim = c * size * size
+    blocked = kblocked(kdim, m, n)
+    mr = KMR if blocked else MR
+    if ap.shape != (-(-m // mr), kdim * mr):
+        # the kernels address ap by raw pointer: weights packed for the other path (pack_filters given
+        # another pixel count) would be read out of bounds, not refused
+        raise ValueError(f"conv_gemm: weights packed as {ap.shape}, this convolution reads "
+                         f"{(-(-m // mr), kdim * mr)} (pack_filters(W, {n}))")
+    if s != stride or hp < (out_h - 1) * stride + size or out_w + (size - 1) // s > wq or shift.shape != (m,):
+        raise ValueError(f"conv_gemm: prepared input {xs.shape} / shift {shift.shape} do not fit a {size}x{size} "
+                         f"stride-{stride} convolution to {out.shape}")
+    if res is not None and res.size != out.size:
+        raise ValueError(f"conv_gemm: residual of {res.size} floats for an output of {out.size}")
+    f4 = np.float32
+    koff = _offsets(c, size, s, hp, s * wq, wq)
+    words = [addr(xs, f4), c, hp, s, wq, addr(ap, f4), *ap.shape, addr(shift, f4), addr(out, f4), m, n, out_w,
+             addr(out if res is None else res, f4), res is not None, kdim, koff.ctypes.data, act]
+    keep = [xs, ap, shift, out, res, koff]
+    if blocked:
+        zero = np.zeros(KMR * KNR, dtype=np.float32)
+        return Call(_conv_gemm_kblocked_body, words + [config.CONV_KC, config.CONV_KBLOCK_PANELS, zero.ctypes.data],
+                    keep + [zero])
+    kpack = np.arange(kdim, dtype=np.int64) * NR
+    npan = -(-n // NR)
+    nip = ap.shape[0]
+    # split M too when pixel panels are few (fewer than CONV_MIN_ITEMS work items otherwise)
+    mchunks = min(nip, -(-config.CONV_MIN_ITEMS // npan)) if npan < config.CONV_MIN_ITEMS else 1
+    # B rows read in place from many channel planes thrash the TLB once the input is large
+    in_place_ok = kdim < config.CONV_PACK_K or xs.nbytes <= config.CONV_IN_PLACE_BYTES
+    flat_ok = size == 1 and stride == 1 and hp * wq == n
+    need = gemm_scratch_size(kdim, m, n)
+    if need:
+        if bscratch is None:
+            bscratch = np.empty((numba.get_num_threads(), need), dtype=np.float32)
+        if bscratch.shape[1] < need:
+            raise ValueError(f"conv_gemm: scratch {bscratch.shape} < (threads, {need})")
+    words += [kpack.ctypes.data, flat_ok, in_place_ok, mchunks, need > 0,
+              addr(bscratch, f4) if need else 0, bscratch.shape[1] if need else 0]
+    # thread th packs into row th of bscratch: never more threads than rows
+    return Call(_conv_gemm_body, words, keep + [kpack, bscratch], bscratch.shape[0] if need else 1 << 30)
 
 
 def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bscratch=None) -> None:
@@ -427,30 +458,7 @@ def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bs
     ``xs`` = the prepared input (or x[:, :, None, :] for a 1x1, stride-1, unpadded conv); ``res`` a
     residual shaped like ``out`` (a fused [shortcut]); ``bscratch`` an optional preallocated
     (threads, gemm_scratch_size(...)) buffer for the weight-stationary order (allocated here if needed)."""
-    c, hp, s, wq = xs.shape
-    m, out_h, out_w = out.shape
-    nt = numba.get_num_threads()
-    blocked = kblocked(c * size * size, m, out_h * out_w)
-    mr = KMR if blocked else MR
-    if ap.shape != (-(-m // mr), c * size * size * mr):
-        # the kernels address ap by raw pointer: weights packed for the other path (pack_filters given
-        # another pixel count) would be read out of bounds, not refused
-        raise ValueError(f"conv_gemm: weights packed as {ap.shape}, this convolution reads "
-                         f"{(-(-m // mr), c * size * size * mr)} (pack_filters(W, {out_h * out_w}))")
-    if blocked:
-        _conv_gemm_kblocked(xs, ap, shift, act, size, stride, nt, config.CONV_KC, config.CONV_KBLOCK_PANELS,
-                            _NO_RES if res is None else res.reshape(-1), out)
-        return
-    flat_ok = size == 1 and stride == 1 and hp * wq == out_h * out_w
-    need = gemm_scratch_size(c * size * size, m, out_h * out_w)
-    if need and (bscratch is None or bscratch.shape[0] < nt or bscratch.shape[1] < need):
-        bscratch = np.empty((nt, need), dtype=np.float32)
-    # The thread count is passed in: numba.get_num_threads() inside a kernel makes it uncacheable.
-    # res always goes in as a flat array, so there is one compiled specialisation either way
-    # B rows read in place from many channel planes thrash the TLB once the input is large
-    in_place_ok = c * size * size < config.CONV_PACK_K or xs.nbytes <= config.CONV_IN_PLACE_BYTES
-    _conv_gemm(xs, ap, shift, act, size, stride, flat_ok, in_place_ok, nt, config.CONV_MIN_ITEMS, need > 0,
-               _NO_SCRATCH if not need else bscratch, _NO_RES if res is None else res.reshape(-1), out)
+    bind_conv_gemm(xs, ap, shift, act, size, stride, out, res, bscratch)()
 
 
 def gemm_scratch_size(kdim: int, m: int, n: int) -> int:
@@ -466,18 +474,34 @@ def gemm_scratch_size(kdim: int, m: int, n: int) -> int:
     return 0
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def _connected(x, weights, shift, act, out):
-    # y = act(W x + shift); a matrix-vector product is memory-bound, so a vectorised dot per row.
-    kdim = x.shape[0]
-    for o in prange(out.shape[0]):
+@thread_body(fastmath=True)
+def _connected_body(th, nthreads, argv):
+    # argv: x, K, weights, outputs, shift, act, out. y = act(W x + shift) for this thread's share of the
+    # outputs; a matrix-vector product is memory-bound, so a vectorised dot per row.
+    kdim, nout, act = argv[1], argv[3], argv[5]
+    x = f32(argv[0], (kdim,))
+    weights = f32(argv[2], (nout, kdim))
+    shift = f32(argv[4], (nout,))
+    out = f32(argv[6], (nout,))
+    lo, hi = th * nout // nthreads, (th + 1) * nout // nthreads
+    for o in range(lo, hi):
         s = np.float32(0.0)
         for k in range(kdim):
             s += weights[o, k] * x[k]
         out[o] = s + shift[o]
-    activate_block(out, out.shape[0], act)
+    activate_block(out[lo:hi], hi - lo, act)
+
+
+def bind_connected(x, weights, shift, act: int, out) -> Call:
+    """``connected`` bound to its arrays."""
+    nout, kdim = weights.shape
+    if x.size != kdim or out.size != nout or shift.size != nout:
+        raise ValueError(f"connected: {weights.shape} weights, input of {x.size}, output of {out.size}")
+    f4 = np.float32
+    return Call(_connected_body, [addr(x, f4), kdim, addr(weights, f4), nout, addr(shift, f4), act, addr(out, f4)],
+                (x, weights, shift, out))
 
 
 def connected(x, weights, shift, act: int, out) -> None:
     """[connected]: out (outputs,) = act(W @ x + shift), W (outputs, inputs)."""
-    _connected(x, weights, shift, act, out)
+    bind_connected(x, weights, shift, act, out)()

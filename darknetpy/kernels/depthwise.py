@@ -23,11 +23,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
 
 from .activation import activate_block, activate_scalar
 from .gemm import declare_intrinsic, first_lanes
+from .parallel import Call, addr, f32, i64, thread_body
 from .vecir import LANES, WIDE, Vec, loop, loop_carry, split_row2
 
 
@@ -106,17 +107,6 @@ def _prepare_channel(x, ch, pad, dst5, dc):
                     _copy_phase_row(src, w, px, pad, s, dst5[dc, py, px, i])
 
 
-@njit(cache=True, parallel=True)
-def _prepare_planes(x, pad, xs):
-    for ch in prange(x.shape[0]):
-        _prepare_channel(x, ch, pad, xs, ch)
-
-
-def prepare_planes(x, pad: int, xs) -> None:
-    """Fill the phase planes xs (see ``planes_shape``) from x (C, H, W)."""
-    _prepare_planes(x, pad, xs)
-
-
 @intrinsic
 def dw_plane(typingctx, out, ldo, rows, cols, src, ldx, offs, t, w, shift, act):
     """out[oy*ldo + j] = act(shift[0] + sum_{k<t} w[k] * src[oy*ldx + offs[k] + j]) for oy < rows, j < cols:
@@ -185,43 +175,39 @@ def dw_plane(typingctx, out, ldo, rows, cols, src, ldx, offs, t, w, shift, act):
     return sig, codegen
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def _conv_grouped(x, weights, groups, shift, act, pad, stride, pshape, scratch, out):
+@thread_body(fastmath=True)
+def _conv_grouped_body(th, nthreads, argv):
+    # argv: x, C, H, W, weights (M, C/groups * k*k), groups, shift, act, pad, stride, k, Hq, Wq, scratch,
+    # its row, out, M, out_h, out_w, offs.
     # One work item = one group: its cg input channels are laid out as phase planes in a buffer private
-    # to the item (it stays in L2), then each of its mg output channels is computed over the whole map by
-    # dw_plane, straight into the output.
-    c = x.shape[0]
-    s = stride
-    hq, wq = pshape[3], pshape[4]
-    m, out_h, out_w = out.shape
-    size = weights.shape[2]
+    # to the thread (it stays in L2), then each of its mg output channels is computed over the whole map
+    # by dw_plane, straight into the output.
+    c, h, w, groups = argv[1], argv[2], argv[3], argv[5]
+    act, pad, s, size, hq, wq = argv[7], argv[8], argv[9], argv[10], argv[11], argv[12]
+    m, out_h, out_w = argv[16], argv[17], argv[18]
+    x = f32(argv[0], (c, h, w))
     cg = c // groups
     mg = m // groups
     t = size * size
-    plane = hq * wq
+    wflat = f32(argv[4], (m, cg * t))
+    shift = f32(argv[6], (m,))
+    out = f32(argv[15], (m, out_h, out_w))
     # (input channel ci, tap) -> offset of that tap from an output pixel's base in the group's planes
-    offs = np.empty(cg * t, dtype=np.int64)
-    for ci in range(cg):
-        for ky in range(size):
-            for kx in range(size):
-                offs[ci * t + ky * size + kx] = (ci * s * s + (ky % s) * s + kx % s) * plane + (ky // s) * wq + kx // s
-    wflat = weights.reshape(m, cg * t)
+    offs = i64(argv[19], (cg * t,))
     fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
-    nthreads = scratch.shape[0]
-    for th in prange(nthreads):
-        # scratch[th] holds this thread's planes: reused, never reallocated (a fresh buffer per item
-        # costs page faults on every call)
-        xs = scratch[th, : cg * s * s * plane].reshape((cg, s, s, hq, wq))
-        for g in range(th * groups // nthreads, (th + 1) * groups // nthreads):
-            for ci in range(cg):
-                _prepare_channel(x, g * cg + ci, pad, xs, ci)
-            for oi in range(mg):
-                o = g * mg + oi
-                dst = out[o]
-                dw_plane(dst.ctypes.data, out_w, out_h, out_w, xs.ctypes.data, wq, offs.ctypes.data, cg * t,
-                         wflat[o].ctypes.data, shift.ctypes.data + 4 * o, act if fused else 0)
-                if not fused:
-                    activate_block(dst.reshape(-1), out_h * out_w, act)
+    # this thread's row of the scratch holds its planes: reused, never reallocated (a fresh buffer per
+    # item costs page faults on every call)
+    xs = f32(argv[13] + 4 * th * argv[14], (cg, s, s, hq, wq))
+    for g in range(th * groups // nthreads, (th + 1) * groups // nthreads):
+        for ci in range(cg):
+            _prepare_channel(x, g * cg + ci, pad, xs, ci)
+        for oi in range(mg):
+            o = g * mg + oi
+            dst = out[o]
+            dw_plane(dst.ctypes.data, out_w, out_h, out_w, xs.ctypes.data, wq, offs.ctypes.data, cg * t,
+                     wflat[o].ctypes.data, shift.ctypes.data + 4 * o, act if fused else 0)
+            if not fused:
+                activate_block(dst.reshape(-1), out_h * out_w, act)
 
 
 def scratch_size(c: int, h: int, w: int, groups: int, pad: int, stride: int, size: int) -> int:
@@ -231,96 +217,40 @@ def scratch_size(c: int, h: int, w: int, groups: int, pad: int, stride: int, siz
     return (c // groups) * s * s * hq * wq + WIDE
 
 
+def bind_conv_grouped(x, weights, groups: int, shift, act: int, pad: int, stride: int, out, scratch=None) -> Call:
+    """``conv_grouped`` bound to its arrays. ``scratch``: float32 (threads, scratch_size(...)), one row per
+    thread that will run it (allocated here for numba.get_num_threads() if None)."""
+    c, h, w = x.shape
+    m, out_h, out_w = out.shape
+    size = weights.shape[2]
+    _, s, _, hq, wq = planes_shape(c, h, w, pad, stride, size)
+    cg = c // groups
+    if c % groups or m % groups or weights.shape != (m, cg, size, size) or shift.shape != (m,) \
+            or (out_h, out_w) != ((h + 2 * pad - size) // stride + 1, (w + 2 * pad - size) // stride + 1):
+        raise ValueError(f"conv_grouped: weights {weights.shape}, groups {groups} do not fit {x.shape} -> {out.shape}")
+    need = scratch_size(c, h, w, groups, pad, stride, size)
+    if scratch is None:
+        scratch = np.empty((numba.get_num_threads(), need), dtype=np.float32)
+    if scratch.shape[1] < need:
+        raise ValueError(f"conv_grouped: scratch {scratch.shape} < (threads, {need})")
+    t = size * size
+    plane = hq * wq
+    ci, ky, kx = np.meshgrid(np.arange(cg), np.arange(size), np.arange(size), indexing="ij")
+    offs = np.ascontiguousarray(((ci * s * s + (ky % s) * s + kx % s) * plane + (ky // s) * wq + kx // s)
+                                .reshape(-1).astype(np.int64))
+    f4 = np.float32
+    wflat = weights.reshape(m, cg * t)
+    words = [addr(x, f4), c, h, w, addr(wflat, f4), groups, addr(shift, f4), act, pad, stride, size, hq, wq,
+             addr(scratch, f4), scratch.shape[1], addr(out, f4), m, out_h, out_w, offs.ctypes.data]
+    # thread th lays its planes out in row th of scratch: never more threads than rows
+    return Call(_conv_grouped_body, words, (x, weights, shift, scratch, out, offs), scratch.shape[0])
+
+
 def conv_grouped(x, weights, groups: int, shift, act: int, pad: int, stride: int, out, scratch=None) -> None:
     """Grouped/depthwise convolution: out = act(conv(x, W, groups) + shift), x (C, H, W).
 
     ``scratch``: float32 (threads, scratch_size(...)) reused across calls (allocated here if None)."""
-    c, h, w = x.shape
-    size = weights.shape[2]
-    pshape = np.array(planes_shape(c, h, w, pad, stride, size), dtype=np.int64)
-    nthreads = numba.get_num_threads()
-    need = scratch_size(c, h, w, groups, pad, stride, size)
-    if scratch is None or scratch.shape[0] < nthreads or scratch.shape[1] < need:
-        scratch = np.empty((nthreads, need), dtype=np.float32)
-    _conv_grouped(x, weights, groups, shift, act, pad, stride, pshape, scratch[:nthreads], out)
-
-
-@njit(cache=True, fastmath=False)
-def _dw_row(acc, row, w0, w1, w2, s, w, out_w):
-    # acc[ox] += w0*row[ox*s - 1] + w1*row[ox*s] + w2*row[ox*s + 1], taps outside [0, w) being 0.
-    # Interior columns (all three taps inside) run in one loop whose loads, for s=2, form a complete
-    # stride-2 interleave group that LLVM vectorises; the <= 2 border columns are done one by one.
-    lo = 1 if s == 1 else 1                        # ox = 0 reads column -1 (padding)
-    hi = min(out_w, (w - 2) // s + 1)              # ox*s + 1 <= w - 1
-    for ox in range(0, min(lo, out_w)):
-        ix = ox * s
-        v = w1 * row[ix]
-        if ix + 1 < w:
-            v += w2 * row[ix + 1]
-        acc[ox] += v
-    if hi > lo:
-        n = hi - lo
-        a = acc[lo:hi]
-        if s == 1:
-            r = row[lo - 1: lo - 1 + n + 2]
-            for j in range(n):
-                a[j] += w0 * r[j] + w1 * r[j + 1] + w2 * r[j + 2]
-        else:
-            r = row[2 * lo - 1: 2 * lo - 1 + 2 * n + 1]
-            for j in range(n):
-                a[j] += w0 * r[2 * j] + w1 * r[2 * j + 1] + w2 * r[2 * j + 2]
-    for ox in range(max(hi, lo), out_w):
-        ix = ox * s
-        v = w0 * row[ix - 1]
-        if ix < w:
-            v += w1 * row[ix]
-        if ix + 1 < w:
-            v += w2 * row[ix + 1]
-        acc[ox] += v
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def _dw3x3(x, weights, shift, act, stride, nthreads, out):
-    c, h, w = x.shape
-    out_h, out_w = out.shape[1], out.shape[2]
-    for th in prange(nthreads):
-        acc = np.empty(out_w, dtype=np.float32)
-        for ch in range(th * c // nthreads, (th + 1) * c // nthreads):
-            wt = weights[ch, 0]
-            sh = shift[ch]
-            for oy in range(out_h):
-                for j in range(out_w):
-                    acc[j] = sh
-                for ky in range(3):
-                    iy = oy * stride - 1 + ky
-                    if 0 <= iy < h:
-                        _dw_row(acc, x[ch, iy], wt[ky, 0], wt[ky, 1], wt[ky, 2], stride, w, out_w)
-                dst = out[ch, oy]
-                if act == 0:
-                    for j in range(out_w):
-                        dst[j] = acc[j]
-                elif act == 14:
-                    for j in range(out_w):
-                        a = acc[j]
-                        a = a if a > 0 else np.float32(0.0)
-                        dst[j] = a if a < 6 else np.float32(6.0)
-                elif act == 3:
-                    for j in range(out_w):
-                        a = acc[j]
-                        dst[j] = a if a > 0 else np.float32(0.0)
-                elif act == 11:
-                    for j in range(out_w):
-                        a = acc[j]
-                        dst[j] = a if a > 0 else a * np.float32(0.1)
-                else:
-                    for j in range(out_w):
-                        dst[j] = activate_scalar(acc[j], act)
-
-
-def depthwise3x3(x, weights, shift, act: int, stride: int, out) -> None:
-    """Depthwise 3x3 convolution with padding 1 and stride 1 or 2 (MobileNet/HarDNet style), read
-    straight from x (C, H, W): out = act(conv + shift)."""
-    _dw3x3(x, weights, shift, act, stride, numba.get_num_threads(), out)
+    bind_conv_grouped(x, weights, groups, shift, act, pad, stride, out, scratch)()
 
 
 @intrinsic
@@ -360,12 +290,14 @@ def taps_fma_vw(typingctx, acc, srcs, n, w, t):
     return sig, codegen
 
 
-@njit(cache=True, parallel=True)
-def _to_hwc_padded(x, pad, xt):
-    # xt (Hp, Wp, C) <- x (C, H, W) zero-padded by pad: channels become the contiguous axis
-    c, h, w = x.shape
-    hp, wp = xt.shape[0], xt.shape[1]
-    for y in prange(hp):
+@thread_body()
+def _to_hwc_body(th, nthreads, argv):
+    # argv: x, C, H, W, pad, xt, Hp, Wp. xt (Hp, Wp, C) <- x (C, H, W) zero-padded by pad: channels become
+    # the contiguous axis; thread th does its share of the rows.
+    c, h, w, pad, hp, wp = argv[1], argv[2], argv[3], argv[4], argv[6], argv[7]
+    x = f32(argv[0], (c, h, w))
+    xt = f32(argv[5], (hp, wp, c))
+    for y in range(th * hp // nthreads, (th + 1) * hp // nthreads):
         iy = y - pad
         for xx in range(wp):
             ix = xx - pad
@@ -378,24 +310,27 @@ def _to_hwc_padded(x, pad, xt):
                     dst[ch] = np.float32(0.0)
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def _dw_hwc(xt, wt, shift, act, size, stride, out):
-    # wt: (size*size, C) tap-major weights; out (C, out_h, out_w) written pixel by pixel
-    hp, wp, c = xt.shape
-    _, out_h, out_w = out.shape
+@thread_body(fastmath=True)
+def _dw_hwc_body(th, nthreads, argv):
+    # argv: xt (Hp, Wp, C), Hp, Wp, C, wt (k*k, C) tap-major weights, shift, act, k, stride, out, out_h,
+    # out_w. out (C, out_h, out_w) written pixel by pixel; thread th does its share of the output rows.
+    hp, wp, c = argv[1], argv[2], argv[3]
+    act, size, stride, out_h, out_w = argv[6], argv[7], argv[8], argv[10], argv[11]
     t = size * size
-    xf = xt.reshape(-1)
-    for oy in prange(out_h):
-        acc = np.empty(c, dtype=np.float32)
-        srcs = np.empty(t, dtype=np.int64)
-        base = xf.ctypes.data
+    shift = f32(argv[5], (c,))
+    out = f32(argv[9], (c, out_h, out_w))
+    wt_addr = argv[4]
+    base = argv[0]
+    acc = np.empty(c, dtype=np.float32)
+    srcs = np.empty(t, dtype=np.int64)
+    for oy in range(th * out_h // nthreads, (th + 1) * out_h // nthreads):
         for ox in range(out_w):
             for ch in range(c):
                 acc[ch] = shift[ch]
             for ky in range(size):
                 for kx in range(size):
                     srcs[ky * size + kx] = base + 4 * (((oy * stride + ky) * wp + ox * stride + kx) * c)
-            taps_fma_vw(acc.ctypes.data, srcs.ctypes.data, c, wt.ctypes.data, t)
+            taps_fma_vw(acc.ctypes.data, srcs.ctypes.data, c, wt_addr, t)
             if act == 14:
                 for ch in range(c):
                     a = acc[ch]
@@ -417,14 +352,32 @@ def _dw_hwc(xt, wt, shift, act, size, stride, out):
                     out[ch, oy, ox] = activate_scalar(acc[ch], act)
 
 
+def bind_depthwise_hwc(x, weights, shift, act: int, pad: int, stride: int, out, xt=None):
+    """``depthwise_hwc`` bound to its arrays: a callable that runs it."""
+    c, h, w = x.shape
+    size = weights.shape[2]
+    _, out_h, out_w = out.shape
+    if weights.shape != (c, 1, size, size) or out.shape[0] != c or shift.shape != (c,) \
+            or (out_h, out_w) != ((h + 2 * pad - size) // stride + 1, (w + 2 * pad - size) // stride + 1):
+        raise ValueError(f"depthwise_hwc: weights {weights.shape} do not fit {x.shape} -> {out.shape}")
+    if xt is None:
+        xt = np.empty((h + 2 * pad, w + 2 * pad, c), dtype=np.float32)
+    if xt.shape != (h + 2 * pad, w + 2 * pad, c):
+        raise ValueError(f"depthwise_hwc: buffer {xt.shape} for an input {x.shape} padded by {pad}")
+    wt = np.ascontiguousarray(weights.reshape(c, size * size).T)
+    f4 = np.float32
+    to_hwc = Call(_to_hwc_body, [addr(x, f4), c, h, w, pad, addr(xt, f4), *xt.shape[:2]], (x, xt))
+    body = Call(_dw_hwc_body, [addr(xt, f4), *xt.shape, wt.ctypes.data, addr(shift, f4), act, size, stride,
+                               addr(out, f4), out_h, out_w], (xt, wt, shift, out))
+
+    def run() -> None:
+        to_hwc()
+        body()
+    return run
+
+
 def depthwise_hwc(x, weights, shift, act: int, pad: int, stride: int, out, xt=None) -> None:
     """Depthwise convolution vectorised across channels: the input is transposed to a padded HWC buffer
     ``xt`` (Hp, Wp, C) once, then every output pixel is one pass over contiguous channels. Best for
     small maps with many channels (HarDNet's 7x7 and 14x14 layers)."""
-    c, h, w = x.shape
-    size = weights.shape[2]
-    if xt is None:
-        xt = np.empty((h + 2 * pad, w + 2 * pad, c), dtype=np.float32)
-    wt = np.ascontiguousarray(weights.reshape(c, size * size).T)
-    _to_hwc_padded(x, pad, xt)
-    _dw_hwc(xt, wt, shift, act, size, stride, out)
+    bind_depthwise_hwc(x, weights, shift, act, pad, stride, out, xt)()

@@ -31,15 +31,15 @@ Shapes: x (C, H, W), out (M, H + 2*pad - 2, W + 2*pad - 2).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
 
 from . import config
 from .activation import activate_block
 from .gemm import MR, NR, microkernel_cols, pack_a, splat
+from .parallel import Call, addr, f32, thread_body
 from .vecir import WIDE, Vec, count_loop, loop
 
 # lanes of the inverse transform's vectors: the CPU's (16 floats with AVX-512, 8 with AVX2)
@@ -379,19 +379,30 @@ def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, 
                                         of[o + dy * out_w + dx] = res[dy, q * t + dx]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def _winograd(x, up, shift, act, pad, th, tw, nthreads, f4, vblock, xp, out):
-    # f4: F(4x4,3x3), else F(2x2,3x3). The thread body is an ordinary call (once per thread), not inlined
-    # into the parallel loop, and serves both variants: one compiled kernel instead of two (a cold start
-    # compiled the pair for ~13 s); the inner loops branch on f4 outside their bodies.
-    # xp: scratch for the zero-padded input, padded_shape(C, H, W, pad, t)
-    m, out_h, out_w = out.shape
-    c = x.shape[0]
-    of = out.reshape(-1)
-    for ch in prange(c):
+@thread_body()
+def _pad_body(th, nthreads, argv):
+    # argv: x, C, H, W, pad, xp, Hp, Wp. Thread th pads its share of the channels into xp.
+    c, pad = argv[1], argv[4]
+    x = f32(argv[0], (c, argv[2], argv[3]))
+    xp = f32(argv[5], (c, argv[6], argv[7]))
+    for ch in range(th * c // nthreads, (th + 1) * c // nthreads):
         _pad_plane(x, pad, xp, ch)
-    for th_ in prange(nthreads):
-        _thread_body(th_, nthreads, xp, c, up, shift, act, tw, th * tw, out_w, out_h, of, f4, vblock)
+
+
+@thread_body(fastmath=True)
+def _winograd_body(th, nthreads, argv):
+    # argv: xp (the zero-padded input, padded_shape(C, H, W, pad, t)), C, Hp, Wp, up, its 3 dims, shift,
+    # out, M, out_h, out_w, act, tile columns, tiles, f4 (F(4x4,3x3), else F(2x2,3x3)), vblock. One body
+    # serves both variants: one compiled kernel instead of two; the inner loops branch on f4 outside
+    # their bodies.
+    c, hp, wp = argv[1], argv[2], argv[3]
+    xp = f32(argv[0], (c, hp, wp))
+    up = f32(argv[4], (argv[5], argv[6], argv[7]))
+    m, out_h, out_w = argv[10], argv[11], argv[12]
+    shift = f32(argv[8], (m,))
+    of = f32(argv[9], (m * out_h * out_w,))
+    _thread_body(th, nthreads, xp, c, up, shift, argv[13], argv[14], argv[15], out_w, out_h, of, argv[16] != 0,
+                 argv[17])
 
 
 def _scratch(x, pad: int, t: int, xp):
@@ -402,18 +413,37 @@ def _scratch(x, pad: int, t: int, xp):
     return xp.reshape(-1)[:n].reshape(shape)
 
 
+def bind_winograd(x, up, shift, act: int, pad: int, out, xp=None, t: int = 2):
+    """A 3x3 stride-1 convolution by Winograd F(t x t, 3x3) (t = 2 or 4) bound to its arrays: a callable
+    that runs it. ``up`` from ``transform_weights`` (t = 2) or ``transform_weights4`` (t = 4); ``xp`` an
+    optional float32 scratch of at least prod(padded_shape(C, H, W, pad, t)) floats."""
+    c, h, w = x.shape
+    m, out_h, out_w = out.shape
+    th, tw, npan = (tiles4 if t == 4 else tiles)(out_h, out_w)
+    if up.shape != (-(-m // MR), t * t + 4 * t + 4, c * MR) or shift.shape != (m,) \
+            or (out_h, out_w) != (h + 2 * pad - 2, w + 2 * pad - 2):
+        raise ValueError(f"winograd F({t}x{t}): weights {up.shape}, shift {shift.shape} do not fit "
+                         f"{x.shape} -> {out.shape} with pad {pad}")
+    xp = _scratch(x, pad, t, xp)
+    f4 = np.float32
+    pad_call = Call(_pad_body, [addr(x, f4), c, h, w, pad, addr(xp, f4), xp.shape[1], xp.shape[2]], (x, xp))
+    body = Call(_winograd_body, [addr(xp, f4), *xp.shape, addr(up, f4), *up.shape, addr(shift, f4), addr(out, f4),
+                                 m, out_h, out_w, act, tw, th * tw, t == 4, config.WINOGRAD_V_BLOCK_BYTES],
+                (xp, up, shift, out))
+
+    def run() -> None:
+        pad_call()
+        body()
+    return run
+
+
 def conv3x3_winograd4(x, up, shift, act: int, pad: int, out, xp=None) -> None:
     """3x3 stride-1 conv with F(4x4,3x3): out = act(conv(x, W) + shift), ``up`` from ``transform_weights4``.
     ``xp``: an optional float32 scratch of at least prod(padded_shape(C, H, W, pad, 4)) floats."""
-    th, tw, _ = tiles4(out.shape[1], out.shape[2])
-    _winograd(x, up, shift, act, pad, th, tw, numba.get_num_threads(), True, config.WINOGRAD_V_BLOCK_BYTES,
-              _scratch(x, pad, 4, xp), out)
+    bind_winograd(x, up, shift, act, pad, out, xp, 4)()
 
 
 def conv3x3_winograd(x, up, shift, act: int, pad: int, out, xp=None) -> None:
     """3x3 stride-1 conv with F(2x2,3x3): out = act(conv(x, W) + shift), ``up`` from ``transform_weights``.
     ``xp``: as for ``conv3x3_winograd4``, with 2 for 4."""
-    th, tw, _ = tiles(out.shape[1], out.shape[2])
-    # the thread count is passed in: numba.get_num_threads() inside a kernel makes it uncacheable
-    _winograd(x, up, shift, act, pad, th, tw, numba.get_num_threads(), False, config.WINOGRAD_V_BLOCK_BYTES,
-              _scratch(x, pad, 2, xp), out)
+    bind_winograd(x, up, shift, act, pad, out, xp, 2)()

@@ -602,16 +602,13 @@ def test_batchnorm_exact_formula():
 
 @pytest.mark.parametrize("c,h,w,stride", [(3, 5, 5, 1), (3, 5, 6, 2), (3, 6, 5, 2), (2, 1, 1, 1), (2, 2, 3, 2),
                                           (4, 9, 8, 1), (4, 8, 9, 2), (70, 14, 14, 2), (66, 7, 7, 1), (5, 2, 1, 2)])
-def test_depthwise3x3_kernels(c, h, w, stride):
-    # both depthwise paths (row by row; vectorised across channels in HWC) against the naive loops
+def test_depthwise_hwc_kernel(c, h, w, stride):
+    # the depthwise path vectorised across channels (HWC) against the naive loops
     x = ints((c, h, w))
     wt = ints((c, 1, 3, 3))
     shift = ints((c,))
     ref = naive_conv(x, wt, c, stride, 1) + shift[:, None, None]
     out = np.full(ref.shape, np.nan, np.float32)
-    kdw.depthwise3x3(x, wt, shift, CODE["linear"], stride, out)
-    assert np.array_equal(out, ref)
-    out[...] = np.nan
     kdw.depthwise_hwc(x, wt, shift, CODE["linear"], 1, stride, out)
     assert np.array_equal(out, ref)
     kdw.depthwise_hwc(x, wt, shift, CODE["relu6"], 1, stride, out)
@@ -724,6 +721,5 @@ def test_helpers_called_from_fastmath_kernels_pin_fastmath():
     """See kernels/__init__.py: left unset, fastmath is inherited from the first caller, and cold and warm
     runs (compiled vs cached kernels) give different bits (Winograd F(4x4) on Tiny Darknet's layer 5)."""
     from darknetpy.kernels import activation as kact
-    from darknetpy.kernels import depthwise as kdw2
-    for fn in (kact.activate_scalar, kact.activate_fast, kact.activate_block, kdw2._dw_row):
+    for fn in (kact.activate_scalar, kact.activate_fast, kact.activate_block):
         assert fn.targetoptions.get("fastmath") is False, fn.py_func.__name__

@@ -1,0 +1,135 @@
+"""Parallel regions for the large kernels: one generic driver calls a compiled thread body by address.
+
+Why not ``@njit(parallel=True)`` around the body. numba compiles a prange's body as a gufunc, wraps it
+twice (the gufunc wrapper, the parallel wrapper) and links each of those libraries into the next and
+into the kernel; every library re-optimises and re-generates machine code for everything linked into
+it. A register-blocked kernel's body was therefore optimised and code-generated four times: conv:gemm
+took 8.8 s to compile cold on Zen 4 (4.9 s in LLVM, 2.1 s of it for the two wrappers; 3.9 s in numba's
+own passes, the parfor ones over the whole inlined body), Winograd 8.6 s. Written as a thread body
+compiled once (a ``numba.cfunc``: the function and its C wrapper) and this module's one driver
+
+    for th in prange(nthreads): body(th, nthreads, argv)
+
+(compiled once for every kernel), the same Winograd kernel took 5.5 s and the GEMM's body 2.3 s.
+
+A thread body is a plain function ``body(th, nthreads, argv)``: it does thread ``th``'s share of the
+work and returns. ``argv`` points to int64 words -- array addresses, shapes and scalars -- in an order the
+body and the ``bind_*`` function that builds them agree on; inside, ``f32``/``i64``/``i32`` view an
+address as a C-contiguous array (numba.carray: no copy). The words are built once, when a plan binds a
+step (its buffers never move), so a call is one dispatch with three arguments (``Call``).
+
+Bodies are compiled on first use, not at import (a cfunc compiles when it is created), and cached on
+disk like every kernel. A body cannot raise: it may only call code that does not (no bounds checks are
+compiled, and the kernels allocate only small per-thread buffers).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import carray, cfunc, njit, prange, types
+from numba.extending import intrinsic
+
+_I64 = ir.IntType(64)
+_BODY_SIG = types.void(types.int64, types.int64, types.CPointer(types.int64))
+
+
+@intrinsic
+def _call_body(typingctx, fn, th, nthreads, argv):
+    """fn(th, nthreads, argv): a C call of a thread body by its address (all int64 words)."""
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.VoidType(), [_I64, _I64, _I64.as_pointer()])
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()),
+                     [args[1], args[2], builder.inttoptr(args[3], _I64.as_pointer())])
+        return context.get_dummy_value()
+    return types.void(types.int64, types.int64, types.int64, types.int64), codegen
+
+
+@njit(cache=True, parallel=True)
+def _drive(fn, nthreads, argv):
+    # the one parallel region every Call runs: thread th calls body(th, nthreads, argv)
+    a = argv.ctypes.data
+    for th in prange(nthreads):
+        _call_body(fn, th, nthreads, a)
+
+
+def _pointer_intrinsic(ty: types.Type, llty: ir.Type):
+    @intrinsic
+    def as_pointer(typingctx, addr):
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], llty.as_pointer())
+        return types.CPointer(ty)(types.int64), codegen
+    return as_pointer
+
+
+_f32p = _pointer_intrinsic(types.float32, ir.FloatType())
+_i64p = _pointer_intrinsic(types.int64, _I64)
+_i32p = _pointer_intrinsic(types.int32, ir.IntType(32))
+
+
+@njit(inline="always")
+def f32(addr, shape):
+    """The float32 array of ``shape`` (a tuple) at address ``addr``, C order (inside a thread body)."""
+    return carray(_f32p(addr), shape)
+
+
+@njit(inline="always")
+def i64(addr, shape):
+    """As ``f32``, for int64."""
+    return carray(_i64p(addr), shape)
+
+
+@njit(inline="always")
+def i32(addr, shape):
+    """As ``f32``, for int32."""
+    return carray(_i32p(addr), shape)
+
+
+class ThreadBody:
+    """A thread body, compiled (``numba.cfunc``, cached) the first time its address is asked for."""
+
+    def __init__(self, py_func, fastmath: bool):
+        self.py_func = py_func
+        self.fastmath = fastmath
+        self._address: int | None = None
+        self.__doc__ = py_func.__doc__
+        self.__name__ = py_func.__name__
+
+    @property
+    def address(self) -> int:
+        if self._address is None:
+            self._address = cfunc(_BODY_SIG, cache=True, fastmath=self.fastmath)(self.py_func).address
+        return self._address
+
+
+def thread_body(fastmath: bool = False):
+    """Decorator: ``body(th, nthreads, argv)`` as a ``ThreadBody``."""
+    return lambda py_func: ThreadBody(py_func, fastmath)
+
+
+def addr(a: np.ndarray, dtype) -> int:
+    """The address of a C-contiguous ``dtype`` array, for an argv word. The bodies index by raw address:
+    anything else (another dtype, a strided view) would be read wrongly, not refused, so it is refused
+    here."""
+    if a.dtype != dtype or not a.flags.c_contiguous:
+        raise ValueError(f"kernel argument: expected a C-contiguous {np.dtype(dtype).name} array, "
+                         f"got {a.dtype} with strides {a.strides}")
+    return a.ctypes.data
+
+
+class Call:
+    """A thread body bound to its argv words; ``call()`` runs it on numba.get_num_threads() threads, or
+    ``max_threads`` if fewer (a body that indexes per-thread scratch by ``th`` has that many rows).
+    ``keep`` holds the arrays the words point into (they must outlive the call)."""
+
+    __slots__ = ("body", "argv", "keep", "max_threads")
+
+    def __init__(self, body: ThreadBody, words, keep=(), max_threads: int = 1 << 30):
+        self.body = body
+        self.argv = np.array([int(w) for w in words], dtype=np.int64)
+        self.keep = tuple(keep)
+        self.max_threads = max_threads
+
+    def __call__(self) -> None:
+        _drive(self.body.address, min(numba.get_num_threads(), self.max_threads), self.argv)
