@@ -209,22 +209,21 @@ def _offsets(c: int, size: int, s: int, hp: int, row: int, wq: int) -> np.ndarra
 #   K-blocked:  18 kc  19 ncp (pixel panels per block)  20 zero tile
 
 
+@njit(inline="always")
+def _gemm_words(argv):
+    # words 0-17, which both GEMM bodies read: (flat prepared input, S, Wq, filter panels, M, N, out_w,
+    # shift, out (M, N), res (M, N), has_res, K, koff, act)
+    c, hp, s, wq, m, n, kdim = argv[1], argv[2], argv[3], argv[4], argv[10], argv[11], argv[15]
+    return (f32(argv[0], (c * hp * s * wq,)), s, wq, argv[6], m, n, argv[12], f32(argv[8], (m,)),
+            f32(argv[9], (m, n)), f32(argv[13], (m, n)), argv[14] != 0, kdim, i64(argv[16], (kdim,)), argv[17])
+
+
 @thread_body(fastmath=True)
 def _conv_gemm_body(th, nthreads, argv):
     # xs: (C, Hp, S, Wq) prepared input (S == stride); out: (M, out_h, out_w); res: a residual shaped like
     # out added before the activation (a fused [shortcut])
-    c, hp, s, wq = argv[1], argv[2], argv[3], argv[4]
-    xflat = f32(argv[0], (c * hp * s * wq,))
-    nip = argv[6]
+    xflat, s, wq, nip, m, n, out_w, shift, out2d, res2d, has_res, kdim, koff, act = _gemm_words(argv)
     ap = f32(argv[5], (nip, argv[7]))
-    m, n, out_w = argv[10], argv[11], argv[12]
-    shift = f32(argv[8], (m,))
-    out2d = f32(argv[9], (m, n))
-    res2d = f32(argv[13], (m, n))
-    has_res = argv[14] != 0
-    kdim = argv[15]
-    koff = i64(argv[16], (kdim,))
-    act = argv[17]
     kpack = i64(argv[18], (kdim,))                 # the same offsets for a packed B panel
     in_place_rows, in_place_ok, mchunks, a_stationary = argv[19] != 0, argv[20] != 0, argv[21], argv[22] != 0
     row = s * wq                                  # floats between two input rows
@@ -279,18 +278,8 @@ def _conv_gemm_kblocked_body(th, nthreads, argv):
     # Work items: (block of pixel panels, range of filter panels). Many pixel panels: the blocks are shared
     # out (each thread packs only its pixels, reads all weights once per block); few: one block, the
     # filter panels are shared out (each thread packs all pixels, reads its share of the weights).
-    c, hp, s, wq = argv[1], argv[2], argv[3], argv[4]
-    xflat = f32(argv[0], (c * hp * s * wq,))
-    nip = argv[6]
-    ap_addr = argv[5]
-    m, n, out_w = argv[10], argv[11], argv[12]
-    shift = f32(argv[8], (m,))
-    out2d = f32(argv[9], (m, n))
-    res2d = f32(argv[13], (m, n))
-    has_res = argv[14] != 0
-    kdim = argv[15]
-    koff = i64(argv[16], (kdim,))
-    act, kc, ncp, zero_addr = argv[17], argv[18], argv[19], argv[20]
+    xflat, s, wq, nip, m, n, out_w, shift, out2d, res2d, has_res, kdim, koff, act = _gemm_words(argv)
+    ap_addr, kc, ncp, zero_addr = argv[5], argv[18], argv[19], argv[20]
     row = s * wq
     npan = (n + KNR - 1) // KNR
     fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS

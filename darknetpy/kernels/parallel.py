@@ -10,7 +10,8 @@ compiled once (a ``numba.cfunc``: the function and its C wrapper) and this modul
 
     for th in prange(nthreads): body(th, nthreads, argv)
 
-(compiled once for every kernel), the same Winograd kernel took 5.5 s and the GEMM's body 2.3 s.
+(compiled once for every kernel), Tiny Darknet's conv:gemm compiles in 3.3 s (prepare_input and the
+driver included) and conv:winograd in 3.0 s: all its kernels 18.5 -> 8.3 s on one core.
 
 A thread body is a plain function ``body(th, nthreads, argv)``: it does thread ``th``'s share of the
 work and returns. ``argv`` points to int64 words -- array addresses, shapes and scalars -- in an order the
