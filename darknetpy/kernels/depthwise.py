@@ -314,7 +314,7 @@ def _to_hwc_body(th, nthreads, argv):
 def _dw_hwc_body(th, nthreads, argv):
     # argv: xt (Hp, Wp, C), Hp, Wp, C, wt (k*k, C) tap-major weights, shift, act, k, stride, out, out_h,
     # out_w. out (C, out_h, out_w) written pixel by pixel; thread th does its share of the output rows.
-    hp, wp, c = argv[1], argv[2], argv[3]
+    wp, c = argv[2], argv[3]
     act, size, stride, out_h, out_w = argv[6], argv[7], argv[8], argv[10], argv[11]
     t = size * size
     shift = f32(argv[5], (c,))

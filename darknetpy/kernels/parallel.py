@@ -26,11 +26,11 @@ compiled, and the kernels allocate only small per-thread buffers).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, njit, prange, types
 from numba.extending import intrinsic
+from numba.np.ufunc.parallel import _iget_num_threads, _launch_threads     # numba >= 0.49
 
 _I64 = ir.IntType(64)
 _BODY_SIG = types.void(types.int64, types.int64, types.CPointer(types.int64))
@@ -48,11 +48,20 @@ def _call_body(typingctx, fn, th, nthreads, argv):
 
 
 @njit(cache=True, parallel=True)
-def _drive(fn, nthreads, argv):
-    # the one parallel region every Call runs: thread th calls body(th, nthreads, argv)
+def _drive(fn, max_threads, argv):
+    # the one parallel region every Call runs: thread th calls body(th, n, argv), n = the caller's thread
+    # count (numba.get_num_threads()) or max_threads if fewer. The count is read here: from Python,
+    # numba.get_num_threads() costs ~1.9 us (a process lock), and numba's jit version of it bakes in a
+    # pointer that makes a kernel uncacheable; _iget_num_threads calls the threading layer's
+    # get_num_threads by symbol (launched in ThreadBody.address). One thread: no parallel region at all
+    # (numba's gufunc launch costs ~2.5 us even then). Per call, 1 thread, Zen 4: 4.7 -> ~0.5 us.
+    n = min(_iget_num_threads(), max_threads)
     a = argv.ctypes.data
-    for th in prange(nthreads):
-        _call_body(fn, th, nthreads, a)
+    if n == 1:
+        _call_body(fn, 0, 1, a)
+        return
+    for th in prange(n):
+        _call_body(fn, th, n, a)
 
 
 def _pointer_intrinsic(ty: types.Type, llty: ir.Type):
@@ -100,6 +109,7 @@ class ThreadBody:
     @property
     def address(self) -> int:
         if self._address is None:
+            _launch_threads()          # registers get_num_threads for _drive, also when it comes from the cache
             self._address = cfunc(_BODY_SIG, cache=True, fastmath=self.fastmath)(self.py_func).address
         return self._address
 
@@ -120,7 +130,8 @@ def addr(a: np.ndarray, dtype) -> int:
 
 
 class Call:
-    """A thread body bound to its argv words; ``call()`` runs it on numba.get_num_threads() threads, or
+    """A thread body bound to its argv words; ``call()`` runs it on numba.get_num_threads() threads (as set
+    in the calling thread), or
     ``max_threads`` if fewer (a body that indexes per-thread scratch by ``th`` has that many rows).
     ``keep`` holds the arrays the words point into (they must outlive the call)."""
 
@@ -133,4 +144,4 @@ class Call:
         self.max_threads = max_threads
 
     def __call__(self) -> None:
-        _drive(self.body.address, min(numba.get_num_threads(), self.max_threads), self.argv)
+        _drive(self.body.address, self.max_threads, self.argv)
