@@ -355,6 +355,11 @@ class Plan:
         scale, shift = bn_scale_shift(p, layer.filters)
         w = np.ascontiguousarray(p["weights"] * scale[:, None, None, None], dtype=np.float32)
         pad, size, stride = layer.padding, layer.size, layer.stride
+        if _matrix_vector(layer) and layer.index not in self.fused:
+            # a 1x1 conv on a 1x1 map (a classifier after a global pool): the [connected] kernel, one
+            # vectorised dot per filter (a GEMM tile would run one dependent FMA chain per 8 filters)
+            return kconv.bind_connected(x.reshape(-1), memory.in_huge_pages(w.reshape(layer.filters, layer.c)),
+                                        shift, a, out.reshape(-1))
         shape = self._scratch_shape(layer)
         if shape == (0,):                           # 1x1, stride 1, unpadded: read x as it is
             xs = x.reshape(layer.c, layer.h, 1, layer.w)
@@ -440,6 +445,8 @@ class Plan:
             return "maxpool2x2" if (layer.size, layer.stride, layer.padding // 2) == (2, 2, 0) else "maxpool"
         if layer.quirk_1x1_no_subsample:
             return "conv:exact"
+        if _matrix_vector(layer) and layer.index not in self.fused:
+            return "connected:fast"
         if kcfg.winograd_variant(layer):
             return "conv:winograd"        # F(2x2) and F(4x4): one compiled kernel
         kind = kcfg.depthwise_kind(layer)
@@ -479,6 +486,12 @@ class Plan:
             rng = f"[{o.min():.4g}, {o.max():.4g}]" if o.size else "[]"
             print(f"darknetpy: {layer.describe():28s} {str(layer.out_shape):18s} {dt:8.3f} ms  range {rng}",
                   file=sys.stderr)
+
+
+def _matrix_vector(conv: L.Convolutional) -> bool:
+    """A groups=1 1x1 convolution on a 1x1 map, unpadded: out = W x + shift, a matrix-vector product."""
+    return (conv.size == 1 and conv.h == conv.w == 1 and conv.stride == 1 and not conv.padding
+            and conv.groups == 1)
 
 
 def _shortcut_fusions(graph: L.Graph) -> dict[int, int]:

@@ -253,6 +253,10 @@ def test_linear_1x1_conv_then_global_avgpool_runs_as_avgpool_then_matvec(tmp_pat
     np.testing.assert_allclose(got, every[2], rtol=0, atol=1e-5 * float(np.abs(every[2]).max()))
     np.testing.assert_allclose(got, exact[2], rtol=0, atol=1e-5 * float(np.abs(exact[2]).max()))
     np.testing.assert_allclose(net.predict(x), exact[-1], rtol=0, atol=1e-5 * float(np.abs(exact[-1]).max()))
+    # the 1x1 convs after a global pool (on a 1x1 map) run as matrix-vector products ([connected]'s kernel)
+    assert plan.kernel_keys[3] == plan.kernel_keys[5] == "connected:fast"
+    for i in (3, 5):
+        np.testing.assert_allclose(every[i], exact[i], rtol=0, atol=1e-5 * float(np.abs(exact[i]).max()))
 
 
 PRE_ACTIVATION = """[net]
