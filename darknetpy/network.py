@@ -160,15 +160,18 @@ class Network:
         c, h, w = shape
         yolov1 = any(isinstance(layer, L.DetectionLayer) for layer in heads)
         x = resize_image(img, w, h) if yolov1 else letterbox(img, w, h)
-        # the heads' inputs are all decode needs: a plan that keeps just those alive (the usual fused plan
-        # otherwise, not keep_all's)
-        p = self.plan(exact, keep=frozenset(layer.index - 1 for layer in heads if layer.index))
+        p = self.detect_plan(exact)
         p.run(check_input(x, shape))
         inputs = [p.outputs[layer.index - 1].reshape(self.graph[layer.index - 1].out_shape).copy() if layer.index
                   else x for layer in heads]
         if names is None:
             names = default_names(self.graph)
         return B.decode(self, inputs, (img.shape[2], img.shape[1]), thresh, hier_thresh, nms, names=names)
+
+    def detect_plan(self, exact: bool | None = None) -> Plan:
+        """The plan ``detect`` runs: the heads' inputs are all decoding needs, so it keeps just those alive
+        (the usual fused plan otherwise, not keep_all's)."""
+        return self.plan(exact, keep=frozenset(layer.index - 1 for layer in B.heads_of(self.graph) if layer.index))
 
     def resized(self, width: int, height: int) -> "Network":
         """The same network run at another input size, with darknet's resize_network rules.

@@ -120,12 +120,13 @@ def run(args) -> int:
             os.makedirs(args.out_dir, exist_ok=True)
         except OSError as e:
             raise DarknetpyError(f"--out-dir {args.out_dir}: cannot create it: {e.strerror or e}") from None
-    # detect() runs the plan that keeps every layer (it needs the tensors entering the heads): build and
-    # compile that one before timing, with the helper process on a cold kernel cache (warmup.py).
+    # Build the plan detect() runs (Network.detect_plan: the heads' inputs kept) and compile or load its
+    # kernels before timing, with the helper process on a cold kernel cache (warmup.py; the helper builds
+    # the keep_all plan: the same kernels, bar fusions).
     helper = warmup.start(net.graph, exact=net.exact, keep_all=True)
     ok = False
     try:
-        warmup.cooperate(helper, net.plan(keep_all=True))
+        warmup.cooperate(helper, net.detect_plan())
         ok = True
     finally:
         if helper is not None:

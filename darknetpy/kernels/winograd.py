@@ -419,7 +419,7 @@ def bind_winograd(x, up, shift, act: int, pad: int, out, xp=None, t: int = 2):
     optional float32 scratch of at least prod(padded_shape(C, H, W, pad, t)) floats."""
     c, h, w = x.shape
     m, out_h, out_w = out.shape
-    th, tw, npan = (tiles4 if t == 4 else tiles)(out_h, out_w)
+    th, tw, _ = (tiles4 if t == 4 else tiles)(out_h, out_w)
     if up.shape != (-(-m // MR), t * t + 4 * t + 4, c * MR) or shift.shape != (m,) \
             or (out_h, out_w) != (h + 2 * pad - 2, w + 2 * pad - 2):
         raise ValueError(f"winograd F({t}x{t}): weights {up.shape}, shift {shift.shape} do not fit "
