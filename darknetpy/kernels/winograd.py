@@ -61,13 +61,18 @@ def _at4_v(v: Vec, m):
     return [v.add(v.add(m[0], m[1]), m[2]), v.sub(v.sub(m[1], m[2]), m[3])]
 
 
-def _inverse_codegen(builder, args, t: int, at_fn, nout: int):
+def _inverse_codegen(builder, args, t: int, at_fn, nout: int, pool: bool = False):
     """res[k, q*nout + l] = act(shift[q // NR] + (A^T m A)[k][l]) for every q of an MR x NR block, where
     m[a][b] = blk[t*a + b, q]: row k of res holds the block's output rows k, each tile's nout pixels side
     by side, as they lie in the output image (a panel's tiles along one tile row then store as one run).
     blk rows are MR*NR floats apart, res rows MR*NR*nout. One vector of q per loop iteration (a loop in
     IR, not unrolled: the unrolled form took seconds to compile); the nout vectors of an output row are
-    interleaved with shuffles."""
+    interleaved with shuffles.
+
+    ``pool``: res holds the tiles' 2x2 max-pool instead (a [maxpool] size 2 stride 2 fused after the
+    convolution; tiles start at even coordinates, so each tile pools on its own): nout/2 rows of nout/2
+    pixels per tile, each darknet's running maximum from -FLT_MAX over the window's pixels in its order
+    (0,0) (0,1) (1,0) (1,1), ``max = (v > max) ? v : max`` (kernels/elementwise.py's 2x2 kernel)."""
     blk_i, res_i, shift_i, act = args
     v = Vec(builder, _LANES)
     lanes = _LANES
@@ -80,31 +85,55 @@ def _inverse_codegen(builder, args, t: int, at_fn, nout: int):
         mask = ir.Constant(ir.VectorType(i32, 2 * lanes), [x for i in range(lanes) for x in (i, lanes + i)])
         return builder.shuffle_vector(a, b, mask)
 
+    def store_row(y, k):
+        # one output row of nout pixels per lane-tile, interleaved as they lie in the image
+        n = len(y)
+        if n == 1:
+            row = y[0]
+        elif n == 2:
+            row = interleave(y[0], y[1], lanes)
+        else:       # (y0, y1, y2, y3) lane by lane: pairs (y0, y2) and (y1, y3), then those two
+            row = interleave(interleave(y[0], y[2], lanes), interleave(y[1], y[3], lanes), 2 * lanes)
+        rt = ir.VectorType(ir.FloatType(), n * lanes)
+        dst = v.at(res, builder.add(builder.mul(q0_[0], v.i64(n)), v.i64(k * width * n)))
+        builder.store(row, builder.bitcast(dst, rt.as_pointer()), align=4)
+
+    def running_max(m, x):
+        return builder.select(builder.fcmp_ordered(">", x, m), x, m)
+
+    q0_ = [None]
+    lowest = v.splat(-3.4028234663852886e38)
+
     def body(q0):
+        q0_[0] = q0
         sh = v.splat(v.load_scalar(shift, builder.sdiv(q0, v.i64(NR))))
         m = [[v.load(blk, builder.add(q0, v.i64((t * a + bb) * width))) for bb in range(t)] for a in range(t)]
         cols = [at_fn(v, [m[a][bb] for a in range(t)]) for bb in range(t)]      # cols[b][k]
+        ys = []
         for k in range(nout):
             y = at_fn(v, [cols[bb][k] for bb in range(t)])
             y = [v.activation(v.add(y[l_], sh), act) for l_ in range(nout)]
-            if nout == 2:
-                row = interleave(y[0], y[1], lanes)
-            else:       # (y0, y1, y2, y3) lane by lane: pairs (y0, y2) and (y1, y3), then those two
-                row = interleave(interleave(y[0], y[2], lanes), interleave(y[1], y[3], lanes), 2 * lanes)
-            rt = ir.VectorType(ir.FloatType(), nout * lanes)
-            dst = v.at(res, builder.add(builder.mul(q0, v.i64(nout)), v.i64(k * width * nout)))
-            builder.store(row, builder.bitcast(dst, rt.as_pointer()), align=4)
+            if not pool:
+                store_row(y, k)
+                continue
+            ys.append(y)
+            if k % 2:
+                r0, r1 = ys
+                store_row([running_max(running_max(running_max(running_max(lowest, r0[2 * j]), r0[2 * j + 1]),
+                                                   r1[2 * j]), r1[2 * j + 1]) for j in range(nout // 2)], k // 2)
+                ys = []
 
     loop(builder, v.i64(0), v.i64(width), lanes, body, "inv")
 
 
-def _inverse_intrinsic(t: int, at_fn, nout: int, what: str):
+def _inverse_intrinsic(t: int, at_fn, nout: int, what: str, pool: bool = False):
     """The inverse transform of a t*t x (MR*NR) block into nout x (MR*NR*nout), plus shift and activation
-    (FUSED_ACTS), as an intrinsic (blk, res, shift, act): see ``_inverse_codegen``."""
+    (FUSED_ACTS), as an intrinsic (blk, res, shift, act): see ``_inverse_codegen`` (``pool``: its 2x2
+    max-pool, nout/2 x (MR*NR*nout/2))."""
     @intrinsic
     def inverse(typingctx, blk, res, shift, act):
         def codegen(context, builder, signature, args):
-            _inverse_codegen(builder, args, t, at_fn, nout)
+            _inverse_codegen(builder, args, t, at_fn, nout, pool)
             return context.get_dummy_value()
         return types.void(types.intp, types.intp, types.intp, types.intp), codegen
     inverse.__doc__ = what
@@ -113,6 +142,8 @@ def _inverse_intrinsic(t: int, at_fn, nout: int, what: str):
 
 _inverse4 = _inverse_intrinsic(6, _at6_v, 4, "F(4x4,3x3) inverse transform")
 _inverse2 = _inverse_intrinsic(4, _at4_v, 2, "F(2x2,3x3) inverse transform")
+_inverse4_pool = _inverse_intrinsic(6, _at6_v, 4, "F(4x4,3x3) inverse transform, 2x2 max-pooled", True)
+_inverse2_pool = _inverse_intrinsic(4, _at4_v, 2, "F(2x2,3x3) inverse transform, 2x2 max-pooled", True)
 
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
@@ -280,17 +311,20 @@ def _store_full(of, res, ob, qb, ntiles, out_w, t):
 
 
 @njit(cache=True, inline="always")
-def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, of, f4, vblock):
+def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, of, f4, vblock, pool):
     # One thread's share: a range of tile panels (all filter panels), or with fewer tile panels than
     # threads, every tile panel and a range of filter panels. Panels are taken in blocks: transform the
     # block's input tiles, then for each filter panel run the nx micro-kernels per tile panel into an
     # L1-resident block, transform back (+ shift, activation), store. vblock: bytes of transformed input
     # (V) a block may hold (config.WINOGRAD_V_BLOCK_BYTES): U is then read once per block of panels.
-    # xp: the zero-padded input (C, Hp, Wp), see padded_shape.
+    # xp: the zero-padded input (C, Hp, Wp), see padded_shape. pool: ``of`` is the output's 2x2 max-pool
+    # (out_h, out_w even; act one of FUSED_ACTS), stored st x st per tile instead of t x t.
     nx = 36 if f4 else 16                  # Winograd points: (t+2)^2 for t x t output tiles
     t = 4 if f4 else 2
+    ds = 2 if pool else 1                  # the stored map: the output, or its 2x2 max-pool
+    st, so_w = t // ds, out_w // ds        # stored pixels per tile side; stored row length
     m = shift.shape[0]
-    oplane = out_h * out_w
+    oplane = (out_h // ds) * so_w
     nip = up.shape[0]
     npan = (ntile + NR - 1) // NR
     if npan >= nthreads:
@@ -305,6 +339,7 @@ def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, 
     nb = vbs.shape[0]
     blk = np.empty((nx, MR * NR), dtype=np.float32)
     res = np.empty((t, MR * NR * t), dtype=np.float32)    # output rows of the block, see _inverse_codegen
+    sres = res.reshape(-1)[:st * MR * NR * st].reshape((st, MR * NR * st))    # ... as stored (pooled: st rows)
     shv = np.empty(MR, dtype=np.float32)
     tin = np.empty(NR, dtype=np.int32)             # tile j of a panel: its window's offset in a plane of xp
     tout = np.empty((nb, NR), dtype=np.int64)      # ... the offset of its output block
@@ -328,9 +363,9 @@ def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, 
                 tin[j] = y0 * wp + x0                  # padded coordinates: the window starts at (y0, x0)
                 if j >= jn:
                     continue
-                tout[pb, j] = y0 * out_w + x0
-                vrows[pb, j] = min(t, out_h - y0)
-                vcols[pb, j] = min(t, out_w - x0)
+                tout[pb, j] = (y0 // ds) * so_w + x0 // ds
+                vrows[pb, j] = min(st, (out_h - y0) // ds)
+                vcols[pb, j] = min(st, (out_w - x0) // ds)
                 if j == 0 or tt % tw == 0:
                     seg_lo[pb, ns] = j
                     ns += 1
@@ -352,8 +387,12 @@ def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, 
                 for xi in range(nx):
                     microkernel_cols(up[ip, xi].ctypes.data, vb[xi].ctypes.data, c, blk[xi].ctypes.data, jn)
                 # A^T m A for every (row, tile) of the block at once: vectorises along the block
-                if f4:
+                if f4 and pool:
+                    _inverse4_pool(blk.ctypes.data, res.ctypes.data, shv.ctypes.data, act)
+                elif f4:
                     _inverse4(blk.ctypes.data, res.ctypes.data, shv.ctypes.data, act if fused else 0)
+                elif pool:
+                    _inverse2_pool(blk.ctypes.data, res.ctypes.data, shv.ctypes.data, act)
                 else:
                     _inverse2(blk.ctypes.data, res.ctypes.data, shv.ctypes.data, act if fused else 0)
                 if not fused:
@@ -362,21 +401,23 @@ def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, 
                 # tiles on a right/bottom edge element by element.
                 for sg in range(nseg[pb]):
                     j0, j1 = seg_lo[pb, sg], seg_hi[pb, sg]
-                    full = vrows[pb, j0] == t and vcols[pb, j1 - 1] == t
+                    full = vrows[pb, j0] == st and vcols[pb, j1 - 1] == st
                     for r in range(rows):
                         ob = (i0 + r) * oplane + tout[pb, j0]
                         qb = r * NR + j0
-                        if full and f4:
-                            _store_full(of, res, ob, qb, j1 - j0, out_w, 4)
+                        if full and st == 4:
+                            _store_full(of, sres, ob, qb, j1 - j0, so_w, 4)
+                        elif full and st == 2:
+                            _store_full(of, sres, ob, qb, j1 - j0, so_w, 2)
                         elif full:
-                            _store_full(of, res, ob, qb, j1 - j0, out_w, 2)
+                            _store_full(of, sres, ob, qb, j1 - j0, so_w, 1)
                         else:
                             for j in range(j0, j1):
                                 q = r * NR + j
                                 o = (i0 + r) * oplane + tout[pb, j]
                                 for dy in range(vrows[pb, j]):
                                     for dx in range(vcols[pb, j]):
-                                        of[o + dy * out_w + dx] = res[dy, q * t + dx]
+                                        of[o + dy * so_w + dx] = sres[dy, q * st + dx]
 
 
 @thread_body()
@@ -392,17 +433,18 @@ def _pad_body(th, nthreads, argv):
 @thread_body(fastmath=True)
 def _winograd_body(th, nthreads, argv):
     # argv: xp (the zero-padded input, padded_shape(C, H, W, pad, t)), C, Hp, Wp, up, its 3 dims, shift,
-    # out, M, out_h, out_w, act, tile columns, tiles, f4 (F(4x4,3x3), else F(2x2,3x3)), vblock. One body
-    # serves both variants: one compiled kernel instead of two; the inner loops branch on f4 outside
-    # their bodies.
+    # out, M, out_h, out_w (the convolution's), act, tile columns, tiles, f4 (F(4x4,3x3), else F(2x2,3x3)),
+    # vblock, pool (out is the (M, out_h/2, out_w/2) 2x2 max-pool). One body serves every variant: one
+    # compiled kernel; the inner loops branch on f4 and pool outside their bodies.
     c, hp, wp = argv[1], argv[2], argv[3]
     xp = f32(argv[0], (c, hp, wp))
     up = f32(argv[4], (argv[5], argv[6], argv[7]))
     m, out_h, out_w = argv[10], argv[11], argv[12]
     shift = f32(argv[8], (m,))
-    of = f32(argv[9], (m * out_h * out_w,))
+    pool = argv[18] != 0
+    of = f32(argv[9], (m * (out_h // 2) * (out_w // 2) if pool else m * out_h * out_w,))
     _thread_body(th, nthreads, xp, c, up, shift, argv[13], argv[14], argv[15], out_w, out_h, of, argv[16] != 0,
-                 argv[17])
+                 argv[17], pool)
 
 
 def _scratch(x, pad: int, t: int, xp):
@@ -413,12 +455,20 @@ def _scratch(x, pad: int, t: int, xp):
     return xp.reshape(-1)[:n].reshape(shape)
 
 
-def bind_winograd(x, up, shift, act: int, pad: int, out, xp=None, t: int = 2):
+def bind_winograd(x, up, shift, act: int, pad: int, out, xp=None, t: int = 2, pool: bool = False):
     """A 3x3 stride-1 convolution by Winograd F(t x t, 3x3) (t = 2 or 4) bound to its arrays: a callable
     that runs it. ``up`` from ``transform_weights`` (t = 2) or ``transform_weights4`` (t = 4); ``xp`` an
-    optional float32 scratch of at least prod(padded_shape(C, H, W, pad, t)) floats."""
+    optional float32 scratch of at least prod(padded_shape(C, H, W, pad, t)) floats. ``pool``: ``out`` is
+    the convolution's 2x2 stride-2 max-pool (darknet's [maxpool] size=2 stride=2 on an even map, bit for
+    bit), computed from the tiles in registers: the full-size output is never written (for ``act`` in
+    gemm.FUSED_ACTS and an even output size only)."""
     c, h, w = x.shape
     m, out_h, out_w = out.shape
+    if pool:
+        out_h, out_w = h + 2 * pad - 2, w + 2 * pad - 2
+        if out_h % 2 or out_w % 2 or out.shape[1:] != (out_h // 2, out_w // 2) or act not in (0, 3, 11, 14):
+            raise ValueError(f"winograd with a 2x2 max-pool: {x.shape} with pad {pad} -> {out.shape}, "
+                             f"activation {act}")
     th, tw, _ = (tiles4 if t == 4 else tiles)(out_h, out_w)
     if up.shape != (-(-m // MR), t * t + 4 * t + 4, c * MR) or shift.shape != (m,) \
             or (out_h, out_w) != (h + 2 * pad - 2, w + 2 * pad - 2):
@@ -428,7 +478,7 @@ def bind_winograd(x, up, shift, act: int, pad: int, out, xp=None, t: int = 2):
     f4 = np.float32
     pad_call = Call(_pad_body, [addr(x, f4), c, h, w, pad, addr(xp, f4), xp.shape[1], xp.shape[2]], (x, xp))
     body = Call(_winograd_body, [addr(xp, f4), *xp.shape, addr(up, f4), *up.shape, addr(shift, f4), addr(out, f4),
-                                 m, out_h, out_w, act, tw, th * tw, t == 4, config.WINOGRAD_V_BLOCK_BYTES],
+                                 m, out_h, out_w, act, tw, th * tw, t == 4, config.WINOGRAD_V_BLOCK_BYTES, pool],
                 (xp, up, shift, out))
 
     def run() -> None:

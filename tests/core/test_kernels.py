@@ -260,6 +260,46 @@ def test_winograd_blocks_and_thread_splits_match_naive(c, h, w, m, threads, f4):
     np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
 
 
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("t", [2, 4])
+@pytest.mark.parametrize("c,h,w,m", [
+    (16, 20, 20, 32),        # whole tiles
+    (16, 26, 26, 40),        # F(4x4): a last tile row and column of 2 pixels (pooled: 1)
+    (32, 14, 18, 64),        # different partial edges across and down
+    (12, 2, 2, 8),           # a single tile, itself partial for F(4x4)
+    (24, 52, 52, 9),         # many tile panels, a partial filter panel
+])
+def test_winograd_with_fused_maxpool_is_the_maxpool_of_its_output(c, h, w, m, t, threads):
+    # the 2x2 stride-2 max-pool computed from the tiles in registers (bind_winograd(pool=True)) against
+    # [maxpool]'s own kernel on the full output: the same bits, for every activation the pool can fuse
+    import numba
+
+    from darknetpy.kernels import winograd as kw
+    rng = np.random.default_rng(c * h + m + t)
+    x = rng.standard_normal((c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((m, c, 3, 3)) / 10).astype(np.float32)
+    shift = rng.standard_normal(m).astype(np.float32)
+    up = (kw.transform_weights4 if t == 4 else kw.transform_weights)(wt)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for act in ("linear", "relu", "leaky", "relu6"):
+            full = np.empty((m, h, w), np.float32)
+            kw.bind_winograd(x, up, shift, CODE[act], 1, full, None, t)()
+            ref = np.empty((m, h // 2, w // 2), np.float32)
+            kel.maxpool(full, 2, 2, 1, ref)
+            got = np.full(ref.shape, np.nan, np.float32)
+            kw.bind_winograd(x, up, shift, CODE[act], 1, got, None, t, pool=True)()
+            assert np.array_equal(got, ref), act
+    finally:
+        numba.set_num_threads(before)
+    with pytest.raises(ValueError, match="max-pool"):          # an activation the inverse transform does not apply
+        kw.bind_winograd(x, up, shift, CODE["logistic"], 1, got, None, t, pool=True)
+    with pytest.raises(ValueError, match="max-pool"):          # an odd map
+        kw.bind_winograd(x[:, :-1], up, shift, CODE["leaky"], 1, got, None, t, pool=True)
+
+
 @pytest.mark.parametrize("jn", [1, 2, 3, 4, 5, 16])
 def test_microkernel_cols_equals_the_full_kernel_on_its_columns(jn):
     from numba import njit

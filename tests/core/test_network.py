@@ -235,6 +235,56 @@ layers=-1
 """
 
 
+POOLED_WINOGRAD = """[net]
+height=20
+width=26
+channels=16
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+pad=1
+activation=leaky
+[maxpool]
+size=2
+stride=2
+[convolutional]
+filters=40
+size=3
+pad=1
+activation=relu
+[maxpool]
+size=2
+stride=2
+[convolutional]
+filters=32
+size=3
+pad=1
+activation=logistic
+[maxpool]
+size=2
+stride=2
+"""
+
+
+def test_winograd_conv_then_2x2_maxpool_runs_as_one_step(tmp_path):
+    # a Winograd conv whose only consumer is a 2x2 stride-2 pool writes the pooled map itself (the pool's
+    # step is empty); not with an activation its inverse transform does not apply (logistic), not on an
+    # odd map (13 columns after the second pool), not when the conv's own output is kept
+    import darknetpy
+    net = darknetpy.load(write(tmp_path, "w.cfg", POOLED_WINOGRAD))
+    assert [net.graph[i].out_shape for i in (0, 2)] == [(32, 20, 26), (40, 10, 13)]
+    plan = net.plan(keep=frozenset({1, 3}))
+    assert plan.maxpooled == {0: 1} and plan.kernel_keys[:2] == ["conv:winograd", "nothing"]
+    unfused = net.plan(keep=frozenset({0, 1, 3}))
+    assert unfused.maxpooled == {} and net.plan(keep_all=True).maxpooled == {} and net.plan(exact=True).maxpooled == {}
+    x = np.random.default_rng(7).random(net.input_shape, dtype=np.float32)
+    plan.run(x)
+    unfused.run(x)
+    for i in (1, 3, 5):                   # the same bits: the pool's comparisons, in its order
+        assert np.array_equal(plan.outputs[i], unfused.outputs[i]), i
+
+
 def test_linear_1x1_conv_then_global_avgpool_runs_as_avgpool_then_matvec(tmp_path):
     # avgpool(W x + b) = W avgpool(x) + b: only for a linear 1x1 conv whose one consumer is the pool
     net = darknetpy.load(write(tmp_path, "p.cfg", POOLED))
