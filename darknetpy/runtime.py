@@ -103,6 +103,8 @@ class Plan:
         # conv index -> the 2x2 stride-2 [maxpool] after it, computed from the Winograd tiles in registers
         self.maxpooled = {} if (exact or keep_all) else {
             c: mp for c, mp in _maxpool_fusions(graph).items() if c not in pre and c not in self.keep}
+        # layer -> the conv whose step computes it (the three fusions above): its own step does nothing
+        self._absorbed = {nxt: c for fusion in (self.fused, self.pooled, self.maxpooled) for c, nxt in fusion.items()}
         self.input = np.zeros(graph.net.in_shape, dtype=np.float32)
         self.outputs: list[np.ndarray] = [None] * len(graph)  # type: ignore[list-item]
         self.pre_activation: dict[int, np.ndarray] = {i: np.zeros(graph[i].out_shape, np.float32) for i in sorted(pre)}
@@ -197,7 +199,7 @@ class Plan:
                 last[o] = end
             if isinstance(layer, L.Cost):             # never written: its zeros must stay zeros
                 first[o], last[o] = 0, end
-        for conv, nxt in list(self.fused.items()) + list(self.pooled.items()) + list(self.maxpooled.items()):
+        for nxt, conv in self._absorbed.items():
             o = owner[nxt]                            # a fused shortcut's or pool's storage is written at the conv
             first[o] = min(first.get(o, end), conv)
         placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
@@ -227,7 +229,7 @@ class Plan:
 
     def _bind(self, layer: L.Layer, p: dict) -> Callable[[], None]:
         """The layer's step, from this mode's table (``FAST_PLAN`` or ``EXACT_PLAN``)."""
-        if layer.index - 1 in self.fused or layer.index - 1 in self.pooled or layer.index - 1 in self.maxpooled:
+        if layer.index in self._absorbed:
             return _nothing                                  # computed by the convolution before it
         if layer.index in self.pooled:
             return self._pooled_step(layer, p)
@@ -448,8 +450,8 @@ class Plan:
     def _kernel_key(self, layer: L.Layer) -> str:
         if layer.index in self.pooled:
             return "conv1x1+avgpool"         # also computes the [avgpool] after it
-        if layer.index - 1 in self.pooled or layer.index - 1 in self.maxpooled:
-            return "nothing"
+        if layer.index in self._absorbed:
+            return "nothing"                 # (a fused [shortcut] too: its kernel's first use is elsewhere)
         if self.exact or not isinstance(layer, (L.Convolutional, L.MaxPool)):
             return f"{layer.kind}:{'exact' if self.exact else 'fast'}"
         if isinstance(layer, L.MaxPool):
@@ -505,37 +507,30 @@ def _matrix_vector(conv: L.Convolutional) -> bool:
             and conv.groups == 1)
 
 
-def _shortcut_fusions(graph: L.Graph) -> dict[int, int]:
-    """conv index -> the [shortcut] fused into its GEMM epilogue (see the module docstring)."""
+def _conv_then(graph: L.Graph, kind: type):
+    """(conv, next layer) for each convolution (not darknet's 1x1 stride>1 quirk) followed by a layer of
+    ``kind`` that is its only consumer: the candidates of every conv fusion."""
     consumers = graph.consumers()
-    fused = {}
     for conv in graph:
         i = conv.index
-        if i + 1 >= len(graph) or not isinstance(conv, L.Convolutional):
-            continue
-        sc = graph[i + 1]
-        if not (isinstance(sc, L.Shortcut) and conv.activation == "linear" and conv.groups == 1
-                and not conv.quirk_1x1_no_subsample and not kcfg.winograd_variant(conv)
-                and sc.alpha == 1 and sc.beta == 1 and sc.from_ != i and consumers[i] == [i + 1]):
-            continue
-        if graph[sc.from_].out_shape == conv.out_shape == sc.out_shape:
-            fused[i] = i + 1
-    return fused
+        if (i + 1 < len(graph) and isinstance(conv, L.Convolutional) and isinstance(graph[i + 1], kind)
+                and not conv.quirk_1x1_no_subsample and consumers[i] == [i + 1]):
+            yield conv, graph[i + 1]
+
+
+def _shortcut_fusions(graph: L.Graph) -> dict[int, int]:
+    """conv index -> the [shortcut] fused into its GEMM epilogue (see the module docstring)."""
+    return {conv.index: sc.index for conv, sc in _conv_then(graph, L.Shortcut)
+            if conv.activation == "linear" and conv.groups == 1 and not kcfg.winograd_variant(conv)
+            and sc.alpha == 1 and sc.beta == 1 and sc.from_ != conv.index
+            and graph[sc.from_].out_shape == conv.out_shape == sc.out_shape}
 
 
 def _avgpool_fusions(graph: L.Graph) -> dict[int, int]:
     """conv index -> the [avgpool] right after it, where that conv is a linear 1x1 stride-1 unpadded
     groups=1 convolution whose only consumer is the pool: avgpool(W x + b) = W avgpool(x) + b."""
-    consumers = graph.consumers()
-    pooled = {}
-    for conv in graph:
-        i = conv.index
-        if i + 1 >= len(graph) or not isinstance(conv, L.Convolutional) or not isinstance(graph[i + 1], L.AvgPool):
-            continue
-        if (conv.size, conv.stride, conv.padding, conv.groups) == (1, 1, 0, 1) and conv.activation == "linear" \
-                and not conv.quirk_1x1_no_subsample and consumers[i] == [i + 1]:
-            pooled[i] = i + 1
-    return pooled
+    return {conv.index: ap.index for conv, ap in _conv_then(graph, L.AvgPool)
+            if (conv.size, conv.stride, conv.padding, conv.groups) == (1, 1, 0, 1) and conv.activation == "linear"}
 
 
 def _maxpool_fusions(graph: L.Graph) -> dict[int, int]:
@@ -544,20 +539,10 @@ def _maxpool_fusions(graph: L.Graph) -> dict[int, int]:
     2 from the map's corner (darknet's default padding, or none) and the conv's only consumer:
     kernels/winograd.py then pools each tile in registers, with the pool kernel's comparisons in its order
     (the same bits), and the full-size output is never written."""
-    consumers = graph.consumers()
-    fused = {}
-    for conv in graph:
-        i = conv.index
-        if i + 1 >= len(graph) or not isinstance(conv, L.Convolutional) or not isinstance(graph[i + 1], L.MaxPool):
-            continue
-        mp = graph[i + 1]
-        if (kcfg.winograd_variant(conv) and not conv.quirk_1x1_no_subsample
-                and conv.activation in ("linear", "relu", "leaky", "relu6") and consumers[i] == [i + 1]
-                and conv.out_h % 2 == 0 and conv.out_w % 2 == 0
-                and (mp.size, mp.stride, mp.padding // 2) == (2, 2, 0)
-                and mp.out_shape == (conv.filters, conv.out_h // 2, conv.out_w // 2)):
-            fused[i] = i + 1
-    return fused
+    return {conv.index: mp.index for conv, mp in _conv_then(graph, L.MaxPool)
+            if kcfg.winograd_variant(conv) and conv.activation in ("linear", "relu", "leaky", "relu6")
+            and conv.out_h % 2 == 0 and conv.out_w % 2 == 0 and (mp.size, mp.stride, mp.padding // 2) == (2, 2, 0)
+            and mp.out_shape == (conv.filters, conv.out_h // 2, conv.out_w // 2)}
 
 
 def _writes_own_output(layer: L.Layer) -> bool:

@@ -1,4 +1,5 @@
-"""numba kernels only: each a private @njit function over plain arrays plus a small public wrapper.
+"""numba kernels only: each a private @njit function or thread body over plain arrays plus a small public
+wrapper (and, for the thread bodies, a bind_* function that checks the arrays once).
 
 exact.py        darknet-exact float kernels (conv, batch norm, connected, avgpool, local)
 gemm.py         packed float32 GEMM with an LLVM-IR register-blocked micro-kernel
