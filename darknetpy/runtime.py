@@ -391,7 +391,8 @@ class Plan:
                 out = self.outputs[sc.index]
                 res = self.outputs[sc.from_]
                 a = ACT[sc.activation]
-            gemm = kconv.bind_conv_gemm(xs, ap, shift, a, size, stride, out, res, self._thread_scratch)
+            pooled = self.outputs[self.maxpooled[layer.index]] if layer.index in self.maxpooled else None
+            gemm = kconv.bind_conv_gemm(xs, ap, shift, a, size, stride, out, res, self._thread_scratch, pooled)
             if shape == (0,):
                 return gemm
             prepare = kconv.bind_prepare_input(x, pad, xs)
@@ -534,15 +535,23 @@ def _avgpool_fusions(graph: L.Graph) -> dict[int, int]:
 
 
 def _maxpool_fusions(graph: L.Graph) -> dict[int, int]:
-    """conv index -> the [maxpool] right after it, where that conv runs as Winograd with an activation its
-    inverse transform applies (linear, relu, leaky, relu6) on an even-sized map, the pool is size 2 stride
-    2 from the map's corner (darknet's default padding, or none) and the conv's only consumer:
-    kernels/winograd.py then pools each tile in registers, with the pool kernel's comparisons in its order
-    (the same bits), and the full-size output is never written."""
+    """conv index -> the [maxpool] right after it, where that conv runs as Winograd or as the plain GEMM
+    with an activation its epilogue applies (linear, relu, leaky, relu6) on an even-sized map, the pool is
+    size 2 stride 2 from the map's corner (darknet's default padding, or none) and the conv's only
+    consumer: kernels/winograd.py pools each tile in registers, kernels/conv.py each pair of tiles of
+    adjacent rows, with the pool kernel's comparisons in its order (the same bits), and the full-size
+    output is never written."""
     return {conv.index: mp.index for conv, mp in _conv_then(graph, L.MaxPool)
-            if kcfg.winograd_variant(conv) and conv.activation in ("linear", "relu", "leaky", "relu6")
+            if (kcfg.winograd_variant(conv) or _gemm_poolable(conv))
+            and conv.activation in ("linear", "relu", "leaky", "relu6")
             and conv.out_h % 2 == 0 and conv.out_w % 2 == 0 and (mp.size, mp.stride, mp.padding // 2) == (2, 2, 0)
             and mp.out_shape == (conv.filters, conv.out_h // 2, conv.out_w // 2)}
+
+
+def _gemm_poolable(conv: L.Convolutional) -> bool:
+    """A conv that _bind_conv_fast runs as the plain implicit GEMM, which can pool its output."""
+    return (conv.groups == 1 and not conv.quirk_1x1_no_subsample and not _matrix_vector(conv)
+            and kconv.can_pool(conv.c * conv.size * conv.size, conv.filters, conv.out_h * conv.out_w))
 
 
 def _writes_own_output(layer: L.Layer) -> bool:

@@ -12,7 +12,8 @@ read NR *contiguous* floats for every tap, whatever the stride, and no bounds ar
 * ``conv_gemm`` (groups=1): an implicit GEMM. For each (c, ky, kx) row of B the offset from a pixel's
   base is precomputed (``koff``); panels of NR pixels on one output row feed the micro-kernel straight
   from ``xs`` (``microkernel_indirect``), other panels are gathered into a B panel with the same
-  offsets. The epilogue adds the folded-BN shift and applies the activation.
+  offsets. The epilogue adds the folded-BN shift and applies the activation. With a 2x2 stride-2
+  [maxpool] after it (``pooled``), pairs of tiles from adjacent output rows are pooled instead of stored.
 * grouped and depthwise convolutions live in ``depthwise.py``.
 
 Results differ from darknet's summation order by rounding only (``../shared/specs/darknet.md`` §9);
@@ -29,9 +30,9 @@ from . import config
 from .activation import activate_block
 from .parallel import Call, addr, f32, i64, thread_body
 from .vecir import split_row2
-from .gemm import (KMR, KNR, KNR_NARROW, MR, NR, copy_runs16, gather_rows16, microkernel_acc, microkernel_acc_fused,
+from .gemm import (FUSED_ACTS, KMR, KNR, KNR_NARROW, MR, NR, copy_runs16, gather_rows16, microkernel_acc, microkernel_acc_fused,
                    microkernel_acc_fused_narrow, microkernel_acc_narrow, microkernel_cols, microkernel_fused,
-                   microkernel_indirect, pack_a, prefetch_l2)
+                   microkernel_indirect, pack_a, pool_tiles, prefetch_l2)
 
 
 def input_shape(c: int, h: int, w: int, pad: int, stride: int) -> tuple[int, int, int, int]:
@@ -206,6 +207,7 @@ def _offsets(c: int, size: int, s: int, hp: int, row: int, wq: int) -> np.ndarra
 #   0 xs  1-4 C, Hp, S, Wq  5 ap  6-7 ap's shape  8 shift  9 out  10-12 M, out_h*out_w, out_w
 #   13 res (= out when there is none)  14 has_res  15 K  16 koff  17 act
 #   conv_gemm:  18 kpack  19 in_place_rows  20 in_place_ok  21 mchunks  22 a_stationary  23 bscratch  24 its row
+#               25 pool (a 2x2 stride-2 [maxpool] fused: 26 is its output, (M, out_h/2, out_w/2))  26 pooled
 #   K-blocked:  18 kc  19 ncp (pixel panels per block)  20 zero tile
 
 
@@ -234,6 +236,10 @@ def _conv_gemm_body(th, nthreads, argv):
     bp = np.empty(kdim * NR, dtype=np.float32)
     srcs = np.empty(npan, dtype=np.int64)
     offs = np.empty(npan, dtype=np.int64)
+    if argv[25] != 0:
+        _pooled_items(th, nthreads, argv[26], ap, xflat, koff, kpack, kdim, m, n, out_w, s, row, in_place_ok,
+                      shift, act, tile, bp)
+        return
     if a_stationary:
         # Weights larger than the whole (packed) input, which fits in L2: each thread packs every
         # pixel panel once, then takes its share of filter panels (outer loop) and runs each against
@@ -264,6 +270,62 @@ def _conv_gemm_body(th, nthreads, argv):
                 ip, q = i, 0
             _tile(ap, ip, srcs[q], offs[q], kdim, jp * NR, min(NR, n - jp * NR), fused, act, shift, has_res,
                   out2d, res2d, tile)
+
+
+@njit(inline="always")
+def _pooled_items(th, nthreads, pooled_addr, ap, xflat, koff, kpack, kdim, m, n, out_w, s, row, in_place_ok,
+                  shift, act, tile, bp):
+    # conv_gemm with the 2x2 stride-2 [maxpool] after it: items are (pair of output rows, NR columns);
+    # each filter panel's two tiles (the rows' same columns) are pooled as they leave the micro-kernel,
+    # so the full-size map is never written (the first layers of the YOLOs and Tiny Darknet: 3 input
+    # channels, the map of 16 filters at full resolution is 11 MB at 416x416 and the pool read it back
+    # from DRAM). The tiles are computed exactly as the unpooled path computes them, and pooled with
+    # [maxpool]'s comparisons in its order: the same bits as the two layers run apart.
+    out_h = n // out_w
+    ph, pw = out_h // 2, out_w // 2
+    pooled = f32(pooled_addr, (m, ph * pw))
+    nip = ap.shape[0]
+    npc = (out_w + NR - 1) // NR
+    nitems = ph * npc
+    tile1 = np.empty(MR * NR, dtype=np.float32)
+    bp1 = np.empty(kdim * NR, dtype=np.float32)
+    edge = np.empty((2, NR), dtype=np.float32)
+    for o in range(th * nitems // nthreads, (th + 1) * nitems // nthreads):
+        py, c0 = o // npc, (o % npc) * NR
+        jn = min(NR, out_w - c0)
+        n0 = 2 * py * out_w + c0
+        src0, off0 = _panel_source(xflat, koff, kpack, kdim, n0, jn, out_w, s, row, False, in_place_ok, bp)
+        src1, off1 = _panel_source(xflat, koff, kpack, kdim, n0 + out_w, jn, out_w, s, row, False, in_place_ok,
+                                   bp1)
+        for ip in range(nip):
+            i0 = ip * MR
+            rows = min(MR, m - i0)
+            a = ap.ctypes.data + 4 * ip * ap.shape[1]
+            if jn == NR:
+                microkernel_indirect(a, src0, off0, kdim, tile.ctypes.data)
+                microkernel_indirect(a, src1, off1, kdim, tile1.ctypes.data)
+                pool_tiles(tile.ctypes.data, tile1.ctypes.data, pooled.ctypes.data + 4 * (i0 * ph * pw + py * pw + c0 // 2),
+                           ph * pw, shift.ctypes.data + 4 * i0, act, rows)
+                continue
+            # a last, narrower panel: the unpooled path's kernel and scalar epilogue (_store_tile), then
+            # the same comparisons
+            microkernel_cols(a, src0, kdim, tile.ctypes.data, jn)
+            microkernel_cols(a, src1, kdim, tile1.ctypes.data, jn)
+            for r in range(rows):
+                sh = shift[i0 + r]
+                for j in range(jn):
+                    edge[0, j] = tile[r * NR + j] + sh
+                    edge[1, j] = tile1[r * NR + j] + sh
+                activate_block(edge[0], jn, act)
+                activate_block(edge[1], jn, act)
+                prow = pooled[i0 + r, py * pw + c0 // 2:py * pw + c0 // 2 + jn // 2]
+                for j in range(jn // 2):
+                    mx = np.float32(-3.4028234663852886e38)
+                    for y in range(2):
+                        for x in range(2):
+                            v = edge[y, 2 * j + x]
+                            mx = v if v > mx else mx
+                    prow[j] = mx
 
 
 @thread_body(fastmath=True)
@@ -392,10 +454,12 @@ def pack_filters(w2d: np.ndarray, n: int) -> np.ndarray:
     return flat.reshape(ap.shape)
 
 
-def bind_conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bscratch=None):
+def bind_conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bscratch=None, pooled=None):
     """``conv_gemm`` bound to its arrays: a callable that runs it (a plan step calls it many times).
     ``bscratch`` is then required when gemm_scratch_size(...) is not 0: (threads, that many floats), for
-    as many threads as will ever run it."""
+    as many threads as will ever run it. ``pooled``: the (M, out_h/2, out_w/2) output of a 2x2 stride-2
+    [maxpool] after the convolution, computed instead of ``out`` (which is not written; see
+    ``can_pool``)."""
     c, hp, s, wq = xs.shape
     m, out_h, out_w = out.shape
     n = out_h * out_w
@@ -435,8 +499,14 @@ def bind_conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=Non
             bscratch = np.empty((numba.get_num_threads(), need), dtype=np.float32)
         if bscratch.shape[1] < need:
             raise ValueError(f"conv_gemm: scratch {bscratch.shape} < (threads, {need})")
+    if pooled is not None and (need or res is not None or act not in FUSED_ACTS or out_h % 2 or out_w % 2
+                               or pooled.shape != (m, out_h // 2, out_w // 2)):
+        raise ValueError(f"conv_gemm: cannot pool this convolution's output ({out.shape}, act {act}) into "
+                         f"{pooled.shape}")
     words += [kpack.ctypes.data, flat_ok, in_place_ok, mchunks, need > 0,
-              addr(bscratch, f4) if need else 0, bscratch.shape[1] if need else 0]
+              addr(bscratch, f4) if need else 0, bscratch.shape[1] if need else 0,
+              pooled is not None, 0 if pooled is None else addr(pooled, f4)]
+    keep.append(pooled)
     # thread th packs into row th of bscratch: never more threads than rows
     return Call(_conv_gemm_body, words, keep + [kpack, bscratch], bscratch.shape[0] if need else 1 << 30)
 
@@ -448,6 +518,14 @@ def conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bs
     residual shaped like ``out`` (a fused [shortcut]); ``bscratch`` an optional preallocated
     (threads, gemm_scratch_size(...)) buffer for the weight-stationary order (allocated here if needed)."""
     bind_conv_gemm(xs, ap, shift, act, size, stride, out, res, bscratch)()
+
+
+def can_pool(kdim: int, m: int, n: int) -> bool:
+    """Whether ``conv_gemm`` (K = C*k*k B rows, m filters, n output pixels) can compute the 2x2 stride-2
+    max-pool of its output instead of the output (bind_conv_gemm's ``pooled``; the map even-sized, the
+    activation one of gemm.FUSED_ACTS, no residual): on the plain order, not K-blocked or
+    weight-stationary."""
+    return not kblocked(kdim, m, n) and not gemm_scratch_size(kdim, m, n)
 
 
 def gemm_scratch_size(kdim: int, m: int, n: int) -> int:

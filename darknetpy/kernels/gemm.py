@@ -27,7 +27,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from . import config
-from .vecir import count_loop
+from .vecir import Vec, count_loop, loop
 
 # The micro-tile (MR x NR) and vector width: compile-time constants of the code generator, chosen for the
 # CPU by config.codegen_target() (see config.py for the measurements behind them).
@@ -219,6 +219,43 @@ def microkernel_fused(typingctx, ap, base, koff, k, c, ldc, shift, act, rows, re
     def codegen(context, builder, signature, args):
         ap_i, base_i, koff_i, k_i, c_i, ldc_i, shift_i, act_i, rows_i, res_i = args
         _codegen_microkernel(builder, ap_i, base_i, k_i, c_i, koff_i, (ldc_i, shift_i, act_i, rows_i, res_i))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def pool_tiles(typingctx, t0, t1, c, ldc, shift, act, rows):
+    """c[r*ldc + j] for r < rows, j < NR/2: the 2x2 stride-2 max-pool of act(shift[r] + tile) over two
+    MR x NR tiles (t[r*NR + j]) of vertically adjacent output rows, the same NR columns: a [maxpool] fused
+    into the convolution before it (conv_gemm's pool mode). Each output is darknet's running maximum from
+    -FLT_MAX over the window in its order (0,0) (0,1) (1,0) (1,1), ``max = (v > max) ? v : max``, as
+    [maxpool]'s own kernel computes it: the same bits. ``act`` one of FUSED_ACTS."""
+    sig = types.void(*([types.intp] * 7))
+
+    def codegen(context, builder, signature, args):
+        t0_i, t1_i, c_i, ldc, shift_i, act, rows = args
+        v = Vec(builder, NR)
+        half = ir.VectorType(_F32, NR // 2)
+        even = ir.Constant(ir.VectorType(_I32, NR // 2), list(range(0, NR, 2)))
+        odd = ir.Constant(ir.VectorType(_I32, NR // 2), list(range(1, NR, 2)))
+        lowest = ir.Constant(half, [-3.4028234663852886e38] * (NR // 2))
+        t0, t1, c, shift = v.ptr(t0_i), v.ptr(t1_i), v.ptr(c_i), v.ptr(shift_i)
+
+        def running_max(m, x):
+            return builder.select(builder.fcmp_ordered(">", x, m), x, m)
+
+        def body(r):
+            sh = v.splat(v.load_scalar(shift, r))
+            top = v.activation(v.add(v.load(t0, builder.mul(r, v.i64(NR))), sh), act)
+            bottom = v.activation(v.add(v.load(t1, builder.mul(r, v.i64(NR))), sh), act)
+            m = lowest
+            for y in (top, bottom):
+                m = running_max(running_max(m, builder.shuffle_vector(y, y, even)), builder.shuffle_vector(y, y, odd))
+            dst = v.at(c, builder.mul(r, ldc))
+            builder.store(m, builder.bitcast(dst, half.as_pointer()), align=4)
+
+        loop(builder, v.i64(0), rows, 1, body, "pool")
         return context.get_dummy_value()
 
     return sig, codegen

@@ -262,6 +262,54 @@ def test_winograd_blocks_and_thread_splits_match_naive(c, h, w, m, threads, f4):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("c,h,w,m,size,stride,pad", [
+    (3, 40, 64, 16, 3, 1, 1),      # whole pixel panels (the YOLOs' first layer, smaller)
+    (3, 20, 36, 24, 3, 1, 1),      # a last panel of 4 columns per row pair, a partial filter panel
+    (5, 12, 20, 13, 3, 1, 1),      # 13 filters: one and a bit filter panels
+    (4, 26, 22, 24, 1, 1, 0),      # 1x1 read in place (rows of 22: a panel of 6 at each row's end)
+    (6, 36, 52, 16, 3, 2, 1),      # stride 2 -> 18 x 26
+    (3, 30, 34, 8, 7, 1, 3),       # 7x7
+])
+def test_gemm_with_fused_maxpool_is_the_maxpool_of_its_output(c, h, w, m, size, stride, pad, threads):
+    # the 2x2 stride-2 max-pool computed from pairs of tiles (bind_conv_gemm(pooled=...)) against
+    # [maxpool]'s own kernel on the GEMM's full output: the same bits, for every activation it fuses
+    import numba
+    rng = np.random.default_rng(c * h + m + size)
+    x = rng.standard_normal((c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((m, c * size * size)) / 4).astype(np.float32)
+    shift = rng.standard_normal(m).astype(np.float32)
+    oh, ow = (h + 2 * pad - size) // stride + 1, (w + 2 * pad - size) // stride + 1
+    assert kconv.can_pool(c * size * size, m, oh * ow)
+    ap = kconv.pack_filters(wt, oh * ow)
+    if size == 1 and stride == 1 and not pad:
+        xs = x.reshape(c, h, 1, w)
+    else:
+        xs = np.zeros(kconv.input_shape(c, h, w, pad, stride), np.float32)
+        kconv.prepare_input(x, pad, xs)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for act in ("linear", "relu", "leaky", "relu6"):
+            full = np.empty((m, oh, ow), np.float32)
+            kconv.conv_gemm(xs, ap, shift, CODE[act], size, stride, full)
+            ref = np.empty((m, oh // 2, ow // 2), np.float32)
+            kel.maxpool(full, 2, 2, 0, ref)
+            got = np.full(ref.shape, np.nan, np.float32)
+            untouched = np.full(full.shape, 7.0, np.float32)
+            kconv.bind_conv_gemm(xs, ap, shift, CODE[act], size, stride, untouched, pooled=got)()
+            assert np.array_equal(got.view(np.int32), ref.view(np.int32)), act
+            assert (untouched == 7.0).all()           # the full-size map is not written
+    finally:
+        numba.set_num_threads(before)
+    with pytest.raises(ValueError, match="cannot pool"):        # an activation the epilogue does not apply
+        kconv.bind_conv_gemm(xs, ap, shift, CODE["logistic"], size, stride, full, pooled=got)
+    with pytest.raises(ValueError, match="cannot pool"):        # a residual (a fused [shortcut]) as well
+        kconv.bind_conv_gemm(xs, ap, shift, CODE["leaky"], size, stride, full, res=full.copy(), pooled=got)
+    with pytest.raises(ValueError, match="cannot pool"):        # a pooled buffer of the wrong shape
+        kconv.bind_conv_gemm(xs, ap, shift, CODE["leaky"], size, stride, full, pooled=got[:, :-1])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("t", [2, 4])
 @pytest.mark.parametrize("c,h,w,m", [
     (16, 20, 20, 32),        # whole tiles

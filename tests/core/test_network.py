@@ -285,6 +285,55 @@ def test_winograd_conv_then_2x2_maxpool_runs_as_one_step(tmp_path):
         assert np.array_equal(plan.outputs[i], unfused.outputs[i]), i
 
 
+POOLED_GEMM = """
+[net]
+height=32
+width=44
+channels=3
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+pad=1
+activation=leaky
+[maxpool]
+size=2
+stride=2
+[convolutional]
+filters=24
+size=1
+activation=relu6
+[maxpool]
+size=2
+stride=2
+[convolutional]
+filters=8
+size=1
+activation=relu
+[maxpool]
+size=2
+stride=2
+"""
+
+
+def test_gemm_conv_then_2x2_maxpool_runs_as_one_step(tmp_path):
+    # the first layers of the YOLOs and Tiny Darknet: a conv on 3 channels (the implicit GEMM, not
+    # Winograd) whose only consumer is a 2x2 stride-2 pool writes the pooled map itself; so does a 1x1
+    # conv; not on an odd map (the third conv's 8 x 11)
+    net = darknetpy.load(write(tmp_path, "g.cfg", POOLED_GEMM))
+    assert [net.graph[i].out_shape for i in (0, 2, 4)] == [(16, 32, 44), (24, 16, 22), (8, 8, 11)]
+    plan = net.plan(keep=frozenset({1, 3, 5}))
+    assert plan.maxpooled == {0: 1, 2: 3}
+    assert plan.kernel_keys == ["conv:gemm", "nothing"] * 2 + ["conv:gemm", "maxpool2x2"]
+    unfused = net.plan(keep=frozenset(range(6)))
+    assert unfused.maxpooled == {} and net.plan(keep_all=True).maxpooled == {} and net.plan(exact=True).maxpooled == {}
+    x = np.random.default_rng(8).random(net.input_shape, dtype=np.float32)
+    plan.run(x)
+    unfused.run(x)
+    for i in (1, 3, 5):                   # the same bits: the pool's comparisons, in its order
+        assert np.array_equal(plan.outputs[i].view(np.int32), unfused.outputs[i].view(np.int32)), i
+
+
 def test_linear_1x1_conv_then_global_avgpool_runs_as_avgpool_then_matvec(tmp_path):
     # avgpool(W x + b) = W avgpool(x) + b: only for a linear 1x1 conv whose one consumer is the pool
     net = darknetpy.load(write(tmp_path, "p.cfg", POOLED))
