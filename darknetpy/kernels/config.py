@@ -247,6 +247,11 @@ CONV_MIN_ITEMS = 8
 # F(2x2): alone GEMM 0.89, F(2x2) 0.54, F(4x4) 0.48; in the network F(4x4) 0.83, F(2x2) 0.58-0.61, at 2
 # threads 0.34 and 0.36).
 WINOGRAD4_MAX_BYTES = 2 << 20
+# ... and not on small maps whose sides are not multiples of 4: F(4x4) pads 14x14 to 16x16 (30% more
+# tiles) and its larger transforms weigh more on few tiles; F(2x2) tiles it exactly. Zen 4, inside
+# DLA-46-C (two plans alternating), 3x3 64->64 at 14x14: 0.211-0.228 -> 0.166-0.172 ms (1 thread),
+# 0.156-0.161 -> 0.127-0.129 (2); alone, 1 thread: F(4x4) 0.173, F(2x2) 0.157, the GEMM 0.207.
+WINOGRAD4_SMALL_MAP = 20 * 20
 WINOGRAD2_MAX_BYTES = 32 << 20
 WINOGRAD2_CACHED_BYTES = 4 << 20
 WINOGRAD2_MIN_PIXELS = 20 * 20
@@ -278,7 +283,8 @@ def winograd_variant(conv) -> int:
         return 0
     if conv.c < 16 or conv.filters < 32:
         return 0
-    if conv.c <= 64 and 36 * conv.c * conv.filters * 4 <= WINOGRAD4_MAX_BYTES:
+    if (conv.c <= 64 and 36 * conv.c * conv.filters * 4 <= WINOGRAD4_MAX_BYTES
+            and not (conv.out_h * conv.out_w <= WINOGRAD4_SMALL_MAP and (conv.out_h % 4 or conv.out_w % 4))):
         return 4
     u2 = 16 * conv.c * conv.filters * 4
     if u2 <= WINOGRAD2_CACHED_BYTES or (u2 <= WINOGRAD2_MAX_BYTES and conv.out_h * conv.out_w >= WINOGRAD2_MIN_PIXELS):

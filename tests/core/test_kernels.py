@@ -776,6 +776,9 @@ def test_kernel_choices_follow_config():
         return SimpleNamespace(c=c, filters=filters, size=size, stride=stride, padding=padding, groups=groups,
                                out_h=hw, out_w=hw)
     assert config.winograd_variant(conv(64, 128, 28)) == 4               # Tiny Darknet's 28x28 layers
+    assert config.winograd_variant(conv(64, 64, 14)) == 2                # 14x14: F(4x4) would pad it to 16x16
+    assert config.winograd_variant(conv(64, 64, 16)) == 4                # ... 16x16: whole 4x4 tiles
+    assert config.winograd_variant(conv(32, 64, 22)) == 4                # ... larger maps: F(4x4) still
     assert config.winograd_variant(conv(64, 512, 14)) == 2              # F(4x4) weights past its budget
     assert config.winograd_variant(conv(128, 128, 7)) == 2               # F(4x4) only to 64 channels
     assert config.winograd_variant(conv(384, 256, 26)) == 2              # 6.3 MB of U on 676 pixels
