@@ -270,7 +270,7 @@ def test_winograd_blocks_and_thread_splits_match_naive(c, h, w, m, threads, f4):
     (6, 36, 52, 16, 3, 2, 1),      # stride 2 -> 18 x 26
     (3, 30, 34, 8, 7, 1, 3),       # 7x7
 ])
-def test_gemm_with_fused_maxpool_is_the_maxpool_of_its_output(c, h, w, m, size, stride, pad, threads):
+def test_conv_gemm_with_fused_maxpool_is_the_maxpool_of_its_output(c, h, w, m, size, stride, pad, threads):
     # the 2x2 stride-2 max-pool computed from pairs of tiles (bind_conv_gemm(pooled=...)) against
     # [maxpool]'s own kernel on the GEMM's full output: the same bits, for every activation it fuses
     import numba
