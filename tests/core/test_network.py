@@ -276,13 +276,18 @@ def test_winograd_conv_then_2x2_maxpool_runs_as_one_step(tmp_path):
     assert [net.graph[i].out_shape for i in (0, 2)] == [(32, 20, 26), (40, 10, 13)]
     plan = net.plan(keep=frozenset({1, 3}))
     assert plan.maxpooled == {0: 1} and plan.kernel_keys[:2] == ["conv:winograd", "nothing"]
-    unfused = net.plan(keep=frozenset({0, 1, 3}))
+    _same_pools_unfused(net, plan, net.plan(keep=frozenset({0, 1, 3})), seed=7)
+
+
+def _same_pools_unfused(net, plan, unfused, seed):
+    # no fusion when every conv output is kept, in keep_all or exact plans; the pools' outputs (1, 3, 5)
+    # the same bits with and without: the pool's comparisons, in its order
     assert unfused.maxpooled == {} and net.plan(keep_all=True).maxpooled == {} and net.plan(exact=True).maxpooled == {}
-    x = np.random.default_rng(7).random(net.input_shape, dtype=np.float32)
+    x = np.random.default_rng(seed).random(net.input_shape, dtype=np.float32)
     plan.run(x)
     unfused.run(x)
-    for i in (1, 3, 5):                   # the same bits: the pool's comparisons, in its order
-        assert np.array_equal(plan.outputs[i], unfused.outputs[i]), i
+    for i in (1, 3, 5):
+        assert np.array_equal(plan.outputs[i].view(np.int32), unfused.outputs[i].view(np.int32)), i
 
 
 POOLED_GEMM = """
@@ -325,13 +330,7 @@ def test_gemm_conv_then_2x2_maxpool_runs_as_one_step(tmp_path):
     plan = net.plan(keep=frozenset({1, 3, 5}))
     assert plan.maxpooled == {0: 1, 2: 3}
     assert plan.kernel_keys == ["conv:gemm", "nothing"] * 2 + ["conv:gemm", "maxpool2x2"]
-    unfused = net.plan(keep=frozenset(range(6)))
-    assert unfused.maxpooled == {} and net.plan(keep_all=True).maxpooled == {} and net.plan(exact=True).maxpooled == {}
-    x = np.random.default_rng(8).random(net.input_shape, dtype=np.float32)
-    plan.run(x)
-    unfused.run(x)
-    for i in (1, 3, 5):                   # the same bits: the pool's comparisons, in its order
-        assert np.array_equal(plan.outputs[i].view(np.int32), unfused.outputs[i].view(np.int32)), i
+    _same_pools_unfused(net, plan, net.plan(keep=frozenset(range(6))), seed=8)
 
 
 def test_linear_1x1_conv_then_global_avgpool_runs_as_avgpool_then_matvec(tmp_path):
