@@ -30,9 +30,9 @@ from . import config
 from .activation import activate_block
 from .parallel import Call, addr, f32, i64, thread_body
 from .vecir import split_row2
-from .gemm import (FUSED_ACTS, KMR, KNR, KNR_NARROW, MR, NR, copy_runs16, gather_rows16, microkernel_acc, microkernel_acc_fused,
-                   microkernel_acc_fused_narrow, microkernel_acc_narrow, microkernel_cols, microkernel_fused,
-                   microkernel_indirect, pack_a, pool_tiles, prefetch_l2)
+from .gemm import (FUSED_ACTS, KMR, KNR, KNR_NARROW, MR, NR, copy_runs16, gather_rows16, microkernel_acc,
+                   microkernel_acc_fused, microkernel_acc_fused_narrow, microkernel_acc_narrow, microkernel_cols,
+                   microkernel_fused, microkernel_indirect, pack_a, pool_tiles, prefetch_l2)
 
 
 def input_shape(c: int, h: int, w: int, pad: int, stride: int) -> tuple[int, int, int, int]:
@@ -304,8 +304,9 @@ def _pooled_items(th, nthreads, pooled_addr, ap, xflat, koff, kpack, kdim, m, n,
             if jn == NR:
                 microkernel_indirect(a, src0, off0, kdim, tile.ctypes.data)
                 microkernel_indirect(a, src1, off1, kdim, tile1.ctypes.data)
-                pool_tiles(tile.ctypes.data, tile1.ctypes.data, pooled.ctypes.data + 4 * (i0 * ph * pw + py * pw + c0 // 2),
-                           ph * pw, shift.ctypes.data + 4 * i0, act, rows)
+                pool_tiles(tile.ctypes.data, tile1.ctypes.data,
+                           pooled.ctypes.data + 4 * (i0 * ph * pw + py * pw + c0 // 2), ph * pw,
+                           shift.ctypes.data + 4 * i0, act, rows)
                 continue
             # a last, narrower panel: the unpooled path's kernel and scalar epilogue (_store_tile), then
             # the same comparisons
