@@ -19,12 +19,14 @@ The plan is built once:
   same-shape ``[shortcut]`` (alpha = beta = 1) writes ``act(conv + shift + from)`` straight into the
   shortcut's buffer: the addition and activation happen in the GEMM's registers and the convolution's
   own output is never materialised (as onnxruntime fuses Conv + Add + Relu);
-* likewise a Winograd convolution (with a linear/relu/leaky/relu6 activation, on an even map) whose only
-  consumer is a 2x2 stride-2 ``[maxpool]`` writes the pool's output: each output tile is pooled in
-  registers with the pool kernel's comparisons in its order (the same bits), and the full-size map, which
-  the pool would read back after it had left the caches, is never written (``_maxpool_fusions``; Zen 4,
-  the whole network, one process alternating with the unfused plan, 1 / 2 threads: Tiny Darknet -3.0% /
-  -1.9%, yolov2-tiny -2.0% / -1.5%, yolov3-tiny -1.4% / -1.6%);
+* likewise a Winograd or plain-GEMM convolution (with a linear/relu/leaky/relu6 activation, on an even
+  map) whose only consumer is a 2x2 stride-2 ``[maxpool]`` writes the pool's output: each Winograd tile,
+  or each pair of GEMM tiles from adjacent rows, is pooled as it leaves the kernel with the pool kernel's
+  comparisons in its order (the same bits), and the full-size map, which the pool would read back after
+  it had left the caches, is never written (``_maxpool_fusions``; Zen 4, the whole network, one process
+  alternating with the unfused plan, 1 / 2 threads, Winograd: Tiny Darknet -3.0% / -1.9%, yolov2-tiny
+  -2.0% / -1.5%, yolov3-tiny -1.4% / -1.6%; then the first, GEMM, layer: yolov2-tiny -4.7% / -3.1%,
+  yolov3-tiny -3.2% / -2.6%);
 * a 1x1 convolution on a 1x1 map (a classifier after a global pool) runs the [connected] kernel;
 * ``pre_activation`` (for calibration) keeps a copy of chosen layers' outputs before their activation;
 * a plan that would need more memory than the limit is refused before anything is allocated (memory.py).
@@ -100,7 +102,7 @@ class Plan:
         # conv index -> the global [avgpool] after it, whose output the conv's step computes (_pooled_step)
         self.pooled = {} if (exact or keep_all) else {
             c: ap for c, ap in _avgpool_fusions(graph).items() if c not in pre and c not in self.keep}
-        # conv index -> the 2x2 stride-2 [maxpool] after it, computed from the Winograd tiles in registers
+        # conv index -> the 2x2 stride-2 [maxpool] after it, computed from the Winograd or GEMM tiles
         self.maxpooled = {} if (exact or keep_all) else {
             c: mp for c, mp in _maxpool_fusions(graph).items() if c not in pre and c not in self.keep}
         # layer -> the conv whose step computes it (the three fusions above): its own step does nothing
@@ -378,11 +380,12 @@ class Plan:
         else:
             xs = self._scratch[: int(np.prod(shape))].reshape(shape)
         variant = kcfg.winograd_variant(layer)
+        # the [maxpool] after it, whose output this step computes instead of its own (_maxpool_fusions)
+        pooled = self.outputs[self.maxpooled[layer.index]] if layer.index in self.maxpooled else None
         if variant:
-            pool = layer.index in self.maxpooled             # out: the [maxpool]'s, computed here
             return kwino.bind_winograd(
                 x, memory.in_huge_pages((kwino.transform_weights4 if variant == 4 else kwino.transform_weights)(w)),
-                shift, a, pad, self.outputs[self.maxpooled[layer.index]] if pool else out, xs, variant, pool)
+                shift, a, pad, out if pooled is None else pooled, xs, variant, pooled is not None)
         if layer.groups == 1:
             ap = memory.in_huge_pages(kconv.pack_filters(w.reshape(layer.filters, -1), layer.out_h * layer.out_w))
             res = None
@@ -391,7 +394,6 @@ class Plan:
                 out = self.outputs[sc.index]
                 res = self.outputs[sc.from_]
                 a = ACT[sc.activation]
-            pooled = self.outputs[self.maxpooled[layer.index]] if layer.index in self.maxpooled else None
             gemm = kconv.bind_conv_gemm(xs, ap, shift, a, size, stride, out, res, self._thread_scratch, pooled)
             if shape == (0,):
                 return gemm
@@ -549,8 +551,9 @@ def _maxpool_fusions(graph: L.Graph) -> dict[int, int]:
 
 
 def _gemm_poolable(conv: L.Convolutional) -> bool:
-    """A conv that _bind_conv_fast runs as the plain implicit GEMM, which can pool its output."""
-    return (conv.groups == 1 and not conv.quirk_1x1_no_subsample and not _matrix_vector(conv)
+    """A conv that _bind_conv_fast runs as the plain implicit GEMM, which can pool its output (the quirk
+    case is excluded by _conv_then)."""
+    return (conv.groups == 1 and not _matrix_vector(conv)
             and kconv.can_pool(conv.c * conv.size * conv.size, conv.filters, conv.out_h * conv.out_w))
 
 

@@ -29,7 +29,7 @@ from numba import njit
 from . import config
 from .activation import activate_block
 from .parallel import Call, addr, f32, i64, thread_body
-from .vecir import split_row2
+from .vecir import FLT_MAX, split_row2
 from .gemm import (FUSED_ACTS, KMR, KNR, KNR_NARROW, MR, NR, copy_runs16, gather_rows16, microkernel_acc,
                    microkernel_acc_fused, microkernel_acc_fused_narrow, microkernel_acc_narrow, microkernel_cols,
                    microkernel_fused, microkernel_indirect, pack_a, pool_tiles, prefetch_l2)
@@ -321,7 +321,7 @@ def _pooled_items(th, nthreads, pooled_addr, ap, xflat, koff, kpack, kdim, m, n,
                 activate_block(edge[1], jn, act)
                 prow = pooled[i0 + r, py * pw + c0 // 2:py * pw + c0 // 2 + jn // 2]
                 for j in range(jn // 2):
-                    mx = np.float32(-3.4028234663852886e38)
+                    mx = -FLT_MAX
                     for y in range(2):
                         for x in range(2):
                             v = edge[y, 2 * j + x]

@@ -28,8 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activation import LOGISTIC, activate_scalar
-
-FLT_MAX = np.float32(3.4028234663852886e38)
+from .vecir import FLT_MAX
 
 # glibc 2.36 libmvec, sysdeps/x86_64/fpu/multiarch/svml_s_expf4_core_sse4.S (detection.md §4.1).
 _LOG2E = np.float32(1.4426950408889634)

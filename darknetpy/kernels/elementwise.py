@@ -13,8 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activation import activate_scalar
-
-FLT_MAX = np.float32(3.4028234663852886e38)
+from .vecir import FLT_MAX
 
 
 @njit(cache=True, parallel=True)

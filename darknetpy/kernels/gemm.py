@@ -27,7 +27,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from . import config
-from .vecir import Vec, count_loop, loop
+from .vecir import FLT_MAX, Vec, count_loop, loop, running_max
 
 # The micro-tile (MR x NR) and vector width: compile-time constants of the code generator, chosen for the
 # CPU by config.codegen_target() (see config.py for the measurements behind them).
@@ -239,11 +239,8 @@ def pool_tiles(typingctx, t0, t1, c, ldc, shift, act, rows):
         half = ir.VectorType(_F32, NR // 2)
         even = ir.Constant(ir.VectorType(_I32, NR // 2), list(range(0, NR, 2)))
         odd = ir.Constant(ir.VectorType(_I32, NR // 2), list(range(1, NR, 2)))
-        lowest = ir.Constant(half, [-3.4028234663852886e38] * (NR // 2))
+        lowest = ir.Constant(half, [-float(FLT_MAX)] * (NR // 2))
         t0, t1, c, shift = v.ptr(t0_i), v.ptr(t1_i), v.ptr(c_i), v.ptr(shift_i)
-
-        def running_max(m, x):
-            return builder.select(builder.fcmp_ordered(">", x, m), x, m)
 
         def body(r):
             sh = v.splat(v.load_scalar(shift, r))
@@ -251,7 +248,8 @@ def pool_tiles(typingctx, t0, t1, c, ldc, shift, act, rows):
             bottom = v.activation(v.add(v.load(t1, builder.mul(r, v.i64(NR))), sh), act)
             m = lowest
             for y in (top, bottom):
-                m = running_max(running_max(m, builder.shuffle_vector(y, y, even)), builder.shuffle_vector(y, y, odd))
+                m = running_max(builder, running_max(builder, m, builder.shuffle_vector(y, y, even)),
+                                builder.shuffle_vector(y, y, odd))
             dst = v.at(c, builder.mul(r, ldc))
             builder.store(m, builder.bitcast(dst, half.as_pointer()), align=4)
 

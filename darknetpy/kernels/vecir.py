@@ -17,6 +17,8 @@ from numba.extending import intrinsic
 from . import config
 
 LANES = 8
+# darknet's FLT_MAX: a running maximum ([maxpool], the detection heads' softmax) starts from -FLT_MAX
+FLT_MAX = np.float32(3.4028234663852886e38)
 _f32 = ir.FloatType()
 _i64 = ir.IntType(64)
 _i32 = ir.IntType(32)
@@ -79,6 +81,12 @@ class Vec:
         six = self.splat(6.0)
         return b.select(b.icmp_signed("==", act, self.i64(14)), b.select(b.fcmp_ordered("<", relu, six), relu, six),
                         out)
+
+
+def running_max(builder: ir.IRBuilder, m, x):
+    """One step of darknet's running maximum, ``max = (x > max) ? x : max`` (vectors or scalars): the
+    comparison [maxpool]'s kernel makes, so a maximum taken in its order gives its bits."""
+    return builder.select(builder.fcmp_ordered(">", x, m), x, m)
 
 
 def loop(builder: ir.IRBuilder, start, stop, step: int, body, name: str) -> None:

@@ -40,7 +40,7 @@ from . import config
 from .activation import activate_block
 from .gemm import MR, NR, microkernel_cols, pack_a, splat
 from .parallel import Call, addr, f32, thread_body
-from .vecir import WIDE, Vec, count_loop, loop
+from .vecir import FLT_MAX, WIDE, Vec, count_loop, loop, running_max
 
 # lanes of the inverse transform's vectors: the CPU's (16 floats with AVX-512, 8 with AVX2)
 _LANES = WIDE
@@ -98,11 +98,11 @@ def _inverse_codegen(builder, args, t: int, at_fn, nout: int, pool: bool = False
         dst = v.at(res, builder.add(builder.mul(q0_[0], v.i64(n)), v.i64(k * width * n)))
         builder.store(row, builder.bitcast(dst, rt.as_pointer()), align=4)
 
-    def running_max(m, x):
-        return builder.select(builder.fcmp_ordered(">", x, m), x, m)
+    def vmax(m, x):
+        return running_max(builder, m, x)
 
     q0_ = [None]
-    lowest = v.splat(-3.4028234663852886e38)
+    lowest = v.splat(-float(FLT_MAX))
 
     def body(q0):
         q0_[0] = q0
@@ -119,8 +119,8 @@ def _inverse_codegen(builder, args, t: int, at_fn, nout: int, pool: bool = False
             ys.append(y)
             if k % 2:
                 r0, r1 = ys
-                store_row([running_max(running_max(running_max(running_max(lowest, r0[2 * j]), r0[2 * j + 1]),
-                                                   r1[2 * j]), r1[2 * j + 1]) for j in range(nout // 2)], k // 2)
+                store_row([vmax(vmax(vmax(vmax(lowest, r0[2 * j]), r0[2 * j + 1]), r1[2 * j]), r1[2 * j + 1])
+                           for j in range(nout // 2)], k // 2)
                 ys = []
 
     loop(builder, v.i64(0), v.i64(width), lanes, body, "inv")
