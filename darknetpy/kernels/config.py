@@ -237,28 +237,47 @@ CONV_MIN_ITEMS = 8
 # -- float convolution: Winograd (kernels/winograd.py) ---------------------------------------------------
 # F(4x4) stores 36/9 = 4x the weights, F(2x2) 16/9 = 1.8x, and in a whole network they come from L3 or
 # DRAM on every inference (a layer run alone in a loop keeps them in L3 and flatters Winograd). F(2x2)
-# does 2.25x fewer multiplications but reads its weights (U) as often as the GEMM reads its own: on a
-# small map it has few tiles to spend each weight on. Measured on a Sapphire Rapids Xeon, 1 thread, inside
-# the networks, ms, GEMM / F(2x2): yolov3-tiny's 128->256 at 26x26 (U 2 MB) 2.62 / 2.05, 384->256 at 26x26
-# (6.3 MB) 7.57 / 6.06, DLA-46-C's 128->128 at 7x7 (1 MB) 0.222 / 0.202; but 256->512 at 13x13 (8.4 MB)
-# 2.72 / 2.87 and 512->1024 at 13x13 (32 MB) 10.3 / 10.9. So F(2x2) takes a layer whose U fits
-# WINOGRAD2_CACHED_BYTES, or maps of WINOGRAD2_MIN_PIXELS and up up to WINOGRAD2_MAX_BYTES; F(4x4) keeps
-# its weights under WINOGRAD4_MAX_BYTES (Tiny Darknet's 64->512 at 14x14, U 4.7 MB for F(4x4), 2.1 MB for
-# F(2x2): alone GEMM 0.89, F(2x2) 0.54, F(4x4) 0.48; in the network F(4x4) 0.83, F(2x2) 0.58-0.61, at 2
-# threads 0.34 and 0.36).
+# does 2.25x fewer multiplications; its weights (U) are read once per block of tile panels (see
+# winograd_v_block). While a block held at most 256 KB of transformed input, a layer with many channels
+# had one tile panel per block and read its U once per panel (a 13x13 map: 4 panels, 4 x 32 MB for
+# 512->1024), and F(2x2) lost to the GEMM from U ~ 8 MB on 13x13 maps (Sapphire Rapids, 1 thread:
+# 256->512 at 13x13 2.72 / 2.87 ms, 512->1024 10.3 / 10.9). With blocks as large as U it wins on every
+# map from 7x7 on (Zen 4, one layer alone, caches flushed between runs, ms, GEMM -> F(2x2), 1 / 2
+# threads: 256->512 at 13x13 3.90 -> 3.03 / 2.30 -> 1.86; 512->1024 at 13x13 8.88 -> 6.65 (2);
+# 1024->512 9.84 -> 6.76 (2); 1024->1024 at 13x13 30.2 -> 18.6 / 16.5 -> 11.5; 1280->1024 39.6 -> 24.4;
+# 1024->1024 at 19x19 73.5 -> 40.0; 512->512 at 7x7 2.92 -> 2.46 / 1.61 -> 1.33; 1024->1024 at 7x7
+# 11.6 -> 6.3), ties at 6x6 (512->512 2.49 / 2.47) and loses below (5x5 1.60 / 2.46; 4x4 1.20 / 1.82):
+# there U (1.8x the GEMM's weights) is read for a handful of tiles. So F(2x2) takes a layer whose U
+# fits WINOGRAD2_CACHED_BYTES, or maps of WINOGRAD2_MIN_PIXELS and up up to WINOGRAD2_MAX_BYTES (a
+# memory bound: U of yolov2's 1280->1024 is 84 MB); F(4x4) keeps its weights under WINOGRAD4_MAX_BYTES
+# (Tiny Darknet's 64->512 at 14x14, U 4.7 MB for F(4x4), 2.1 MB for F(2x2): alone GEMM 0.89, F(2x2)
+# 0.54, F(4x4) 0.48; in the network F(4x4) 0.83, F(2x2) 0.58-0.61, at 2 threads 0.34 and 0.36).
 WINOGRAD4_MAX_BYTES = 2 << 20
 # ... and not on small maps whose sides are not multiples of 4: F(4x4) pads 14x14 to 16x16 (30% more
 # tiles) and its larger transforms weigh more on few tiles; F(2x2) tiles it exactly. Zen 4, inside
 # DLA-46-C (two plans alternating), 3x3 64->64 at 14x14: 0.211-0.228 -> 0.166-0.172 ms (1 thread),
 # 0.156-0.161 -> 0.127-0.129 (2); alone, 1 thread: F(4x4) 0.173, F(2x2) 0.157, the GEMM 0.207.
 WINOGRAD4_SMALL_MAP = 20 * 20
-WINOGRAD2_MAX_BYTES = 32 << 20
+WINOGRAD2_MAX_BYTES = 96 << 20
 WINOGRAD2_CACHED_BYTES = 4 << 20
-WINOGRAD2_MIN_PIXELS = 20 * 20
+WINOGRAD2_MIN_PIXELS = 7 * 7
 # Tile panels whose transformed input (V) a thread keeps while it runs every filter panel over them: U
-# (the transformed weights) is then read once per block of panels instead of once per panel. U is often
-# larger than L2 (Tiny Darknet's 28x28 F(4x4) layers: 1.2 MB), V of a block stays under this.
+# (the transformed weights) is then read once per block of panels instead of once per panel
+# (winograd_v_block). V blocks of at least WINOGRAD_V_BLOCK_BYTES, and as large as U up to
+# WINOGRAD_V_BLOCK_MAX_BYTES (a 13x13 map over 1024 channels: all of V, 4 MB). Whole networks, two plans
+# alternating in one process, Zen 4, ms, 256 KB blocks -> blocks as large as U (the same kernels):
+# yolov3-tiny's 384->256 at 26x26 (U 6.3 MB) 6.51 -> 5.93 (1 thread, alone), yolov2-tiny's 128->256 at
+# 26x26 (2.1 MB) 1.24 -> 1.10 (2 threads). Not larger for small U: Tiny Darknet's 16->32 at 112x112 (U
+# 74 KB) took 0.69 -> 0.88 ms with 8 MB blocks (V no longer in L2).
 WINOGRAD_V_BLOCK_BYTES = 256 * 1024
+WINOGRAD_V_BLOCK_MAX_BYTES = 32 << 20
+
+
+def winograd_v_block(u_bytes: int) -> int:
+    """Bytes of V a Winograd thread transforms per block of tile panels, for transformed weights (U)
+    of ``u_bytes``: at least as much V as U, so that U, streamed once per block, costs no more memory
+    traffic than the block's own V."""
+    return min(WINOGRAD_V_BLOCK_MAX_BYTES, max(WINOGRAD_V_BLOCK_BYTES, u_bytes))
 
 
 def winograd_variant(conv) -> int:

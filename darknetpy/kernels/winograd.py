@@ -478,7 +478,7 @@ def bind_winograd(x, up, shift, act: int, pad: int, out, xp=None, t: int = 2, po
     f4 = np.float32
     pad_call = Call(_pad_body, [addr(x, f4), c, h, w, pad, addr(xp, f4), xp.shape[1], xp.shape[2]], (x, xp))
     body = Call(_winograd_body, [addr(xp, f4), *xp.shape, addr(up, f4), *up.shape, addr(shift, f4), addr(out, f4),
-                                 m, out_h, out_w, act, tw, th * tw, t == 4, config.WINOGRAD_V_BLOCK_BYTES, pool],
+                                 m, out_h, out_w, act, tw, th * tw, t == 4, config.winograd_v_block(up.nbytes), pool],
                 (xp, up, shift, out))
 
     def run() -> None:

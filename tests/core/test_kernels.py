@@ -782,8 +782,15 @@ def test_kernel_choices_follow_config():
     assert config.winograd_variant(conv(64, 512, 14)) == 2              # F(4x4) weights past its budget
     assert config.winograd_variant(conv(128, 128, 7)) == 2               # F(4x4) only to 64 channels
     assert config.winograd_variant(conv(384, 256, 26)) == 2              # 6.3 MB of U on 676 pixels
-    assert config.winograd_variant(conv(256, 512, 13)) == 0              # 8.4 MB of U on 169: the GEMM
-    assert config.winograd_variant(conv(1024, 1024, 52)) == 0            # F(2x2) weights past its budget
+    assert config.winograd_variant(conv(256, 512, 13)) == 2              # 8.4 MB of U on 169 pixels
+    assert config.winograd_variant(conv(1024, 1024, 7)) == 2             # 64 MB of U on 49
+    assert config.winograd_variant(conv(512, 512, 5)) == 0               # 16 MB of U on 25: the GEMM
+    assert config.winograd_variant(conv(256, 256, 3)) == 2               # ... but 4 MB stays in cache
+    assert config.winograd_variant(conv(2048, 1024, 13)) == 0            # F(2x2) weights past its budget
+    # V blocks as large as U (so U is read once per block), within bounds
+    assert config.winograd_v_block(74 << 10) == config.WINOGRAD_V_BLOCK_BYTES
+    assert config.winograd_v_block(6 << 20) == 6 << 20
+    assert config.winograd_v_block(84 << 20) == config.WINOGRAD_V_BLOCK_MAX_BYTES
     assert config.winograd_variant(conv(8, 128, 28)) == 0
     assert config.winograd_variant(conv(16, 16, 224)) == 0
     assert config.winograd_variant(conv(64, 128, 28, stride=2)) == 0
