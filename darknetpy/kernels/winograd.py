@@ -311,9 +311,10 @@ def _store_full(of, res, ob, qb, ntiles, out_w, t):
 
 
 @njit(cache=True, inline="always")
-def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, of, f4, vblock, pool):
+def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, of, f4, vblock, pool, by_filters):
     # One thread's share: a range of tile panels (all filter panels), or with fewer tile panels than
-    # threads, every tile panel and a range of filter panels. Panels are taken in blocks: transform the
+    # threads or ``by_filters`` (config.winograd_split_filters), every tile panel and a range of filter
+    # panels. Panels are taken in blocks: transform the
     # block's input tiles, then for each filter panel run the nx micro-kernels per tile panel into an
     # L1-resident block, transform back (+ shift, activation), store. vblock: bytes of transformed input
     # (V) a block may hold (config.WINOGRAD_V_BLOCK_BYTES): U is then read once per block of panels.
@@ -327,7 +328,7 @@ def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, 
     oplane = (out_h // ds) * so_w
     nip = up.shape[0]
     npan = (ntile + NR - 1) // NR
-    if npan >= nthreads:
+    if npan >= nthreads and not by_filters:
         tp_lo, tp_hi = th_ * npan // nthreads, (th_ + 1) * npan // nthreads
         ip_lo, ip_hi = 0, nip
     else:
@@ -444,7 +445,7 @@ def _winograd_body(th, nthreads, argv):
     pool = argv[18] != 0
     of = f32(argv[9], (m * (out_h // 2) * (out_w // 2) if pool else m * out_h * out_w,))
     _thread_body(th, nthreads, xp, c, up, shift, argv[13], argv[14], argv[15], out_w, out_h, of, argv[16] != 0,
-                 argv[17], pool)
+                 argv[17], pool, argv[19] != 0)
 
 
 def _scratch(x, pad: int, t: int, xp):
@@ -478,7 +479,8 @@ def bind_winograd(x, up, shift, act: int, pad: int, out, xp=None, t: int = 2, po
     f4 = np.float32
     pad_call = Call(_pad_body, [addr(x, f4), c, h, w, pad, addr(xp, f4), xp.shape[1], xp.shape[2]], (x, xp))
     body = Call(_winograd_body, [addr(xp, f4), *xp.shape, addr(up, f4), *up.shape, addr(shift, f4), addr(out, f4),
-                                 m, out_h, out_w, act, tw, th * tw, t == 4, config.winograd_v_block(up.nbytes), pool],
+                                 m, out_h, out_w, act, tw, th * tw, t == 4, config.winograd_v_block(up.nbytes), pool,
+                                 config.winograd_split_filters(up.nbytes, (t + 2) ** 2 * c * (-(-th * tw // NR) * NR) * 4)],
                 (xp, up, shift, out))
 
     def run() -> None:

@@ -237,6 +237,8 @@ def test_winograd_matches_naive(c, h, w, m, act):
     (130, 18, 18, 9, 1),     # transformed input of one panel > the block budget: one panel per block
     (12, 6, 6, 40, 2),       # a single tile panel: the threads split the filter panels instead
     (16, 13, 9, 8, 2),       # odd edges: partial tiles on the right and bottom
+    (32, 40, 40, 160, 2),    # blocks sized by U (327 KB of F(2x2) weights): several per thread
+    (256, 13, 13, 272, 2),   # U > 4 MB and 4x V: the threads split the filter panels of 4 tile panels
 ])
 def test_winograd_blocks_and_thread_splits_match_naive(c, h, w, m, threads, f4):
     import numba
@@ -246,7 +248,10 @@ def test_winograd_blocks_and_thread_splits_match_naive(c, h, w, m, threads, f4):
     x = rng.standard_normal((c, h, w)).astype(np.float32)
     wt = rng.standard_normal((m, c, 3, 3)).astype(np.float32)
     shift = rng.standard_normal(m).astype(np.float32)
-    ref = naive_conv(x.astype(np.float64), wt.astype(np.float64), 1, 1, 1) + shift[:, None, None]
+    # float64, one tap at a time (the layer shapes here are too large for naive_conv's Python loops)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1)))
+    ref = sum(np.einsum("mc,chw->mhw", wt[:, :, ky, kx].astype(np.float64), xp[:, ky:ky + h, kx:kx + w])
+              for ky in range(3) for kx in range(3)) + shift[:, None, None]
     out = np.full(ref.shape, np.nan, np.float32)
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -258,6 +263,13 @@ def test_winograd_blocks_and_thread_splits_match_naive(c, h, w, m, threads, f4):
     finally:
         numba.set_num_threads(before)
     np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
+def test_winograd_work_split_choices():
+    from darknetpy.kernels import config
+    assert config.winograd_split_filters(32 << 20, 2 << 20)          # yolov2-tiny's 512->1024 at 13x13
+    assert not config.winograd_split_filters(6 << 20, 4 << 20)       # U not much larger than V
+    assert not config.winograd_split_filters(2 << 20, 256 << 10)     # U stays in cache
 
 
 
