@@ -435,7 +435,8 @@ def _pad_body(th, nthreads, argv):
 def _winograd_body(th, nthreads, argv):
     # argv: xp (the zero-padded input, padded_shape(C, H, W, pad, t)), C, Hp, Wp, up, its 3 dims, shift,
     # out, M, out_h, out_w (the convolution's), act, tile columns, tiles, f4 (F(4x4,3x3), else F(2x2,3x3)),
-    # vblock, pool (out is the (M, out_h/2, out_w/2) 2x2 max-pool). One body serves every variant: one
+    # vblock, pool (out is the (M, out_h/2, out_w/2) 2x2 max-pool), the most threads that share out the
+    # filter panels instead of the tile panels (config.winograd_split_filters). One body serves every variant: one
     # compiled kernel; the inner loops branch on f4 and pool outside their bodies.
     c, hp, wp = argv[1], argv[2], argv[3]
     xp = f32(argv[0], (c, hp, wp))
@@ -445,7 +446,7 @@ def _winograd_body(th, nthreads, argv):
     pool = argv[18] != 0
     of = f32(argv[9], (m * (out_h // 2) * (out_w // 2) if pool else m * out_h * out_w,))
     _thread_body(th, nthreads, xp, c, up, shift, argv[13], argv[14], argv[15], out_w, out_h, of, argv[16] != 0,
-                 argv[17], pool, argv[19] != 0)
+                 argv[17], pool, nthreads <= argv[19])
 
 
 def _scratch(x, pad: int, t: int, xp):
@@ -478,9 +479,10 @@ def bind_winograd(x, up, shift, act: int, pad: int, out, xp=None, t: int = 2, po
     xp = _scratch(x, pad, t, xp)
     f4 = np.float32
     pad_call = Call(_pad_body, [addr(x, f4), c, h, w, pad, addr(xp, f4), xp.shape[1], xp.shape[2]], (x, xp))
+    v_bytes = (t + 2) ** 2 * c * (-(-th * tw // NR) * NR) * 4       # the whole transformed input
     body = Call(_winograd_body, [addr(xp, f4), *xp.shape, addr(up, f4), *up.shape, addr(shift, f4), addr(out, f4),
                                  m, out_h, out_w, act, tw, th * tw, t == 4, config.winograd_v_block(up.nbytes), pool,
-                                 config.winograd_split_filters(up.nbytes, (t + 2) ** 2 * c * (-(-th * tw // NR) * NR) * 4)],
+                                 config.winograd_split_filters(up.nbytes, v_bytes)],
                 (xp, up, shift, out))
 
     def run() -> None:
