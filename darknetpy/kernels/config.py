@@ -273,22 +273,22 @@ WINOGRAD_V_BLOCK_BYTES = 256 * 1024
 WINOGRAD_V_BLOCK_MAX_BYTES = 32 << 20
 
 
+WINOGRAD_SPLIT_FILTERS_MAX_THREADS = 4
+
+
 def winograd_split_filters(u_bytes: int, v_bytes: int) -> int:
     """Up to how many threads (0: never) share out a Winograd layer's filter panels (each transforms all of
     the input, V of ``v_bytes``, and reads its share of U, ``u_bytes``) rather than its tile panels (each
     reads all of U): where U is large and streamed from memory, and V small beside it; and only up to
     WINOGRAD_SPLIT_FILTERS_MAX_THREADS threads, since every thread repeats the input transform and holds
-    all of V (with many threads, each one's share of the tile panels is small anyway). Whole networks, 2 threads, two
-    plans alternating in one process, Zen 4, ms, tile panels -> filter panels: yolov2-tiny's 512->1024
+    all of V (with many threads, each one's share of the tile panels is small anyway). Whole networks, 2
+    threads, two plans alternating in one process, Zen 4, ms, tile panels -> filter panels: yolov2-tiny's 512->1024
     at 13x13 (U 32 MB, V 2 MB) 5.79 -> 5.14, 1024->512 (32 MB, 4 MB) 5.58 -> 5.28, 256->512 (8.4 MB,
     1 MB) 1.69 -> 1.55, the network 19.1 -> 18.0; yolov2-tiny-voc 27.5 -> 25.9. Not with U in cache or
     as large as V: Tiny Darknet's 32->256 at 28x28 F(4x4) (1.2 MB, 0.3 MB) 0.362 -> 0.385, 64->512 at
     14x14 (2.1 MB, 0.26 MB) 0.481 -> 0.496; yolov3-tiny's 384->256 at 26x26 (6.3 MB, 4.3 MB) 3.52 ->
     3.85, yolov2-tiny's 128->256 at 26x26 (2.1 MB, 1.4 MB) 1.16 -> 1.31."""
     return WINOGRAD_SPLIT_FILTERS_MAX_THREADS if u_bytes > WINOGRAD2_CACHED_BYTES and u_bytes >= 4 * v_bytes else 0
-
-
-WINOGRAD_SPLIT_FILTERS_MAX_THREADS = 4
 
 
 def winograd_v_block(u_bytes: int) -> int:

@@ -314,10 +314,10 @@ def _store_full(of, res, ob, qb, ntiles, out_w, t):
 def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, of, f4, vblock, pool, by_filters):
     # One thread's share: a range of tile panels (all filter panels), or with fewer tile panels than
     # threads or ``by_filters`` (config.winograd_split_filters), every tile panel and a range of filter
-    # panels. Panels are taken in blocks: transform the
-    # block's input tiles, then for each filter panel run the nx micro-kernels per tile panel into an
-    # L1-resident block, transform back (+ shift, activation), store. vblock: bytes of transformed input
-    # (V) a block may hold (config.WINOGRAD_V_BLOCK_BYTES): U is then read once per block of panels.
+    # panels. Panels are taken in blocks: transform the block's input tiles, then for each filter panel
+    # run the nx micro-kernels per tile panel into an L1-resident block, transform back (+ shift,
+    # activation), store. vblock: bytes of transformed input (V) a block may hold
+    # (config.winograd_v_block): U is then read once per block of panels.
     # xp: the zero-padded input (C, Hp, Wp), see padded_shape. pool: ``of`` is the output's 2x2 max-pool
     # (out_h, out_w even; act one of FUSED_ACTS), stored st x st per tile instead of t x t.
     nx = 36 if f4 else 16                  # Winograd points: (t+2)^2 for t x t output tiles
@@ -436,8 +436,8 @@ def _winograd_body(th, nthreads, argv):
     # argv: xp (the zero-padded input, padded_shape(C, H, W, pad, t)), C, Hp, Wp, up, its 3 dims, shift,
     # out, M, out_h, out_w (the convolution's), act, tile columns, tiles, f4 (F(4x4,3x3), else F(2x2,3x3)),
     # vblock, pool (out is the (M, out_h/2, out_w/2) 2x2 max-pool), the most threads that share out the
-    # filter panels instead of the tile panels (config.winograd_split_filters). One body serves every variant: one
-    # compiled kernel; the inner loops branch on f4 and pool outside their bodies.
+    # filter panels instead of the tile panels (config.winograd_split_filters). One body serves every
+    # variant: one compiled kernel; the inner loops branch on f4 and pool outside their bodies.
     c, hp, wp = argv[1], argv[2], argv[3]
     xp = f32(argv[0], (c, hp, wp))
     up = f32(argv[4], (argv[5], argv[6], argv[7]))
