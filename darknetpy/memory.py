@@ -11,7 +11,8 @@ kill the process. So the sizes are computed from the shapes first and refused ab
 * a plan (``plan_bytes``): the network input, every layer's output buffer (the plan shares memory between
   layers whose lifetimes do not overlap, so this is an upper bound, and exact for ``keep_all`` plans), the
   parameters, their packed copies in the fast mode (Winograd's transformed weights are 16/9 or 36/9 larger)
-  and the largest prepared-input scratch buffer;
+  and the largest prepared-input scratch buffer (for Winograd, with the transformed-input blocks its
+  threads hold, up to 32 MB each: kernels.config.winograd_v_scratch);
 * above the limit: ``MemoryLimitError`` (exit code 17) naming the total and the largest layer.
 
 Imports no numba (image.py uses it); the kernel choices are read when a plan is estimated.
@@ -94,6 +95,15 @@ class PlanMemory:
     largest_bytes: int
 
 
+def _threads() -> int:
+    """The most threads a plan's kernels may run on: numba's pool size (NUMBA_NUM_THREADS, else the CPU
+    count), read without importing numba."""
+    try:
+        return max(1, int(os.environ.get("NUMBA_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
 def plan_bytes(graph: L.Graph, *, exact: bool = False) -> PlanMemory:
     """Estimate, from the shapes only, what a plan of ``graph`` allocates (fast mode unless ``exact``)."""
     from .kernels import config as kcfg
@@ -112,8 +122,11 @@ def plan_bytes(graph: L.Graph, *, exact: bool = False) -> PlanMemory:
             params += 4 * nw * {4: 4, 2: 16 / 9}.get(t, 1)
             p, s = layer.padding, layer.stride
             scratch = max(scratch, 4 * layer.c * (layer.h + 2 * p + 2) * (layer.w + 2 * p + s))
-            if t:          # padded to whole t x t tiles (kernels/winograd.padded_shape)
-                scratch = max(scratch, 4 * layer.c * (-(-layer.out_h // t) * t + 2) * (-(-layer.out_w // t) * t + 2))
+            if t:          # padded to whole t x t tiles (kernels/winograd.padded_shape), and the threads' V blocks
+                npan, panel = kcfg.winograd_v_panels(layer.c, layer.out_h, layer.out_w, t)
+                u = 4 * nw * (t + 2) ** 2 // 9
+                scratch = max(scratch, 4 * layer.c * (-(-layer.out_h // t) * t + 2) * (-(-layer.out_w // t) * t + 2)
+                              + kcfg.winograd_v_scratch(u, npan, panel, _threads()))
         elif not exact and isinstance(layer, L.Connected):
             params += 4 * layer.inputs * layer.output
         act += own

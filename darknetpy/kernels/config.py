@@ -291,6 +291,25 @@ def winograd_split_filters(u_bytes: int, v_bytes: int) -> int:
     return WINOGRAD_SPLIT_FILTERS_MAX_THREADS if u_bytes > WINOGRAD2_CACHED_BYTES and u_bytes >= 4 * v_bytes else 0
 
 
+def winograd_v_panels(c: int, out_h: int, out_w: int, t: int) -> tuple[int, int]:
+    """(tile panels, bytes of one panel's transformed input) of a Winograd F(t x t) layer over ``c``
+    channels: (t+2)^2 points x C x FLOAT_NR tiles per panel."""
+    tiles = -(-out_h // t) * -(-out_w // t)
+    return -(-tiles // FLOAT_NR), (t + 2) ** 2 * c * FLOAT_NR * 4
+
+
+def winograd_v_scratch(u_bytes: int, npan: int, panel_bytes: int, threads: int) -> int:
+    """Bytes of transformed input (V) the ``threads`` threads of one Winograd call hold at once, each its own
+    block (kernels/winograd.py: a block of winograd_v_block(u_bytes) bytes, at least one panel, no more
+    panels than the thread's share)."""
+    block = max(1, winograd_v_block(u_bytes) // panel_bytes)
+    if npan >= threads and threads > winograd_split_filters(u_bytes, npan * panel_bytes):
+        share = -(-npan // threads)                  # tile panels shared out
+    else:
+        share = npan                                 # every thread transforms every panel
+    return threads * min(block, share) * panel_bytes
+
+
 def winograd_v_block(u_bytes: int) -> int:
     """Bytes of V a Winograd thread transforms per block of tile panels, for transformed weights (U)
     of ``u_bytes``: at least as much V as U, so that U, streamed once per block, costs no more memory

@@ -479,10 +479,10 @@ def bind_winograd(x, up, shift, act: int, pad: int, out, xp=None, t: int = 2, po
     xp = _scratch(x, pad, t, xp)
     f4 = np.float32
     pad_call = Call(_pad_body, [addr(x, f4), c, h, w, pad, addr(xp, f4), xp.shape[1], xp.shape[2]], (x, xp))
-    v_bytes = (t + 2) ** 2 * c * (-(-th * tw // NR) * NR) * 4       # the whole transformed input
+    npan, panel_bytes = config.winograd_v_panels(c, out_h, out_w, t)
     body = Call(_winograd_body, [addr(xp, f4), *xp.shape, addr(up, f4), *up.shape, addr(shift, f4), addr(out, f4),
                                  m, out_h, out_w, act, tw, th * tw, t == 4, config.winograd_v_block(up.nbytes), pool,
-                                 config.winograd_split_filters(up.nbytes, v_bytes)],
+                                 config.winograd_split_filters(up.nbytes, npan * panel_bytes)],
                 (xp, up, shift, out))
 
     def run() -> None:

@@ -416,6 +416,22 @@ def test_plan_estimate_follows_the_shapes(tmp_path):
     assert fast.parameters == exact.parameters + 4 * 108 and fast.total > exact.total  # packed weights, scratch
 
 
+def test_plan_estimate_counts_winograd_blocks(tmp_path, monkeypatch):
+    """A Winograd layer's threads each transform a block of its input as large as its transformed weights
+    (up to 32 MB): the estimate counts those blocks beside the padded input."""
+    from darknetpy.graph import load_graph
+    from darknetpy.kernels import config
+    from darknetpy.memory import plan_bytes
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
+    g = load_graph(write(tmp_path, "w.cfg", "[net]\nwidth=13\nheight=13\nchannels=512\n[convolutional]\n"
+                                            "filters=1024\nsize=3\nstride=1\npad=1\nactivation=leaky\n"))
+    assert config.winograd_variant(g[0]) == 2
+    fast = plan_bytes(g)
+    padded = 4 * 512 * 16 * 16                       # 13x13 padded to whole 2x2 tiles, plus the margin
+    blocks = 2 * 4 * (16 * 512 * 16 * 4)             # 2 threads x 4 panels of 16 tiles (U 32 MB: no cap)
+    assert fast.total - fast.activations - fast.parameters == padded + blocks
+
+
 def test_load_refuses_a_network_larger_than_the_limit_before_reading_weights(tmp_path, monkeypatch):
     import tracemalloc
 

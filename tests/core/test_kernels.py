@@ -270,6 +270,15 @@ def test_winograd_work_split_choices():
     assert config.winograd_split_filters(32 << 20, 2 << 20) == 4     # yolov2-tiny's 512->1024 at 13x13
     assert not config.winograd_split_filters(6 << 20, 4 << 20)       # U not much larger than V
     assert not config.winograd_split_filters(2 << 20, 256 << 10)     # U stays in cache
+    # the V blocks the threads hold at once (memory.plan_bytes counts them): 512->1024 at 13x13, F(2x2):
+    # 4 panels of 512 KB; 2 threads split the filters (all 4 panels each); 8 threads outnumber the panels
+    npan, panel = config.winograd_v_panels(512, 13, 13, 2)
+    assert (npan, panel) == (4, 16 * 512 * 16 * 4)
+    assert config.winograd_v_scratch(32 << 20, npan, panel, 2) == 2 * 4 * panel
+    assert config.winograd_v_scratch(32 << 20, npan, panel, 8) == 8 * 4 * panel
+    # Tiny Darknet's 16->32 at 112x112, F(4x4): 49 panels of 36 KB, blocks of 256 KB (7 panels) per thread
+    npan, panel = config.winograd_v_panels(16, 112, 112, 4)
+    assert (npan, config.winograd_v_scratch(74 << 10, npan, panel, 2)) == (49, 2 * 7 * panel)
 
 
 
