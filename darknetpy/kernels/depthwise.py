@@ -12,8 +12,10 @@ base, and ``dw_plane`` computes an output channel row by row, a vector of pixels
     out[oy, j] = act(shift + sum_k w[k] * planes[oy*Wq + off[k] + j])
 
 memory-bound work at full vector width, written as vector IR (LLVM does not vectorise the same loop: it
-reads ten streams it cannot prove distinct from the one it writes). Depthwise convolutions (HarDNet: 36
-layers) and grouped ones with 2-8 channels per group (DLA-X: 32 groups) are far too small for GEMM tiles.
+reads ten streams it cannot prove distinct from the one it writes). Stride 2 instead keeps one zero-padded
+plane per channel, which ``dw_plane2`` reads two vectors per tap, keeping their even lanes: a plain row
+copy instead of a four-way split. Depthwise convolutions (HarDNet: 36 layers) and grouped ones with 2-8
+channels per group (DLA-X: 32 groups) are far too small for GEMM tiles.
 
 Shapes: x (C, H, W); weights (M, C/groups, k, k); out (M, out_h, out_w).
 """
@@ -34,7 +36,12 @@ from .vecir import LANES, WIDE, Vec, loop, loop_carry, split_row2
 
 def planes_shape(c: int, h: int, w: int, pad: int, stride: int, size: int) -> tuple[int, int, int, int, int]:
     """(C, s, s, Hq, Wq) phase planes covering every tap of every output pixel (plus one spare row so
-    the garbage columns of the last output row stay inside the buffer)."""
+    the garbage columns of the last output row stay inside the buffer). Stride 2 keeps one zero-padded
+    plane per channel, (C, 1, 1, H + 2*pad + 1, W + 2*pad): ``dw_plane2`` picks the even columns out of
+    pairs of vectors, so the input is copied once, row by row, instead of split into four phases (on
+    HarDNet's 28x28 maps the split cost more than the convolution)."""
+    if stride == 2:
+        return c, 1, 1, h + 2 * pad + 1, w + 2 * pad
     out_h = (h + 2 * pad - size) // stride + 1
     out_w = (w + 2 * pad - size) // stride + 1
     hq = out_h + (size - 1) // stride + 1
@@ -71,8 +78,9 @@ def _prepare_channel(x, ch, pad, dst5, dc):
     h, w = x.shape[1], x.shape[2]
     s, hq, wq = dst5.shape[1], dst5.shape[3], dst5.shape[4]
     if s == 1:
-        # one plane: rows copied through a view at the padding offset (the general loop below, with its
-        # per-row phase views, costs ~4x as much: 0.079 -> 0.022 ms for 132 x 28x28 on a Sapphire Rapids Xeon)
+        # one plane (stride 1, or stride 2 read by dw_plane2): rows copied through a view at the padding
+        # offset (the general loop below, with its per-row phase views, costs ~4x as much: 0.079 -> 0.022
+        # ms for 132 x 28x28 on a Sapphire Rapids Xeon)
         p = dst5[dc, 0, 0]
         for i in range(hq):
             row = p[i]
@@ -107,20 +115,9 @@ def _prepare_channel(x, ch, pad, dst5, dc):
                     _copy_phase_row(src, w, px, pad, s, dst5[dc, py, px, i])
 
 
-@intrinsic
-def dw_plane(typingctx, out, ldo, rows, cols, src, ldx, offs, t, w, shift, act):
-    """out[oy*ldo + j] = act(shift[0] + sum_{k<t} w[k] * src[oy*ldx + offs[k] + j]) for oy < rows, j < cols:
-    one output channel of a grouped convolution over its whole map, straight from the phase planes into
-    the output (``offs``: int64 offsets of each (input channel, tap) from a pixel's base; ``ldx``: the
-    planes' row pitch). ``act``: one of gemm.FUSED_ACTS (the caller applies any other afterwards).
-
-    Two vectors of the CPU's width per step (two independent chains of t fused multiply-adds); a row's last
-    partial vector is recomputed at cols - WIDE (same values) where the row has a whole vector, else
-    stored with a mask. Reads up to WIDE floats past a row's last tap (the planes' spare row and the
-    scratch after them cover it: ``scratch_size``). Written as vector IR because LLVM would not
-    vectorise the loop: it reads ten streams it cannot prove distinct from the one it writes."""
-    sig = types.void(*([types.intp] * 11))
-
+def _dw_plane_codegen(stride: int):
+    """dw_plane's code generator: stride 1 reads a vector of pixels per tap, stride 2 two vectors and
+    keeps their even lanes (one shuffle: vpermt2ps on AVX-512)."""
     def codegen(context, builder, signature, args):
         out_i, ldo_i, rows_i, cols_i, src_i, ldx_i, offs_i, t_i, w_i, shift_i, act_i = args
         v = Vec(builder, WIDE)
@@ -132,47 +129,85 @@ def dw_plane(typingctx, out, ldo, rows, cols, src, ldx, offs, t, w, shift, act):
         mvt = ir.VectorType(ir.IntType(1), WIDE)
         mstore = declare_intrinsic(builder, f"llvm.masked.store.v{WIDE}f32.p0",
                                    ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), ir.IntType(32), mvt]))
+        evens = ir.Constant(ir.VectorType(ir.IntType(32), WIDE), list(range(0, 2 * WIDE, 2)))
 
-        def taps(xb, js):
+        def pixels(off, j):
+            # the WIDE input pixels of output columns j.. under one tap: src[off + stride*(j + l)]
+            if stride == 1:
+                return v.load(src, builder.add(off, j))
+            p = builder.add(off, builder.mul(j, v.i64(2)))
+            return builder.shuffle_vector(v.load(src, p), v.load(src, builder.add(p, v.i64(WIDE))), evens)
+
+        def taps(pos):
+            # the outputs at pos = [(input row base, output column)]: one chain of t FMAs each
             def tap(k, vals):
-                off = builder.add(xb, builder.load(builder.gep(offs, [k])))
+                off = builder.load(builder.gep(offs, [k]))
                 wk = v.splat(builder.load(builder.gep(wp, [k])))
-                return [v.add(a, v.mul(wk, v.load(src, builder.add(off, j)))) for a, j in zip(vals, js)]
-            return [v.activation(a, act_i) for a in loop_carry(builder, v.i64(0), t_i, 1, [sh] * len(js), tap, "dw.t")]
+                return [v.add(a, v.mul(wk, pixels(builder.add(xb, off), j))) for a, (xb, j) in zip(vals, pos)]
+            return [v.activation(a, act_i) for a in loop_carry(builder, v.i64(0), t_i, 1, [sh] * len(pos), tap, "dw.t")]
 
         n2 = builder.mul(builder.sdiv(cols_i, v.i64(2 * WIDE)), v.i64(2 * WIDE))
         n1 = builder.mul(builder.sdiv(cols_i, v.i64(WIDE)), v.i64(WIDE))
+        rows4 = builder.mul(builder.sdiv(rows_i, v.i64(4)), v.i64(4))
 
-        def row(oy):
-            xb = builder.mul(oy, ldx_i)
-            ob = builder.mul(oy, ldo_i)
+        def rows_of(ys):
+            # output rows ys (1 or 4 of them): every column of each. Four rows at a time give four
+            # independent chains even on maps narrower than a vector (HarDNet's 14x14, 7x7): an FMA's
+            # latency is 4 cycles, and a single chain left the FMA unit idle three quarters of the time.
+            xbs = [builder.mul(y, ldx_i) for y in ys]
+            obs = [builder.mul(y, ldo_i) for y in ys]
 
-            def two(j):
-                j2 = builder.add(j, v.i64(WIDE))
-                a, b = taps(xb, [j, j2])
-                v.store(a, out, builder.add(ob, j))
-                v.store(b, out, builder.add(ob, j2))
+            def cols_at(js):
+                # rows x columns js: the outputs in rows-major order
+                pos = [(xb, j) for j in js for xb in xbs]
+                vals = taps(pos)
+                for q, (xb, j) in enumerate(pos):
+                    v.store(vals[q], out, builder.add(obs[q % len(xbs)], j))
 
-            def one(j):
-                (a,) = taps(xb, [j])
-                v.store(a, out, builder.add(ob, j))
-
-            loop(builder, v.i64(0), n2, 2 * WIDE, two, "dw.two")
-            loop(builder, n2, n1, WIDE, one, "dw.one")
+            if len(ys) == 1:
+                loop(builder, v.i64(0), n2, 2 * WIDE, lambda j: cols_at([j, builder.add(j, v.i64(WIDE))]), "dw.two")
+                loop(builder, n2, n1, WIDE, lambda j: cols_at([j]), "dw.one")
+            else:
+                loop(builder, v.i64(0), n1, WIDE, lambda j: cols_at([j]), "dw.rows")
             with builder.if_then(builder.icmp_signed("<", n1, cols_i)):
                 with builder.if_else(builder.icmp_signed(">=", cols_i, v.i64(WIDE))) as (whole, partial):
                     with whole:                 # the last WIDE columns again, overlapping the previous vector
-                        one(builder.sub(cols_i, v.i64(WIDE)))
-                    with partial:               # a row narrower than a vector
-                        (a,) = taps(xb, [n1])
+                        cols_at([builder.sub(cols_i, v.i64(WIDE))])
+                    with partial:               # rows narrower than a vector
+                        vals = taps([(xb, n1) for xb in xbs])
                         mask = first_lanes(builder, builder.sub(cols_i, n1), WIDE)
-                        builder.call(mstore, [a, builder.bitcast(v.at(out, builder.add(ob, n1)), vt.as_pointer()),
-                                              ir.Constant(ir.IntType(32), 4), mask])
+                        for a, ob in zip(vals, obs):
+                            builder.call(mstore, [a, builder.bitcast(v.at(out, builder.add(ob, n1)), vt.as_pointer()),
+                                                  ir.Constant(ir.IntType(32), 4), mask])
 
-        loop(builder, v.i64(0), rows_i, 1, row, "dw.row")
+        loop(builder, v.i64(0), rows4, 4, lambda y: rows_of([builder.add(y, v.i64(q)) for q in range(4)]), "dw.row4")
+        loop(builder, rows4, rows_i, 1, lambda y: rows_of([y]), "dw.row")
         return context.get_dummy_value()
+    return codegen
 
-    return sig, codegen
+
+@intrinsic
+def dw_plane2(typingctx, out, ldo, rows, cols, src, ldx, offs, t, w, shift, act):
+    """``dw_plane`` for stride 2 from one zero-padded plane per channel (planes_shape): output column j
+    reads src[oy*ldx + offs[k] + 2*j] (ldx: two input rows). Reads up to 2*WIDE floats past a row's last
+    tap (the plane's spare row and the scratch's tail cover it)."""
+    return types.void(*([types.intp] * 11)), _dw_plane_codegen(2)
+
+
+@intrinsic
+def dw_plane(typingctx, out, ldo, rows, cols, src, ldx, offs, t, w, shift, act):
+    """out[oy*ldo + j] = act(shift[0] + sum_{k<t} w[k] * src[oy*ldx + offs[k] + j]) for oy < rows, j < cols:
+    one output channel of a grouped convolution over its whole map, straight from the phase planes into
+    the output (``offs``: int64 offsets of each (input channel, tap) from a pixel's base; ``ldx``: the
+    planes' row pitch). ``act``: one of gemm.FUSED_ACTS (the caller applies any other afterwards).
+
+    Four output rows at a time, one vector of the CPU's width from each per step (four independent chains
+    of t fused multiply-adds; the last rows: two vectors of one row per step); a row's last
+    partial vector is recomputed at cols - WIDE (same values) where the row has a whole vector, else
+    stored with a mask. Reads up to WIDE floats past a row's last tap (the planes' spare row and the
+    scratch after them cover it: ``scratch_size``). Written as vector IR because LLVM would not
+    vectorise the loop: it reads ten streams it cannot prove distinct from the one it writes."""
+    return types.void(*([types.intp] * 11)), _dw_plane_codegen(1)
 
 
 @thread_body(fastmath=True)
@@ -197,24 +232,29 @@ def _conv_grouped_body(th, nthreads, argv):
     fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
     # this thread's row of the scratch holds its planes: reused, never reallocated (a fresh buffer per
     # item costs page faults on every call)
-    xs = f32(argv[13] + 4 * th * argv[14], (cg, s, s, hq, wq))
+    ps = 1 if s == 2 else s                        # phases per side (planes_shape: one plane for stride 2)
+    xs = f32(argv[13] + 4 * th * argv[14], (cg, ps, ps, hq, wq))
     for g in range(th * groups // nthreads, (th + 1) * groups // nthreads):
         for ci in range(cg):
             _prepare_channel(x, g * cg + ci, pad, xs, ci)
         for oi in range(mg):
             o = g * mg + oi
             dst = out[o]
-            dw_plane(dst.ctypes.data, out_w, out_h, out_w, xs.ctypes.data, wq, offs.ctypes.data, cg * t,
-                     wflat[o].ctypes.data, shift.ctypes.data + 4 * o, act if fused else 0)
+            if argv[9] == 2:
+                dw_plane2(dst.ctypes.data, out_w, out_h, out_w, xs.ctypes.data, 2 * wq, offs.ctypes.data, cg * t,
+                          wflat[o].ctypes.data, shift.ctypes.data + 4 * o, act if fused else 0)
+            else:
+                dw_plane(dst.ctypes.data, out_w, out_h, out_w, xs.ctypes.data, wq, offs.ctypes.data, cg * t,
+                         wflat[o].ctypes.data, shift.ctypes.data + 4 * o, act if fused else 0)
             if not fused:
                 activate_block(dst.reshape(-1), out_h * out_w, act)
 
 
 def scratch_size(c: int, h: int, w: int, groups: int, pad: int, stride: int, size: int) -> int:
-    """Floats of scratch one thread needs: one group's phase planes, plus a vector's worth that dw_plane
-    may read (and ignore) past the last plane's last row."""
+    """Floats of scratch one thread needs: one group's phase planes, plus the two vectors' worth that
+    dw_plane2 may read (and ignore) past the last plane's last row."""
     _, s, _, hq, wq = planes_shape(c, h, w, pad, stride, size)
-    return (c // groups) * s * s * hq * wq + WIDE
+    return (c // groups) * s * s * hq * wq + 2 * WIDE
 
 
 def bind_conv_grouped(x, weights, groups: int, shift, act: int, pad: int, stride: int, out, scratch=None) -> Call:
@@ -236,8 +276,11 @@ def bind_conv_grouped(x, weights, groups: int, shift, act: int, pad: int, stride
     t = size * size
     plane = hq * wq
     ci, ky, kx = np.meshgrid(np.arange(cg), np.arange(size), np.arange(size), indexing="ij")
-    offs = np.ascontiguousarray(((ci * s * s + (ky % s) * s + kx % s) * plane + (ky // s) * wq + kx // s)
-                                .reshape(-1).astype(np.int64))
+    if stride == 2:             # one plane per channel (planes_shape): tap (ky, kx) at row ky, column kx
+        offs = np.ascontiguousarray((ci * plane + ky * wq + kx).reshape(-1).astype(np.int64))
+    else:
+        offs = np.ascontiguousarray(((ci * s * s + (ky % s) * s + kx % s) * plane + (ky // s) * wq + kx // s)
+                                    .reshape(-1).astype(np.int64))
     f4 = np.float32
     wflat = weights.reshape(m, cg * t)
     words = [addr(x, f4), c, h, w, addr(wflat, f4), groups, addr(shift, f4), act, pad, stride, size, hq, wq,
