@@ -31,7 +31,7 @@ from numba.extending import intrinsic
 from .activation import activate_block, activate_scalar
 from .gemm import declare_intrinsic, first_lanes
 from .parallel import Call, addr, f32, i64, thread_body
-from .vecir import LANES, WIDE, Vec, loop, loop_carry, split_row2
+from .vecir import LANES, WIDE, Vec, loop, loop_carry
 
 
 def planes_shape(c: int, h: int, w: int, pad: int, stride: int, size: int) -> tuple[int, int, int, int, int]:
@@ -108,11 +108,8 @@ def _prepare_channel(x, ch, pad, dst5, dc):
                         dst5[dc, py, px, i, j] = np.float32(0.0)
                 continue
             src = x[ch, iy]
-            if s == 2:
-                split_row2(src, w, pad, dst5[dc, py, 0, i], dst5[dc, py, 1, i])
-            else:
-                for px in range(s):
-                    _copy_phase_row(src, w, px, pad, s, dst5[dc, py, px, i])
+            for px in range(s):      # stride 3 and up (stride 2 has one plane: planes_shape)
+                _copy_phase_row(src, w, px, pad, s, dst5[dc, py, px, i])
 
 
 def _dw_plane_codegen(stride: int):

@@ -210,7 +210,7 @@ def split_row2(src, w, pad, d0, d1):
     """One input row (w floats) into its two stride-2 column phases with ``pad`` zero columns on the left:
     d0[j] = src[2j - pad], d1[j] = src[2j + 1 - pad] (0 outside the row), for j < len(d0). The interior,
     where both phases lie inside the row, by ``deinterleave2``; the few edge columns one by one. How the
-    stride-2 GEMM input (conv.prepare_input) and the depthwise phase planes are built."""
+    stride-2 GEMM input (conv.prepare_input) is built (the depthwise kernel reads stride 2 from one plane)."""
     wq = d0.shape[0]
     j0 = min(wq, (pad + 1) // 2)
     j1 = min(wq, max(j0, (w - 1 + pad - 1) // 2 + 1))
