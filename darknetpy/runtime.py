@@ -27,6 +27,11 @@ The plan is built once:
   alternating with the unfused plan, 1 / 2 threads, Winograd: Tiny Darknet -3.0% / -1.9%, yolov2-tiny
   -2.0% / -1.5%, yolov3-tiny -1.4% / -1.6%; then the first, GEMM, layer: yolov2-tiny -4.7% / -3.1%,
   yolov3-tiny -3.2% / -2.6%);
+* and a GEMM convolution whose only consumer is a stride-1 "same" GEMM convolution, both with an
+  epilogue activation, computes that one too, depth-first (``_pair_fusions``, kernels/convpair.py: the
+  DLAs' 7x7 3->16 and 3x3 16->16 at 224x224): its 3.2 MB map is never written, nor copied into the
+  second one's padded input; the same bits as the two layers run apart. A fused conv's own map is never
+  written, so it holds memory only during its step (``_arena``);
 * a 1x1 convolution on a 1x1 map (a classifier after a global pool) runs the [connected] kernel;
 * ``pre_activation`` (for calibration) keeps a copy of chosen layers' outputs before their activation;
 * a plan that would need more memory than the limit is refused before anything is allocated (memory.py).
@@ -49,6 +54,7 @@ from . import memory
 from .errors import UnsupportedError
 from .kernels import config as kcfg
 from .kernels import conv as kconv
+from .kernels import convpair as kpair
 from .kernels import elementwise as kel
 from .kernels import depthwise as kdw
 from .kernels import detection as kdet
@@ -98,15 +104,21 @@ class Plan:
                 raise ValueError(f"keep: {i!r} is not a layer index (the network has {len(graph)} layers)")
         # conv index -> shortcut index; a pre-activation copy needs both layers' own outputs
         self.fused = {} if (exact or keep_all) else {
-            c: sc for c, sc in _shortcut_fusions(graph).items() if c not in pre and sc not in pre and c not in self.keep}
+            c: sc for c, sc in _shortcut_fusions(graph).items()
+            if c not in pre and sc not in pre and c not in self.keep}
         # conv index -> the global [avgpool] after it, whose output the conv's step computes (_pooled_step)
         self.pooled = {} if (exact or keep_all) else {
             c: ap for c, ap in _avgpool_fusions(graph).items() if c not in pre and c not in self.keep}
         # conv index -> the 2x2 stride-2 [maxpool] after it, computed from the Winograd or GEMM tiles
         self.maxpooled = {} if (exact or keep_all) else {
             c: mp for c, mp in _maxpool_fusions(graph).items() if c not in pre and c not in self.keep}
-        # layer -> the conv whose step computes it (the three fusions above): its own step does nothing
-        self._absorbed = {nxt: c for fusion in (self.fused, self.pooled, self.maxpooled) for c, nxt in fusion.items()}
+        # conv index -> the stride-1 conv after it, both computed depth-first by the first one's step
+        taken = set(self.fused) | set(self.pooled) | set(self.maxpooled) | pre | self.keep
+        self.paired = {} if (exact or keep_all) else {
+            a: b for a, b in _pair_fusions(graph).items() if a not in taken and b not in taken}
+        # layer -> the conv whose step computes it (the fusions above): its own step does nothing
+        self._absorbed = {nxt: c for fusion in (self.fused, self.pooled, self.maxpooled, self.paired)
+                          for c, nxt in fusion.items()}
         self.input = np.zeros(graph.net.in_shape, dtype=np.float32)
         self.outputs: list[np.ndarray] = [None] * len(graph)  # type: ignore[list-item]
         self.pre_activation: dict[int, np.ndarray] = {i: np.zeros(graph[i].out_shape, np.float32) for i in sorted(pre)}
@@ -122,7 +134,10 @@ class Plan:
                           kconv.gemm_scratch_size(l_.c * l_.size * l_.size, l_.filters, l_.out_h * l_.out_w)
                           for l_ in graph if isinstance(l_, L.Convolutional) and not exact
                           and not l_.quirk_1x1_no_subsample and not kcfg.winograd_variant(l_)] or [0])
+        for b in self.paired.values():             # the depth-first pairs' rings (kernels/convpair.py)
+            per_thread = max(per_thread, kpair.ring_floats(graph[b].c, graph[b].h, graph[b].w, graph[b].size))
         self._thread_scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, per_thread), dtype=np.float32)
+        self._params = weights.params              # a pair's step binds the second conv's parameters too
         self.steps: list[Callable[[], None]] = []
         for layer in graph:
             with numpy_warnings(graph, layer, "preparing its parameters"):
@@ -204,6 +219,12 @@ class Plan:
         for nxt, conv in self._absorbed.items():
             o = owner[nxt]                            # a fused shortcut's or pool's storage is written at the conv
             first[o] = min(first.get(o, end), conv)
+            if owner[conv] == conv:
+                # the conv's own map is never written nor read (its step writes nxt's): it holds memory
+                # only during its step, so the layers after it reuse memory that is still in cache (a
+                # 3.2 MB map left unused made the next layers write into lines long evicted: DLA-46-C's
+                # third conv 1.87 -> 2.10 ms)
+                last[conv] = first[conv]
         placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
         offset: dict[int, int] = {}
         top = 0
@@ -365,9 +386,7 @@ class Plan:
         (kernels/config.py chooses); darknet's 1x1 stride>1 quirk runs the exact kernel."""
         if layer.quirk_1x1_no_subsample:
             return self._bind_conv_exact(layer, p, x, out)
-        a = ACT[layer.activation]
-        scale, shift = bn_scale_shift(p, layer.filters)
-        w = np.ascontiguousarray(p["weights"] * scale[:, None, None, None], dtype=np.float32)
+        a, w, shift = _folded(layer, p)
         pad, size, stride = layer.padding, layer.size, layer.stride
         if _matrix_vector(layer) and layer.index not in self.fused:
             # a 1x1 conv on a 1x1 map (a classifier after a global pool): the [connected] kernel, one
@@ -388,13 +407,20 @@ class Plan:
                 shift, a, pad, out if pooled is None else pooled, xs, variant, pooled is not None)
         if layer.groups == 1:
             ap = memory.in_huge_pages(kconv.pack_filters(w.reshape(layer.filters, -1), layer.out_h * layer.out_w))
+            if layer.index in self.paired:
+                b = self.graph[self.paired[layer.index]]
+                ab, wb, shift_b = _folded(b, self._params[b.index])
+                apb = memory.in_huge_pages(kconv.pack_filters(wb.reshape(b.filters, -1), b.out_h * b.out_w))
+                gemm = kpair.bind_conv_pair(xs, ap, shift, a, size, stride, apb, shift_b, ab, b.size,
+                                            self.outputs[b.index], self._thread_scratch)
             res = None
             if layer.index in self.fused:
                 sc = self.graph[self.fused[layer.index]]
                 out = self.outputs[sc.index]
                 res = self.outputs[sc.from_]
                 a = ACT[sc.activation]
-            gemm = kconv.bind_conv_gemm(xs, ap, shift, a, size, stride, out, res, self._thread_scratch, pooled)
+            if layer.index not in self.paired:
+                gemm = kconv.bind_conv_gemm(xs, ap, shift, a, size, stride, out, res, self._thread_scratch, pooled)
             if shape == (0,):
                 return gemm
             prepare = kconv.bind_prepare_input(x, pad, xs)
@@ -463,6 +489,8 @@ class Plan:
             return "conv:exact"
         if _matrix_vector(layer) and layer.index not in self.fused:
             return "connected:fast"
+        if layer.index in self.paired:
+            return "conv:pair"            # also computes the conv after it (kernels/convpair.py)
         if kcfg.winograd_variant(layer):
             return "conv:winograd"        # F(2x2) and F(4x4): one compiled kernel
         kind = kcfg.depthwise_kind(layer)
@@ -545,9 +573,13 @@ def _maxpool_fusions(graph: L.Graph) -> dict[int, int]:
     output is never written."""
     return {conv.index: mp.index for conv, mp in _conv_then(graph, L.MaxPool)
             if (kcfg.winograd_variant(conv) or _gemm_poolable(conv))
-            and conv.activation in ("linear", "relu", "leaky", "relu6")
+            and conv.activation in _EPILOGUE_ACTS
             and conv.out_h % 2 == 0 and conv.out_w % 2 == 0 and (mp.size, mp.stride, mp.padding // 2) == (2, 2, 0)
             and mp.out_shape == (conv.filters, conv.out_h // 2, conv.out_w // 2)}
+
+
+# the activations the GEMM and Winograd epilogues apply in registers (gemm.FUSED_ACTS)
+_EPILOGUE_ACTS = ("linear", "relu", "leaky", "relu6")
 
 
 def _gemm_poolable(conv: L.Convolutional) -> bool:
@@ -555,6 +587,26 @@ def _gemm_poolable(conv: L.Convolutional) -> bool:
     case is excluded by _conv_then)."""
     return (conv.groups == 1 and not _matrix_vector(conv)
             and kconv.can_pool(conv.c * conv.size * conv.size, conv.filters, conv.out_h * conv.out_w))
+
+
+def _pair_fusions(graph: L.Graph) -> dict[int, int]:
+    """conv index -> the conv after it, computed depth-first by kernels/convpair.py: both run as the plain
+    implicit GEMM with an activation its epilogue applies, the second is stride 1 with "same" padding
+    (an odd size) and the first's only consumer, and the first's output map is at least
+    config.CONV_PAIR_MIN_BYTES (and a pixel panel wide)."""
+    return {a.index: b.index for a, b in _conv_then(graph, L.Convolutional)
+            if _gemm_poolable(a) and _gemm_poolable(b) and not kcfg.winograd_variant(a)
+            and not kcfg.winograd_variant(b) and not b.quirk_1x1_no_subsample
+            and a.activation in _EPILOGUE_ACTS and b.activation in _EPILOGUE_ACTS
+            and b.stride == 1 and b.size % 2 == 1 and b.padding == b.size // 2
+            and 4 * a.outputs >= kcfg.CONV_PAIR_MIN_BYTES and a.out_w >= kconv.NR}
+
+
+def _folded(layer: L.Convolutional, p: dict) -> tuple[int, np.ndarray, np.ndarray]:
+    """(activation code, weights with batch norm folded in (float32 OIHW), per-filter shift)."""
+    scale, shift = bn_scale_shift(p, layer.filters)
+    return (ACT[layer.activation], np.ascontiguousarray(p["weights"] * scale[:, None, None, None], dtype=np.float32),
+            shift)
 
 
 def _writes_own_output(layer: L.Layer) -> bool:

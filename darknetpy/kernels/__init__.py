@@ -4,6 +4,7 @@ wrapper (and, for the thread bodies, a bind_* function that checks the arrays on
 exact.py        darknet-exact float kernels (conv, batch norm, connected, avgpool, local)
 gemm.py         packed float32 GEMM with an LLVM-IR register-blocked micro-kernel
 conv.py         fast convolution (GEMM with fused epilogue; direct grouped/depthwise), connected
+convpair.py     two convolutions depth-first (the second one's input never leaves L2)
 elementwise.py  maxpool, softmax, shortcut, upsample, crop (exact at full speed)
 activation.py   darknet's activations, evaluated as darknet does (in double)
 depthwise.py    grouped and depthwise convolutions over whole output maps

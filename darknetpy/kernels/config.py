@@ -233,6 +233,14 @@ CONV_KBLOCK_PANELS = 16
 # panels). Not measured separately.
 CONV_MIN_ITEMS = 8
 
+# Depth-first pairs (kernels/convpair.py): a GEMM convolution whose only consumer is a stride-1 "same"
+# GEMM convolution computes that consumer too, a band of rows at a time, when its output is at least this
+# large (smaller maps stay in L2 between the two layers anyway) ...
+CONV_PAIR_MIN_BYTES = 1 << 20
+# ... with each thread's band of its output (and the rows above and below the consumer reads) in a
+# buffer of at most this size, which stays in L2.
+CONV_PAIR_RING_BYTES = 256 * 1024
+
 
 # -- float convolution: Winograd (kernels/winograd.py) ---------------------------------------------------
 # F(4x4) stores 36/9 = 4x the weights, F(2x2) 16/9 = 1.8x, and in a whole network they come from L3 or

@@ -195,7 +195,7 @@ def _store_tile(tile, t0, mr, nr, i0, n0, jn, act, shift, has_res, out2d, res2d)
 MASKED_RUNS = config.codegen_target().float_lanes == 16
 
 
-def _offsets(c: int, size: int, s: int, hp: int, row: int, wq: int) -> np.ndarray:
+def tap_offsets(c: int, size: int, s: int, hp: int, row: int, wq: int) -> np.ndarray:
     """koff[k] for k = (c, ky, kx): offset of that tap from a pixel's base in the prepared input
     (channel planes hp*row floats apart, rows ``row``, column phase kx % s at (kx % s)*wq)."""
     col = np.array([(kx % s) * wq + kx // s for kx in range(size)], dtype=np.int64)
@@ -478,7 +478,7 @@ def bind_conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=Non
     if res is not None and res.size != out.size:
         raise ValueError(f"conv_gemm: residual of {res.size} floats for an output of {out.size}")
     f4 = np.float32
-    koff = _offsets(c, size, s, hp, s * wq, wq)
+    koff = tap_offsets(c, size, s, hp, s * wq, wq)
     words = [addr(xs, f4), c, hp, s, wq, addr(ap, f4), *ap.shape, addr(shift, f4), addr(out, f4), m, n, out_w,
              addr(out if res is None else res, f4), res is not None, kdim, koff.ctypes.data, act]
     keep = [xs, ap, shift, out, res, koff]
