@@ -23,15 +23,18 @@ The plan is built once:
   map) whose only consumer is a 2x2 stride-2 ``[maxpool]`` writes the pool's output: each Winograd tile,
   or each pair of GEMM tiles from adjacent rows, is pooled as it leaves the kernel with the pool kernel's
   comparisons in its order (the same bits), and the full-size map, which the pool would read back after
-  it had left the caches, is never written (``_maxpool_fusions``; Zen 4, the whole network, one process
-  alternating with the unfused plan, 1 / 2 threads, Winograd: Tiny Darknet -3.0% / -1.9%, yolov2-tiny
-  -2.0% / -1.5%, yolov3-tiny -1.4% / -1.6%; then the first, GEMM, layer: yolov2-tiny -4.7% / -3.1%,
-  yolov3-tiny -3.2% / -2.6%);
-* and a GEMM convolution whose only consumer is a stride-1 "same" GEMM convolution, both with an
-  epilogue activation, computes that one too, depth-first (``_pair_fusions``, kernels/convpair.py: the
-  DLAs' 7x7 3->16 and 3x3 16->16 at 224x224): its 3.2 MB map is never written, nor copied into the
-  second one's padded input; the same bits as the two layers run apart. A fused conv's own map is never
-  written, so it holds memory only during its step (``_arena``);
+  it had left the caches, is never written (``fusions.maxpool_fusions``; Zen 4, the whole network, one
+  process alternating with the unfused plan, 1 / 2 threads, Winograd: Tiny Darknet -3.0% / -1.9%,
+  yolov2-tiny -2.0% / -1.5%, yolov3-tiny -1.4% / -1.6%; then the first, GEMM, layer: yolov2-tiny -4.7% /
+  -3.1%, yolov3-tiny -3.2% / -2.6%);
+* and a GEMM convolution whose only consumer is a "same" GEMM convolution of stride 1 or 2, and so on,
+  all with an epilogue activation, computes the whole chain depth-first (``fusions.chain_fusions``,
+  kernels/convchain.py: the DLAs' 7x7 3->16, 3x3 16->16 and 3x3 stride-2 16->32 at 224x224): the maps
+  between them (3.2 MB each) are never written, nor copied into the next one's padded input; the same
+  bits as the layers run apart (DLA-46-C, one process alternating with the unchained plan, 1 / 2
+  threads: -5.8% / -3.8%). A fused conv's own map is never written, so it takes no room in the arena
+  and the layers after it write into memory that is still in cache (``_arena``);
+* which layers are fused is decided in fusions.py;
 * a 1x1 convolution on a 1x1 map (a classifier after a global pool) runs the [connected] kernel;
 * ``pre_activation`` (for calibration) keeps a copy of chosen layers' outputs before their activation;
 * a plan that would need more memory than the limit is refused before anything is allocated (memory.py).
@@ -50,11 +53,12 @@ from typing import Callable, Iterable
 import numpy as np
 
 from . import layers as L
+from . import fusions
 from . import memory
 from .errors import UnsupportedError
 from .kernels import config as kcfg
 from .kernels import conv as kconv
-from .kernels import convpair as kpair
+from .kernels import convchain as kchain
 from .kernels import elementwise as kel
 from .kernels import depthwise as kdw
 from .kernels import detection as kdet
@@ -104,21 +108,25 @@ class Plan:
                 raise ValueError(f"keep: {i!r} is not a layer index (the network has {len(graph)} layers)")
         # conv index -> shortcut index; a pre-activation copy needs both layers' own outputs
         self.fused = {} if (exact or keep_all) else {
-            c: sc for c, sc in _shortcut_fusions(graph).items()
+            c: sc for c, sc in fusions.shortcut_fusions(graph).items()
             if c not in pre and sc not in pre and c not in self.keep}
         # conv index -> the global [avgpool] after it, whose output the conv's step computes (_pooled_step)
         self.pooled = {} if (exact or keep_all) else {
-            c: ap for c, ap in _avgpool_fusions(graph).items() if c not in pre and c not in self.keep}
+            c: ap for c, ap in fusions.avgpool_fusions(graph).items() if c not in pre and c not in self.keep}
         # conv index -> the 2x2 stride-2 [maxpool] after it, computed from the Winograd or GEMM tiles
         self.maxpooled = {} if (exact or keep_all) else {
-            c: mp for c, mp in _maxpool_fusions(graph).items() if c not in pre and c not in self.keep}
-        # conv index -> the stride-1 conv after it, both computed depth-first by the first one's step
+            c: mp for c, mp in fusions.maxpool_fusions(graph).items() if c not in pre and c not in self.keep}
+        # conv index -> the convs after it that its step computes too, depth-first (all but the last are
+        # never written; none may be kept or fused otherwise)
         taken = set(self.fused) | set(self.pooled) | set(self.maxpooled) | pre | self.keep
-        self.paired = {} if (exact or keep_all) else {
-            a: b for a, b in _pair_fusions(graph).items() if a not in taken and b not in taken}
+        self.chains = {} if (exact or keep_all) else {
+            a: rest for a, rest in fusions.chain_fusions(graph).items() if not taken & {a, *rest}}
         # layer -> the conv whose step computes it (the fusions above): its own step does nothing
-        self._absorbed = {nxt: c for fusion in (self.fused, self.pooled, self.maxpooled, self.paired)
-                          for c, nxt in fusion.items()}
+        self._absorbed = {nxt: c for fusion in (self.fused, self.pooled, self.maxpooled) for c, nxt in fusion.items()}
+        self._absorbed.update({nxt: a for a, rest in self.chains.items() for nxt in rest})
+        # layers whose own map is never written (fused convs, a chain's inner maps)
+        self._unwritten = {*self.fused, *self.pooled, *self.maxpooled, *self.chains,
+                           *(i for rest in self.chains.values() for i in rest[:-1])}
         self.input = np.zeros(graph.net.in_shape, dtype=np.float32)
         self.outputs: list[np.ndarray] = [None] * len(graph)  # type: ignore[list-item]
         self.pre_activation: dict[int, np.ndarray] = {i: np.zeros(graph[i].out_shape, np.float32) for i in sorted(pre)}
@@ -134,10 +142,10 @@ class Plan:
                           kconv.gemm_scratch_size(l_.c * l_.size * l_.size, l_.filters, l_.out_h * l_.out_w)
                           for l_ in graph if isinstance(l_, L.Convolutional) and not exact
                           and not l_.quirk_1x1_no_subsample and not kcfg.winograd_variant(l_)] or [0])
-        for b in self.paired.values():             # the depth-first pairs' rings (kernels/convpair.py)
-            per_thread = max(per_thread, kpair.ring_floats(graph[b].c, graph[b].h, graph[b].w, graph[b].size))
+        for a, rest in self.chains.items():        # the depth-first chains' rings (kernels/convchain.py)
+            per_thread = max(per_thread, kchain.ring_floats(fusions.chain_levels(graph, [a, *rest])))
         self._thread_scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, per_thread), dtype=np.float32)
-        self._params = weights.params              # a pair's step binds the second conv's parameters too
+        self._params = weights.params              # a chain's step binds the parameters of all its convs
         self.steps: list[Callable[[], None]] = []
         for layer in graph:
             with numpy_warnings(graph, layer, "preparing its parameters"):
@@ -219,17 +227,18 @@ class Plan:
         for nxt, conv in self._absorbed.items():
             o = owner[nxt]                            # a fused shortcut's or pool's storage is written at the conv
             first[o] = min(first.get(o, end), conv)
-            if owner[conv] == conv:
-                # the conv's own map is never written nor read (its step writes nxt's): it holds memory
-                # only during its step, so the layers after it reuse memory that is still in cache (a
-                # 3.2 MB map left unused made the next layers write into lines long evicted: DLA-46-C's
-                # third conv 1.87 -> 2.10 ms)
-                last[conv] = first[conv]
         placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
         offset: dict[int, int] = {}
         top = 0
         for o in sorted(first, key=lambda k: (first[k], k)):
             size = -(-int(np.prod(g[o].out_shape)) // 16) * 16          # 64-byte aligned
+            if o in self._unwritten:
+                # never written nor read (the step computing it writes the next layer's map): a view at
+                # the arena's start that takes no room, so the layers after it reuse memory still in
+                # cache (DLA-46-C: with its 3.2 MB stem maps left in place, the next layers wrote into
+                # lines long evicted: 1x1 32->64 at 56x56 0.18 -> 0.30 ms)
+                offset[o] = 0
+                continue
             busy = sorted((off, off + sz) for off, sz, f, la in placed if not (la < first[o] or last[o] < f))
             at = 0
             for lo, hi in busy:
@@ -239,6 +248,7 @@ class Plan:
             placed.append((at, size, first[o], last[o]))
             offset[o] = at
             top = max(top, at + size)
+        top = max([top] + [int(np.prod(g[o].out_shape)) for o in first if o in self._unwritten])
         return memory.hugepage_zeros(top), offset
 
     def _in(self, layer: L.Layer) -> np.ndarray:
@@ -388,7 +398,7 @@ class Plan:
             return self._bind_conv_exact(layer, p, x, out)
         a, w, shift = _folded(layer, p)
         pad, size, stride = layer.padding, layer.size, layer.stride
-        if _matrix_vector(layer) and layer.index not in self.fused:
+        if fusions.matrix_vector(layer) and layer.index not in self.fused:
             # a 1x1 conv on a 1x1 map (a classifier after a global pool): the [connected] kernel, one
             # vectorised dot per filter (a GEMM tile would run one dependent FMA chain per 8 filters)
             return kconv.bind_connected(x.reshape(-1), memory.in_huge_pages(w.reshape(layer.filters, layer.c)),
@@ -399,7 +409,7 @@ class Plan:
         else:
             xs = self._scratch[: int(np.prod(shape))].reshape(shape)
         variant = kcfg.winograd_variant(layer)
-        # the [maxpool] after it, whose output this step computes instead of its own (_maxpool_fusions)
+        # the [maxpool] after it, whose output this step computes instead of its own (fusions.maxpool_fusions)
         pooled = self.outputs[self.maxpooled[layer.index]] if layer.index in self.maxpooled else None
         if variant:
             return kwino.bind_winograd(
@@ -407,19 +417,21 @@ class Plan:
                 shift, a, pad, out if pooled is None else pooled, xs, variant, pooled is not None)
         if layer.groups == 1:
             ap = memory.in_huge_pages(kconv.pack_filters(w.reshape(layer.filters, -1), layer.out_h * layer.out_w))
-            if layer.index in self.paired:
-                b = self.graph[self.paired[layer.index]]
-                ab, wb, shift_b = _folded(b, self._params[b.index])
-                apb = memory.in_huge_pages(kconv.pack_filters(wb.reshape(b.filters, -1), b.out_h * b.out_w))
-                gemm = kpair.bind_conv_pair(xs, ap, shift, a, size, stride, apb, shift_b, ab, b.size,
-                                            self.outputs[b.index], self._thread_scratch)
+            if layer.index in self.chains:
+                convs = [(ap, shift, a, size, stride, layer.out_h, layer.out_w)]
+                for b in (self.graph[i] for i in self.chains[layer.index]):
+                    ab, wb, shift_b = _folded(b, self._params[b.index])
+                    apb = memory.in_huge_pages(kconv.pack_filters(wb.reshape(b.filters, -1), b.out_h * b.out_w))
+                    convs.append((apb, shift_b, ab, b.size, b.stride, b.out_h, b.out_w))
+                gemm = kchain.bind_conv_chain(xs, convs, self.outputs[self.chains[layer.index][-1]],
+                                              self._thread_scratch)
             res = None
             if layer.index in self.fused:
                 sc = self.graph[self.fused[layer.index]]
                 out = self.outputs[sc.index]
                 res = self.outputs[sc.from_]
                 a = ACT[sc.activation]
-            if layer.index not in self.paired:
+            if layer.index not in self.chains:
                 gemm = kconv.bind_conv_gemm(xs, ap, shift, a, size, stride, out, res, self._thread_scratch, pooled)
             if shape == (0,):
                 return gemm
@@ -487,10 +499,10 @@ class Plan:
             return "maxpool2x2" if (layer.size, layer.stride, layer.padding // 2) == (2, 2, 0) else "maxpool"
         if layer.quirk_1x1_no_subsample:
             return "conv:exact"
-        if _matrix_vector(layer) and layer.index not in self.fused:
+        if fusions.matrix_vector(layer) and layer.index not in self.fused:
             return "connected:fast"
-        if layer.index in self.paired:
-            return "conv:pair"            # also computes the conv after it (kernels/convpair.py)
+        if layer.index in self.chains:
+            return "conv:chain"           # also computes the convs after it (kernels/convchain.py)
         if kcfg.winograd_variant(layer):
             return "conv:winograd"        # F(2x2) and F(4x4): one compiled kernel
         kind = kcfg.depthwise_kind(layer)
@@ -528,78 +540,10 @@ class Plan:
             dt = (time.perf_counter() - t) * 1e3
             o = self.outputs[layer.index]
             rng = f"[{o.min():.4g}, {o.max():.4g}]" if o.size else "[]"
+            if layer.index in self._unwritten:
+                rng = "(not stored: fused into the next layer's step)"
             print(f"darknetpy: {layer.describe():28s} {str(layer.out_shape):18s} {dt:8.3f} ms  range {rng}",
                   file=sys.stderr)
-
-
-def _matrix_vector(conv: L.Convolutional) -> bool:
-    """A groups=1 1x1 convolution on a 1x1 map, unpadded: out = W x + shift, a matrix-vector product."""
-    return (conv.size == 1 and conv.h == conv.w == 1 and conv.stride == 1 and not conv.padding
-            and conv.groups == 1)
-
-
-def _conv_then(graph: L.Graph, kind: type):
-    """(conv, next layer) for each convolution (not darknet's 1x1 stride>1 quirk) followed by a layer of
-    ``kind`` that is its only consumer: the candidates of every conv fusion."""
-    consumers = graph.consumers()
-    for conv in graph:
-        i = conv.index
-        if (i + 1 < len(graph) and isinstance(conv, L.Convolutional) and isinstance(graph[i + 1], kind)
-                and not conv.quirk_1x1_no_subsample and consumers[i] == [i + 1]):
-            yield conv, graph[i + 1]
-
-
-def _shortcut_fusions(graph: L.Graph) -> dict[int, int]:
-    """conv index -> the [shortcut] fused into its GEMM epilogue (see the module docstring)."""
-    return {conv.index: sc.index for conv, sc in _conv_then(graph, L.Shortcut)
-            if conv.activation == "linear" and conv.groups == 1 and not kcfg.winograd_variant(conv)
-            and sc.alpha == 1 and sc.beta == 1 and sc.from_ != conv.index
-            and graph[sc.from_].out_shape == conv.out_shape == sc.out_shape}
-
-
-def _avgpool_fusions(graph: L.Graph) -> dict[int, int]:
-    """conv index -> the [avgpool] right after it, where that conv is a linear 1x1 stride-1 unpadded
-    groups=1 convolution whose only consumer is the pool: avgpool(W x + b) = W avgpool(x) + b."""
-    return {conv.index: ap.index for conv, ap in _conv_then(graph, L.AvgPool)
-            if (conv.size, conv.stride, conv.padding, conv.groups) == (1, 1, 0, 1) and conv.activation == "linear"}
-
-
-def _maxpool_fusions(graph: L.Graph) -> dict[int, int]:
-    """conv index -> the [maxpool] right after it, where that conv runs as Winograd or as the plain GEMM
-    with an activation its epilogue applies (linear, relu, leaky, relu6) on an even-sized map, the pool is
-    size 2 stride 2 from the map's corner (darknet's default padding, or none) and the conv's only
-    consumer: kernels/winograd.py pools each tile in registers, kernels/conv.py each pair of tiles of
-    adjacent rows, with the pool kernel's comparisons in its order (the same bits), and the full-size
-    output is never written."""
-    return {conv.index: mp.index for conv, mp in _conv_then(graph, L.MaxPool)
-            if (kcfg.winograd_variant(conv) or _gemm_poolable(conv))
-            and conv.activation in _EPILOGUE_ACTS
-            and conv.out_h % 2 == 0 and conv.out_w % 2 == 0 and (mp.size, mp.stride, mp.padding // 2) == (2, 2, 0)
-            and mp.out_shape == (conv.filters, conv.out_h // 2, conv.out_w // 2)}
-
-
-# the activations the GEMM and Winograd epilogues apply in registers (gemm.FUSED_ACTS)
-_EPILOGUE_ACTS = ("linear", "relu", "leaky", "relu6")
-
-
-def _gemm_poolable(conv: L.Convolutional) -> bool:
-    """A conv that _bind_conv_fast runs as the plain implicit GEMM, which can pool its output (the quirk
-    case is excluded by _conv_then)."""
-    return (conv.groups == 1 and not _matrix_vector(conv)
-            and kconv.can_pool(conv.c * conv.size * conv.size, conv.filters, conv.out_h * conv.out_w))
-
-
-def _pair_fusions(graph: L.Graph) -> dict[int, int]:
-    """conv index -> the conv after it, computed depth-first by kernels/convpair.py: both run as the plain
-    implicit GEMM with an activation its epilogue applies, the second is stride 1 with "same" padding
-    (an odd size) and the first's only consumer, and the first's output map is at least
-    config.CONV_PAIR_MIN_BYTES (and a pixel panel wide)."""
-    return {a.index: b.index for a, b in _conv_then(graph, L.Convolutional)
-            if _gemm_poolable(a) and _gemm_poolable(b) and not kcfg.winograd_variant(a)
-            and not kcfg.winograd_variant(b) and not b.quirk_1x1_no_subsample
-            and a.activation in _EPILOGUE_ACTS and b.activation in _EPILOGUE_ACTS
-            and b.stride == 1 and b.size % 2 == 1 and b.padding == b.size // 2
-            and 4 * a.outputs >= kcfg.CONV_PAIR_MIN_BYTES and a.out_w >= kconv.NR}
 
 
 def _folded(layer: L.Convolutional, p: dict) -> tuple[int, np.ndarray, np.ndarray]:

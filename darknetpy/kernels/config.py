@@ -233,13 +233,14 @@ CONV_KBLOCK_PANELS = 16
 # panels). Not measured separately.
 CONV_MIN_ITEMS = 8
 
-# Depth-first pairs (kernels/convpair.py): a GEMM convolution whose only consumer is a stride-1 "same"
-# GEMM convolution computes that consumer too, a band of rows at a time, when its output is at least this
-# large (smaller maps stay in L2 between the two layers anyway) ...
-CONV_PAIR_MIN_BYTES = 1 << 20
-# ... with each thread's band of its output (and the rows above and below the consumer reads) in a
-# buffer of at most this size, which stays in L2.
-CONV_PAIR_RING_BYTES = 256 * 1024
+# Depth-first chains (kernels/convchain.py): a GEMM convolution whose only consumer is a "same" GEMM
+# convolution of stride 1 or 2 computes that consumer too (and so on down the chain), a few rows at a
+# time, where the map between them is at least this large (smaller maps stay in L2 between the layers
+# anyway) ...
+CONV_CHAIN_MIN_BYTES = 1 << 20
+# ... with the rows each step keeps of each map between them (each thread's rings) within this size,
+# which stays in L2.
+CONV_CHAIN_RING_BYTES = 256 * 1024
 
 
 # -- float convolution: Winograd (kernels/winograd.py) ---------------------------------------------------

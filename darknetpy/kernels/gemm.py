@@ -259,6 +259,34 @@ def pool_tiles(typingctx, t0, t1, c, ldc, shift, act, rows):
     return sig, codegen
 
 
+@intrinsic
+def split_tile2(typingctx, t, c_even, c_odd, ldc, shift, act, rows):
+    """c_even[r*ldc + j] = y[2j], c_odd[r*ldc + j] = y[2j+1] for r < rows, j < NR/2, where y = act(shift[r]
+    + t[r*NR:(r+1)*NR]): an MR x NR tile of one output row stored into the two column phases of a stride-2
+    consumer's prepared input (kernels/convchain.py). The epilogue arithmetic of ``microkernel_fused``
+    (the same bits); ``act`` one of FUSED_ACTS."""
+    sig = types.void(*([types.intp] * 7))
+
+    def codegen(context, builder, signature, args):
+        t_i, ce_i, co_i, ldc, shift_i, act, rows = args
+        v = Vec(builder, NR)
+        half = ir.VectorType(_F32, NR // 2)
+        even = ir.Constant(ir.VectorType(_I32, NR // 2), list(range(0, NR, 2)))
+        odd = ir.Constant(ir.VectorType(_I32, NR // 2), list(range(1, NR, 2)))
+        t, ce, co, shift = v.ptr(t_i), v.ptr(ce_i), v.ptr(co_i), v.ptr(shift_i)
+
+        def body(r):
+            y = v.activation(v.add(v.load(t, builder.mul(r, v.i64(NR))), v.splat(v.load_scalar(shift, r))), act)
+            for c, idx in ((ce, even), (co, odd)):
+                dst = v.at(c, builder.mul(r, ldc))
+                builder.store(builder.shuffle_vector(y, y, idx), builder.bitcast(dst, half.as_pointer()), align=4)
+
+        loop(builder, v.i64(0), rows, 1, body, "split2")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _acc_intrinsics(nr: int):
     """The K-blocked GEMM's two micro-kernels on a KMR x nr tile (nr: KNR, or KNR_NARROW for a last
     panel of at most that many pixels), see ``microkernel_acc`` and ``microkernel_acc_fused``."""

@@ -25,7 +25,7 @@ MAX_LINES = 700
 LEVELS = {
     "errors": 0, "cfg": 0, "layers": 0, "kernels": 0, "memory": 0, "metrics": 0, "plots": 0,
     "passes": 1, "graph": 1, "keys": 1, "heads": 1, "weights": 1, "image": 1, "summary": 1, "fetch": 1,
-    "boxes": 1, "draw": 1, "headspec": 1,
+    "boxes": 1, "draw": 1, "headspec": 1, "fusions": 1,
     "network": 2, "runtime": 2, "warmup": 2,
     "int8": 3,
     "export": 4, "onnx_import": 4,
