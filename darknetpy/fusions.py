@@ -69,12 +69,13 @@ def gemm_poolable(conv: L.Convolutional) -> bool:
             and kconv.can_pool(conv.c * conv.size * conv.size, conv.filters, conv.out_h * conv.out_w))
 
 
-def chain_fusions(graph: L.Graph) -> dict[int, list[int]]:
+def chain_fusions(graph: L.Graph, exclude: frozenset = frozenset()) -> dict[int, list[int]]:
     """conv index -> the convs after it computed with it depth-first by kernels/convchain.py: each the
     only consumer of the one before, all run as the plain implicit GEMM with an activation its epilogue
     applies and output rows at least a pixel panel wide, each after the first a "same" convolution (odd
     size, padding size//2) of stride 1 or 2, and every map between them at least
-    config.CONV_CHAIN_MIN_BYTES."""
+    config.CONV_CHAIN_MIN_BYTES. No layer of ``exclude`` (outputs kept, or fused otherwise) is in a
+    chain: a chain stops before it."""
     nxt = {a.index: b for a, b in conv_then(graph, L.Convolutional)}
 
     def plain(conv: L.Convolutional) -> bool:
@@ -84,13 +85,14 @@ def chain_fusions(graph: L.Graph) -> dict[int, list[int]]:
     chains: dict[int, list[int]] = {}
     inside: set[int] = set()
     for a in graph:
-        if a.index in inside or not isinstance(a, L.Convolutional) or a.quirk_1x1_no_subsample or not plain(a):
+        if (a.index in inside or a.index in exclude or not isinstance(a, L.Convolutional)
+                or a.quirk_1x1_no_subsample or not plain(a)):
             continue
         rest, cur = [], a
         while cur.index in nxt and 4 * cur.outputs >= kcfg.CONV_CHAIN_MIN_BYTES:
             b = nxt[cur.index]
-            if b.quirk_1x1_no_subsample or not plain(b) or b.stride not in (1, 2) or b.size % 2 == 0 \
-                    or b.padding != b.size // 2:
+            if (b.index in exclude or b.quirk_1x1_no_subsample or not plain(b) or b.stride not in (1, 2)
+                    or b.size % 2 == 0 or b.padding != b.size // 2):
                 break
             rest.append(b.index)
             cur = b

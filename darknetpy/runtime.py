@@ -120,7 +120,7 @@ class Plan:
         # never written; none may be kept or fused otherwise)
         taken = set(self.fused) | set(self.pooled) | set(self.maxpooled) | pre | self.keep
         self.chains = {} if (exact or keep_all) else {
-            a: rest for a, rest in fusions.chain_fusions(graph).items() if not taken & {a, *rest}}
+            a: rest for a, rest in fusions.chain_fusions(graph, frozenset(taken)).items()}
         # layer -> the conv whose step computes it (the fusions above): its own step does nothing
         self._absorbed = {nxt: c for fusion in (self.fused, self.pooled, self.maxpooled) for c, nxt in fusion.items()}
         self._absorbed.update({nxt: a for a, rest in self.chains.items() for nxt in rest})

@@ -233,6 +233,13 @@ CONV_KBLOCK_PANELS = 16
 # panels). Not measured separately.
 CONV_MIN_ITEMS = 8
 
+# 1: the plain GEMM asks for the output lines of its next work item (one line per filter, prefetchw)
+# while it computes the current one. Its MR-row tiles write a line into each of M output planes, more
+# streams than the hardware prefetcher follows, and where the output's memory has left the caches each
+# store waited for its line (Zen 4, in DLA-46-C, 1 thread: 1x1 32->64 at 56x56 0.267 -> 0.197 ms; the
+# network 12.61 -> 12.47 ms, 2 threads 6.96 -> 6.90; other networks within noise). 0: off.
+CONV_PREFETCH_OUT = 1
+
 # Depth-first chains (kernels/convchain.py): a GEMM convolution whose only consumer is a "same" GEMM
 # convolution of stride 1 or 2 computes that consumer too (and so on down the chain), a few rows at a
 # time, where the map between them is at least this large (smaller maps stay in L2 between the layers

@@ -32,7 +32,7 @@ from .parallel import Call, addr, f32, i64, thread_body
 from .vecir import FLT_MAX, split_row2
 from .gemm import (FUSED_ACTS, KMR, KNR, KNR_NARROW, MR, NR, copy_runs16, gather_rows16, microkernel_acc,
                    microkernel_acc_fused, microkernel_acc_fused_narrow, microkernel_acc_narrow, microkernel_cols,
-                   microkernel_fused, microkernel_indirect, pack_a, pool_tiles, prefetch_l2)
+                   microkernel_fused, microkernel_indirect, pack_a, pool_tiles, prefetch_l2, prefetch_rows_w)
 
 
 def input_shape(c: int, h: int, w: int, pad: int, stride: int) -> tuple[int, int, int, int]:
@@ -208,6 +208,7 @@ def tap_offsets(c: int, size: int, s: int, hp: int, row: int, wq: int) -> np.nda
 #   13 res (= out when there is none)  14 has_res  15 K  16 koff  17 act
 #   conv_gemm:  18 kpack  19 in_place_rows  20 in_place_ok  21 mchunks  22 a_stationary  23 bscratch  24 its row
 #               25 pool (a 2x2 stride-2 [maxpool] fused: 26 is its output, (M, out_h/2, out_w/2))  26 pooled
+#               27 prefetch the next item's output lines (config.CONV_PREFETCH_OUT)
 #   K-blocked:  18 kc  19 ncp (pixel panels per block)  20 zero tile
 
 
@@ -263,6 +264,11 @@ def _conv_gemm_body(th, nthreads, argv):
             srcs[0], offs[0] = _panel_source(xflat, koff, kpack, kdim, jp * NR, min(NR, n - jp * NR), out_w,
                                              s, row, in_place_rows, in_place_ok, bp)
             i_lo, i_hi = mc * nip // mchunks, (mc + 1) * nip // mchunks
+            if argv[27] != 0 and o + 1 < o_hi:            # the next item's output lines (CONV_PREFETCH_OUT)
+                jp1, mc1 = (o + 1) // mchunks, (o + 1) % mchunks
+                r0 = (mc1 * nip // mchunks) * MR
+                r1 = min(m, ((mc1 + 1) * nip // mchunks) * MR)
+                prefetch_rows_w(out2d.ctypes.data + 4 * (r0 * n + jp1 * NR), r1 - r0, 4 * n)
         for i in range(i_lo, i_hi):
             if a_stationary:
                 ip, jp, q = o, i, i
@@ -506,7 +512,7 @@ def bind_conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=Non
                          f"{pooled.shape}")
     words += [kpack.ctypes.data, flat_ok, in_place_ok, mchunks, need > 0,
               addr(bscratch, f4) if need else 0, bscratch.shape[1] if need else 0,
-              pooled is not None, 0 if pooled is None else addr(pooled, f4)]
+              pooled is not None, 0 if pooled is None else addr(pooled, f4), config.CONV_PREFETCH_OUT]
     keep.append(pooled)
     # thread th packs into row th of bscratch: never more threads than rows
     return Call(_conv_gemm_body, words, keep + [kpack, bscratch], bscratch.shape[0] if need else 1 << 30)

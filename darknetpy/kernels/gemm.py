@@ -321,6 +321,29 @@ microkernel_acc_narrow, microkernel_acc_fused_narrow = _acc_intrinsics(KNR_NARRO
 
 
 @intrinsic
+def prefetch_rows_w(typingctx, addr, count, stride):
+    """Ask for the cache line at addr + r*stride (bytes) for r < count, for writing (prefetchw)."""
+    sig = types.void(types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        addr_i, n_i, st_i = args
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
+        fn = declare_intrinsic(builder, "llvm.prefetch.p0", fnty)
+        base = builder.inttoptr(addr_i, i8p)
+
+        def step(kk, carried):
+            p = builder.gep(base, [builder.mul(kk, st_i)])
+            builder.call(fn, [p, ir.Constant(_I32, 1), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+            return carried
+
+        count_loop(builder, n_i, [], step, "pfw")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def prefetch_l2(typingctx, addr, nbytes):
     """Ask for the cache lines of [addr, addr + nbytes) to be brought into L2 (``llvm.prefetch``, read,
     locality 2: x86's prefetcht1), without waiting for them. The K-blocked GEMM prefetches the next

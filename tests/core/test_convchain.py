@@ -146,6 +146,7 @@ def test_stem_conv_chain_runs_as_one_step(tmp_path, monkeypatch):
     # the maps inside the chain are never written: they take no memory, which the layers after reuse
     assert np.shares_memory(plan.outputs[0], plan.outputs[3]) and np.shares_memory(plan.outputs[1], plan.outputs[3])
     assert net.plan(keep=frozenset({1})).chains == {} and net.plan(keep_all=True).chains == {}
+    assert net.plan(keep=frozenset({2})).chains == {0: [1]}            # a chain stops before a kept layer
     assert net.plan(exact=True).chains == {}
     x = np.random.default_rng(3).random(net.input_shape, dtype=np.float32)
     plan.run(x)
