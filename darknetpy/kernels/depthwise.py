@@ -330,6 +330,48 @@ def taps_fma_vw(typingctx, acc, srcs, n, w, t):
     return sig, codegen
 
 
+@intrinsic
+def transpose_block(typingctx, src, ld_src, ncols, dst, ld_dst):
+    """dst[j*ld_dst + r] = src[r*ld_src + j] for r < WIDE, j < ncols (<= WIDE): a WIDE x ncols block
+    (channels x pixels of a CHW map) transposed in registers (log2(WIDE) rounds of two-vector shuffles:
+    round b swaps bit b of the row and column indices), the rows read by masked loads of ncols floats,
+    the first ncols columns stored as whole vectors."""
+    sig = types.void(*([types.intp] * 5))
+
+    def codegen(context, builder, signature, args):
+        src_i, lds, n_i, dst_i, ldd = args
+        lanes = WIDE
+        vt = ir.VectorType(ir.FloatType(), lanes)
+        mvt = ir.VectorType(ir.IntType(1), lanes)
+        i32 = ir.IntType(32)
+        load = declare_intrinsic(builder, f"llvm.masked.load.v{lanes}f32.p0",
+                                 ir.FunctionType(vt, [vt.as_pointer(), i32, mvt, vt]))
+        v = Vec(builder, lanes)
+        src, dst = v.ptr(src_i), v.ptr(dst_i)
+        mask = first_lanes(builder, builder.trunc(n_i, i32), lanes)
+        zero = ir.Constant(vt, [0.0] * lanes)
+        rows = [builder.call(load, [builder.bitcast(v.at(src, builder.mul(v.i64(r), lds)), vt.as_pointer()),
+                                    ir.Constant(i32, 4), mask, zero]) for r in range(lanes)]
+        b = 1
+        while b < lanes:
+            lo = [k if not k & b else lanes + (k & ~b) for k in range(lanes)]
+            hi = [(k | b) if not k & b else lanes + (k | b) for k in range(lanes)]
+            new = list(rows)
+            for i in range(lanes):
+                if not i & b:
+                    a, c = rows[i], rows[i | b]
+                    new[i] = builder.shuffle_vector(a, c, ir.Constant(ir.VectorType(i32, lanes), lo))
+                    new[i | b] = builder.shuffle_vector(a, c, ir.Constant(ir.VectorType(i32, lanes), hi))
+            rows = new
+            b *= 2
+        for j in range(lanes):
+            with builder.if_then(builder.icmp_signed("<", v.i64(j), n_i)):
+                v.store(rows[j], dst, builder.mul(v.i64(j), ldd))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @thread_body()
 def _to_hwc_body(th, nthreads, argv):
     # argv: x, C, H, W, pad, xt, Hp, Wp. xt (Hp, Wp, C) <- x (C, H, W) zero-padded by pad: channels become
@@ -337,17 +379,23 @@ def _to_hwc_body(th, nthreads, argv):
     c, h, w, pad, hp, wp = argv[1], argv[2], argv[3], argv[4], argv[6], argv[7]
     x = f32(argv[0], (c, h, w))
     xt = f32(argv[5], (hp, wp, c))
+    cv = c - c % WIDE                                    # channels moved by transpose_block, WIDE at a time
     for y in range(th * hp // nthreads, (th + 1) * hp // nthreads):
         iy = y - pad
         for xx in range(wp):
             ix = xx - pad
             dst = xt[y, xx]
-            if 0 <= iy < h and 0 <= ix < w:
-                for ch in range(c):
-                    dst[ch] = x[ch, iy, ix]
-            else:
+            if not (0 <= iy < h and 0 <= ix < w):
                 for ch in range(c):
                     dst[ch] = np.float32(0.0)
+            else:
+                for ch in range(cv, c):
+                    dst[ch] = x[ch, iy, ix]
+        if 0 <= iy < h:
+            for c0 in range(0, cv, WIDE):
+                for x0 in range(0, w, WIDE):
+                    transpose_block(argv[0] + 4 * ((c0 * h + iy) * w + x0), h * w, min(WIDE, w - x0),
+                                    xt.ctypes.data + 4 * ((y * wp + pad + x0) * c + c0), c)
 
 
 @thread_body(fastmath=True)

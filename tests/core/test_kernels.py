@@ -710,9 +710,12 @@ def test_batchnorm_exact_formula():
 
 
 @pytest.mark.parametrize("c,h,w,stride", [(3, 5, 5, 1), (3, 5, 6, 2), (3, 6, 5, 2), (2, 1, 1, 1), (2, 2, 3, 2),
-                                          (4, 9, 8, 1), (4, 8, 9, 2), (70, 14, 14, 2), (66, 7, 7, 1), (5, 2, 1, 2)])
+                                          (4, 9, 8, 1), (4, 8, 9, 2), (70, 14, 14, 2), (66, 7, 7, 1), (5, 2, 1, 2),
+                                          (32, 6, 37, 1), (48, 3, 16, 2), (17, 9, 18, 1), (8, 4, 8, 1)])
 def test_depthwise_hwc_kernel(c, h, w, stride):
-    # the depthwise path vectorised across channels (HWC) against the naive loops
+    # the depthwise path vectorised across channels (HWC) against the naive loops; the transpose into HWC
+    # moves blocks of 8 or 16 channels (the vector width) by up to that many pixels: channel counts with
+    # and without a remainder, rows shorter than, equal to and longer than a block (37 = 16 + 16 + 5)
     x = ints((c, h, w))
     wt = ints((c, 1, 3, 3))
     shift = ints((c,))
