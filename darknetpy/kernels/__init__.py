@@ -12,6 +12,7 @@ winograd.py     Winograd F(2x2,3x3) and F(4x4,3x3)
 int8/           int8 engine: u8 x s8 GEMM with int32 accumulation, ONNX-exact requantisation
 vecir.py        helpers for writing explicit vector code as LLVM IR
 parallel.py     the large kernels' parallel region: thread bodies compiled once, called by address
+pool.py         darknetpy's worker threads for the thread bodies (Linux x86-64): claimed items, no arena
 config.py       every tunable and threshold (passed to the kernels as arguments), the CPU-feature choice
 
 The GEMM, Winograd and grouped-convolution kernels are thread bodies (``parallel.thread_body``) with a
@@ -32,9 +33,10 @@ inside the caller's object. The JIT binds the caller to whichever copy was loade
 own copy in a process that compiles, the caller's copy in one that loads from the cache), so cold and
 warm runs would differ by a few ulp, and the darknet-exact activations could lose -0.0 and NaN handling.
 
-Threads: numba's TBB threading layer when the ``tbb`` package is installed (a dependency on x86-64 Linux
-and Windows), else OpenMP. Every parallel kernel is a ``prange`` over work items (parallel.py's driver
-included); with OpenMP each such
+Threads: the thread bodies run on darknetpy's own workers on Linux x86-64 (pool.py: 0.5 us a call on two
+threads where numba's TBB region costs 5.3), everything else on numba's TBB threading layer when the
+``tbb`` package is installed (a dependency on x86-64 Linux and Windows), else OpenMP. Every other
+parallel kernel is a ``prange`` over work items (as parallel.py's driver is elsewhere); with OpenMP each such
 region ends in a barrier that waits for every thread of the team, so when another process holds one of
 the two cores, each of the 20-60 regions of an inference waits for the descheduled thread (measured: Tiny
 Darknet at 2 threads 1.35-1.4x its own 1-thread time under a busy loop). TBB's scheduler lets the calling

@@ -169,6 +169,14 @@ def choose_target(flags: set[str], *, wide: bool, machine: str, cpu: str = "") -
                          int8_avx2=avx2, int8_vnni=vnni, x86=x86, int8_lanes=lanes)
 
 
+# -- darknetpy's worker threads (kernels/pool.py) -----------------------------------------------------------
+
+# Spin-wait rounds (x86 ``pause``, ~20-40 ns each on Zen 4) a worker makes after a job before it sleeps
+# on a futex: long enough to cover the gaps between one inference's kernels (the Python between steps,
+# the numba-parallel kernels), short enough not to hold a core an idle process does not use.
+POOL_SPINS = 4000
+
+
 # -- elementwise passes -----------------------------------------------------------------------------------
 
 # Elementwise passes over a whole tensor (activation.activate; int8 quantize, table lookup, add) run as this

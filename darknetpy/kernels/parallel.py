@@ -26,11 +26,17 @@ compiled, and the kernels allocate only small per-thread buffers).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, njit, prange, types
 from numba.extending import intrinsic
 from numba.np.ufunc.parallel import _iget_num_threads, _launch_threads     # numba >= 0.49
+
+from numba.core import config as numba_config
+
+from . import pool as _pool
 
 _I64 = ir.IntType(64)
 _BODY_SIG = types.void(types.int64, types.int64, types.CPointer(types.int64))
@@ -135,13 +141,45 @@ class Call:
     ``max_threads`` if fewer (a body that indexes per-thread scratch by ``th`` has that many rows).
     ``keep`` holds the arrays the words point into (they must outlive the call)."""
 
-    __slots__ = ("body", "argv", "keep", "max_threads")
+    __slots__ = ("body", "argv", "keep", "max_threads", "_argv_addr")
 
     def __init__(self, body: ThreadBody, words, keep=(), max_threads: int = 1 << 30):
         self.body = body
         self.argv = np.array([int(w) for w in words], dtype=np.int64)
+        self._argv_addr = self.argv.ctypes.data
         self.keep = tuple(keep)
         self.max_threads = max_threads
 
     def __call__(self) -> None:
-        _drive(self.body.address, self.max_threads, self.argv)
+        if _POOL:
+            _drive_pool(_CTL or _start_pool(), self.body.address, self.max_threads, self._argv_addr)
+        else:
+            _drive(self.body.address, self.max_threads, self.argv)
+
+
+@njit(cache=True, nogil=True)
+def _drive_pool(ctl, fn, max_threads, argv):
+    # as _drive, on darknetpy's own workers (pool.py): the caller's thread count, at most max_threads. All
+    # arguments are integers: numba's dispatcher types an array argument in ~1 us, an int in ~0.1
+    n = min(_iget_num_threads(), max_threads)
+    _pool.run_job(ctl, fn, n, argv)
+
+
+_POOL = _pool.available()
+_CTL = 0
+
+
+def _start_pool() -> int:
+    """The pool's control block, its workers started (numba's pool size less the calling thread)."""
+    global _CTL
+    _CTL = _pool.POOL.address(max(0, numba_config.NUMBA_NUM_THREADS - 1))
+    return _CTL
+
+
+def _forget_pool() -> None:
+    global _CTL
+    _CTL = 0                       # a forked child starts its own workers on its first call
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)

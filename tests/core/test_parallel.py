@@ -3,6 +3,9 @@ argument checks of their bind_* functions (they address arrays by raw pointer, s
 refused before it is read)."""
 
 import gc
+import subprocess
+import sys
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 from darknetpy.kernels import conv as kconv
 from darknetpy.kernels import depthwise as kdw
 from darknetpy.kernels import parallel
+from darknetpy.kernels import pool
 from darknetpy.kernels import winograd as kwino
 
 
@@ -99,3 +103,129 @@ def test_bind_functions_refuse_arrays_that_do_not_fit():
                               scratch=np.zeros((2, 8), np.float32))
     with pytest.raises(ValueError, match="depthwise_hwc"):
         kdw.bind_depthwise_hwc(x, np.zeros((4, 1, 3, 3), np.float32), shift, 0, 1, 1, out)
+
+
+# -- kernels/pool.py: darknetpy's worker threads -----------------------------------------------------------
+
+needs_pool = pytest.mark.skipif(not pool.available(), reason="the pool runs on Linux x86-64 only")
+
+
+@parallel.thread_body()
+def _wait_for_partner_body(th, nthreads, argv):
+    # argv: flags (int64, 4), spins. Item 0 waits (up to ``spins`` rounds) for item 1 to have started
+    # and records whether it saw it: only true if the two items ran at the same time, on two threads.
+    flags = parallel.i64(argv[0], (4,))
+    if th == 1:
+        flags[1] = 1
+        return
+    seen = 0
+    for _ in range(argv[1]):
+        if flags[1] != 0:
+            seen = 1
+            break
+    flags[0] = seen
+
+
+def _block():
+    raw = np.zeros(80, np.int64)
+    return raw, raw.ctypes.data + (-raw.ctypes.data % 64)
+
+
+@needs_pool
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_a_job_without_workers_runs_every_item_on_the_caller(n):
+    # no worker ever looks at this control block: the caller claims and runs every item itself
+    raw, ctl = _block()
+    out = np.zeros(16, np.int64)
+    argv = np.array([out.ctypes.data, 16], np.int64)
+    for _ in range(3):
+        pool.run_job(ctl, _count_body.address, n, argv.ctypes.data)
+    assert list(out[:n]) == [3] * n and not out[n:15].any() and out[15] == n
+    assert raw[(ctl - raw.ctypes.data) // 8 + pool.BUSY // 8] == 0       # released for the next job
+
+
+@needs_pool
+def test_a_second_caller_runs_its_job_inline():
+    # while another caller has a job out (BUSY), a call does not queue behind it: it runs its items itself
+    raw, ctl = _block()
+    raw[(ctl - raw.ctypes.data) // 8 + pool.BUSY // 8] = 1
+    out = np.zeros(16, np.int64)
+    argv = np.array([out.ctypes.data, 16], np.int64)
+    pool.run_job(ctl, _count_body.address, 4, argv.ctypes.data)
+    assert list(out[:4]) == [1, 1, 1, 1] and out[15] == 4
+    assert raw[(ctl - raw.ctypes.data) // 8 + pool.BUSY // 8] == 1       # still the other caller's
+
+
+@needs_pool
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two threads")
+def test_the_workers_take_items_while_the_caller_runs_its_own():
+    # Call() on two threads goes through the pool: item 1 runs on a worker while the caller is in item 0
+    # (the caller, never waiting for an item nobody claimed, would otherwise run it only afterwards).
+    # A worker may be descheduled on a busy machine, so one success in 20 tries is asked for.
+    old = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        flags = np.zeros(4, np.int64)
+        call = parallel.Call(_wait_for_partner_body, [flags.ctypes.data, 50_000_000], (flags,))
+        seen = 0
+        for _ in range(20):
+            flags[:] = 0
+            call()
+            assert flags[1] == 1
+            seen += int(flags[0])
+            if seen:
+                break
+        assert seen
+    finally:
+        numba.set_num_threads(old)
+
+
+@needs_pool
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two threads")
+def test_workers_that_went_to_sleep_wake_for_the_next_job(tmp_path):
+    # With a spin budget of 10 rounds the workers sleep on the futex between calls (50 ms apart); each
+    # call must wake one to run item 1 beside the caller's item 0 (a missing wake-up would leave every
+    # item to the caller: never seen together). In a child process, for its own POOL_SPINS.
+    script = tmp_path / "sleepers.py"
+    script.write_text(
+        "import sys, time, numba, numpy as np\n"
+        "from darknetpy.kernels import config, parallel, pool\n"
+        "config.POOL_SPINS = 10\n"
+        "sys.path.insert(0, %r)\n"
+        "from test_parallel import _wait_for_partner_body\n"
+        "numba.set_num_threads(2)\n"
+        "flags = np.zeros(4, np.int64)\n"
+        "call = parallel.Call(_wait_for_partner_body, [flags.ctypes.data, 50_000_000], (flags,))\n"
+        "seen = 0\n"
+        "for _ in range(20):\n"
+        "    time.sleep(0.05)\n"
+        "    asleep = pool.POOL.block[pool.SLEEPERS // 8]\n"
+        "    flags[:] = 0\n"
+        "    call()\n"
+        "    seen += int(flags[0]) if asleep else 0\n"
+        "print('seen after sleeping', seen)\n" % str(Path(__file__).parent))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) > 0, out.stdout
+
+
+@needs_pool
+def test_a_forked_child_starts_its_own_workers():
+    # after fork the parent's workers do not exist in the child: its first call starts new ones (a call
+    # that found none would still finish, on the caller alone)
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    out = np.zeros(16, np.int64)
+    call = parallel.Call(_count_body, [out.ctypes.data, 16], (out,))
+    call()
+    with ctx.Pool(1) as p:
+        threads = p.apply(_child_runs_a_call)
+    assert threads == numba.config.NUMBA_NUM_THREADS - 1
+
+
+def _child_runs_a_call():
+    out = np.zeros(16, np.int64)
+    parallel.Call(_count_body, [out.ctypes.data, 16], (out,))()
+    t = numba.get_num_threads()
+    assert list(out[:t]) == [1] * t and out[15] == t
+    return len(pool.POOL.threads)
