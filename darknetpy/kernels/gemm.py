@@ -224,6 +224,13 @@ def microkernel_fused(typingctx, ap, base, koff, k, c, ldc, shift, act, rows, re
     return sig, codegen
 
 
+def _halves():
+    """(<NR/2 x float>, the shuffle masks of a tile row's even and odd columns)."""
+    lanes = ir.VectorType(_I32, NR // 2)
+    return (ir.VectorType(_F32, NR // 2), ir.Constant(lanes, list(range(0, NR, 2))),
+            ir.Constant(lanes, list(range(1, NR, 2))))
+
+
 @intrinsic
 def pool_tiles(typingctx, t0, t1, c, ldc, shift, act, rows):
     """c[r*ldc + j] for r < rows, j < NR/2: the 2x2 stride-2 max-pool of act(shift[r] + tile) over two
@@ -236,9 +243,7 @@ def pool_tiles(typingctx, t0, t1, c, ldc, shift, act, rows):
     def codegen(context, builder, signature, args):
         t0_i, t1_i, c_i, ldc, shift_i, act, rows = args
         v = Vec(builder, NR)
-        half = ir.VectorType(_F32, NR // 2)
-        even = ir.Constant(ir.VectorType(_I32, NR // 2), list(range(0, NR, 2)))
-        odd = ir.Constant(ir.VectorType(_I32, NR // 2), list(range(1, NR, 2)))
+        half, even, odd = _halves()
         lowest = ir.Constant(half, [-float(FLT_MAX)] * (NR // 2))
         t0, t1, c, shift = v.ptr(t0_i), v.ptr(t1_i), v.ptr(c_i), v.ptr(shift_i)
 
@@ -270,9 +275,7 @@ def split_tile2(typingctx, t, c_even, c_odd, ldc, shift, act, rows):
     def codegen(context, builder, signature, args):
         t_i, ce_i, co_i, ldc, shift_i, act, rows = args
         v = Vec(builder, NR)
-        half = ir.VectorType(_F32, NR // 2)
-        even = ir.Constant(ir.VectorType(_I32, NR // 2), list(range(0, NR, 2)))
-        odd = ir.Constant(ir.VectorType(_I32, NR // 2), list(range(1, NR, 2)))
+        half, even, odd = _halves()
         t, ce, co, shift = v.ptr(t_i), v.ptr(ce_i), v.ptr(co_i), v.ptr(shift_i)
 
         def body(r):

@@ -17,7 +17,11 @@ A thread body is a plain function ``body(th, nthreads, argv)``: it does thread `
 work and returns. ``argv`` points to int64 words -- array addresses, shapes and scalars -- in an order the
 body and the ``bind_*`` function that builds them agree on; inside, ``f32``/``i64``/``i32`` view an
 address as a C-contiguous array (numba.carray: no copy). The words are built once, when a plan binds a
-step (its buffers never move), so a call is one dispatch with three arguments (``Call``).
+step (its buffers never move), so a call is one dispatch with integer arguments (``Call``).
+
+On Linux x86-64 a call runs the body's items on darknetpy's own workers (pool.py, ``_drive_pool``:
+0.5 us a call on two threads, where the prange region under numba's TBB layer costs 5.3 us); elsewhere,
+or with ``DARKNETPY_POOL=0``, on the prange above (``_drive``).
 
 Bodies are compiled on first use, not at import (a cfunc compiles when it is created), and cached on
 disk like every kernel. A body cannot raise: it may only call code that does not (no bounds checks are
@@ -31,26 +35,15 @@ import os
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, njit, prange, types
+from numba.core import config as numba_config
 from numba.extending import intrinsic
 from numba.np.ufunc.parallel import _iget_num_threads, _launch_threads     # numba >= 0.49
 
-from numba.core import config as numba_config
-
 from . import pool as _pool
+from .pool import call_body
 
 _I64 = ir.IntType(64)
 _BODY_SIG = types.void(types.int64, types.int64, types.CPointer(types.int64))
-
-
-@intrinsic
-def _call_body(typingctx, fn, th, nthreads, argv):
-    """fn(th, nthreads, argv): a C call of a thread body by its address (all int64 words)."""
-    def codegen(context, builder, signature, args):
-        fnty = ir.FunctionType(ir.VoidType(), [_I64, _I64, _I64.as_pointer()])
-        builder.call(builder.inttoptr(args[0], fnty.as_pointer()),
-                     [args[1], args[2], builder.inttoptr(args[3], _I64.as_pointer())])
-        return context.get_dummy_value()
-    return types.void(types.int64, types.int64, types.int64, types.int64), codegen
 
 
 @njit(cache=True, parallel=True)
@@ -64,10 +57,10 @@ def _drive(fn, max_threads, argv):
     n = min(_iget_num_threads(), max_threads)
     a = argv.ctypes.data
     if n == 1:
-        _call_body(fn, 0, 1, a)
+        call_body(fn, 0, 1, a)
         return
     for th in prange(n):
-        _call_body(fn, th, n, a)
+        call_body(fn, th, n, a)
 
 
 def _pointer_intrinsic(ty: types.Type, llty: ir.Type):

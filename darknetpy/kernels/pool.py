@@ -117,8 +117,8 @@ def _syscall4(typingctx, nr, a1, a2, a3):
 
 
 @intrinsic
-def _call_item(typingctx, fn, k, n, argv):
-    """fn(k, n, argv): one item of a thread body, called by its address."""
+def call_body(typingctx, fn, k, n, argv):
+    """fn(k, n, argv): a C call of a thread body by its address (all int64 words): item k of n."""
     def codegen(context, builder, signature, args):
         fnty = ir.FunctionType(ir.VoidType(), [_I64, _I64, _I64.as_pointer()])
         builder.call(builder.inttoptr(args[0], fnty.as_pointer()),
@@ -136,7 +136,7 @@ def _take_items(ctl, job, fn, n, argv):
         if (w >> _ITEM_BITS) != job or (w & mask) >= n:
             return
         if _cas(ctl + CLAIM, w, w + 1):
-            _call_item(fn, w & mask, n, argv)
+            call_body(fn, w & mask, n, argv)
             _add(ctl + DONE, 1)
 
 
@@ -174,7 +174,7 @@ def run_job(ctl, fn, n, argv):
     docstring). ``ctl``: the control block's address (0: no pool, every item on the caller)."""
     if ctl == 0 or n == 1 or not _cas(ctl + BUSY, 0, 1):
         for k in range(n):
-            _call_item(fn, k, n, argv)
+            call_body(fn, k, n, argv)
         return
     job = _load(ctl + JOB) + 1
     _store(ctl + DONE, 0)
