@@ -64,6 +64,7 @@ from .kernels import depthwise as kdw
 from .kernels import detection as kdet
 from .kernels import exact as kex
 from .kernels import winograd as kwino
+from .kernels.parallel import Calls, nothing
 from .kernels.activation import CODE as ACT
 from .kernels.activation import activate
 from .passes import bn_scale_shift, numpy_warnings
@@ -153,6 +154,8 @@ class Plan:
         # which kernels each step runs (steps with the same key call the same compiled functions)
         self.kernel_keys: list[str] = [self._kernel_key(layer) for layer in graph]
         self.debug = os.environ.get("DARKNETPY_DEBUG", "") not in ("", "0")
+        # what run() calls: the steps, consecutive kernel-only ones joined (one dispatch from Python)
+        self._runs = Calls.merge(self.steps)
 
     # -- buffers ---------------------------------------------------------------------------------
 
@@ -263,7 +266,7 @@ class Plan:
     def _bind(self, layer: L.Layer, p: dict) -> Callable[[], None]:
         """The layer's step, from this mode's table (``FAST_PLAN`` or ``EXACT_PLAN``)."""
         if layer.index in self._absorbed:
-            return _nothing                                  # computed by the convolution before it
+            return nothing                                  # computed by the convolution before it
         if layer.index in self.pooled:
             return self._pooled_step(layer, p)
         entry = L.dispatch(self.table, layer)
@@ -319,7 +322,7 @@ class Plan:
 
     def _bind_nothing(self, layer: L.Layer, p: dict, x, out) -> Callable[[], None]:
         """[cost] (inert: its output stays 0) and [dropout] (shares its input's buffer)."""
-        return _nothing
+        return nothing
 
     def _bind_shortcut(self, layer: L.Shortcut, p: dict, x, out) -> Callable[[], None]:
         src = self.outputs[layer.from_].reshape(self.graph[layer.from_].out_shape)
@@ -435,12 +438,7 @@ class Plan:
                 gemm = kconv.bind_conv_gemm(xs, ap, shift, a, size, stride, out, res, self._thread_scratch, pooled)
             if shape == (0,):
                 return gemm
-            prepare = kconv.bind_prepare_input(x, pad, xs)
-
-            def run_gemm():
-                prepare()
-                gemm()
-            return run_gemm
+            return Calls(kconv.bind_prepare_input(x, pad, xs), gemm)
 
         kind = kcfg.depthwise_kind(layer)
         if kind == "hwc":
@@ -481,7 +479,7 @@ class Plan:
             pos += prod.outputs
             c0 += prod.out_c
         if not copies:
-            return _nothing
+            return nothing
 
         def run_route():
             for s, d in copies:
@@ -531,8 +529,8 @@ class Plan:
         """Forward pass on ``x`` (the network input shape); results are left in ``self.outputs``."""
         self.input[...] = x.reshape(self.input.shape)
         if not self.debug:
-            for step in self.steps:
-                step()
+            for run in self._runs:
+                run()
             return
         for layer, step in zip(self.graph, self.steps):
             t = time.perf_counter()
@@ -556,10 +554,6 @@ def _folded(layer: L.Convolutional, p: dict) -> tuple[int, np.ndarray, np.ndarra
 def _writes_own_output(layer: L.Layer) -> bool:
     """Layers whose kernel fills a caller-provided buffer (so it may be a slice of a route buffer)."""
     return not isinstance(layer, (L.Route, L.Dropout, L.Cost))
-
-
-def _nothing() -> None:
-    """The step of a layer that computes nothing here."""
 
 
 # -- the dispatch tables: layer class -> Plan method binding that layer's step ------------------------------

@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 
 from .activation import activate_block, activate_scalar
 from .gemm import declare_intrinsic, first_lanes
-from .parallel import Call, addr, f32, i64, thread_body
+from .parallel import Call, Calls, addr, f32, i64, thread_body
 from .vecir import LANES, WIDE, Vec, loop, loop_carry
 
 
@@ -458,10 +458,7 @@ def bind_depthwise_hwc(x, weights, shift, act: int, pad: int, stride: int, out, 
     body = Call(_dw_hwc_body, [addr(xt, f4), *xt.shape, wt.ctypes.data, addr(shift, f4), act, size, stride,
                                addr(out, f4), out_h, out_w], (xt, wt, shift, out))
 
-    def run() -> None:
-        to_hwc()
-        body()
-    return run
+    return Calls(to_hwc, body)
 
 
 def depthwise_hwc(x, weights, shift, act: int, pad: int, stride: int, out, xt=None) -> None:

@@ -39,7 +39,7 @@ from numba.extending import intrinsic
 from . import config
 from .activation import activate_block
 from .gemm import MR, NR, microkernel_cols, pack_a, splat
-from .parallel import Call, addr, f32, thread_body
+from .parallel import Call, Calls, addr, f32, thread_body
 from .vecir import FLT_MAX, WIDE, Vec, count_loop, loop, running_max
 
 # lanes of the inverse transform's vectors: the CPU's (16 floats with AVX-512, 8 with AVX2)
@@ -485,10 +485,7 @@ def bind_winograd(x, up, shift, act: int, pad: int, out, xp=None, t: int = 2, po
                                  config.winograd_split_filters(up.nbytes, npan * panel_bytes)],
                 (xp, up, shift, out))
 
-    def run() -> None:
-        pad_call()
-        body()
-    return run
+    return Calls(pad_call, body)
 
 
 def conv3x3_winograd4(x, up, shift, act: int, pad: int, out, xp=None) -> None:

@@ -409,6 +409,7 @@ def _recorded_before_activation(graph, weights, indices, exact):
             pre[i] = out.copy()
             activate(out.reshape(-1), graph[i].activation)
         plan.steps[i] = wrapped
+    plan._runs = plan.steps                 # run() goes through the wrapped steps, not its merged ones
     return plan, pre
 
 

@@ -229,3 +229,35 @@ def _child_runs_a_call():
     t = numba.get_num_threads()
     assert list(out[:t]) == [1] * t and out[15] == t
     return len(pool.POOL.threads)
+
+
+def test_consecutive_kernel_steps_are_merged_into_one_run():
+    # Calls.merge joins runs of Call / Calls steps (one dispatch from Python), drops the steps of layers
+    # computed elsewhere and keeps any other step where it was, in order
+    out = np.zeros(16, np.int64)
+    a = parallel.Call(_count_body, [out.ctypes.data, 16], (out,))
+    b = parallel.Calls(a, a)
+    log = []
+
+    def other():
+        log.append(int(out[0]))
+    runs = parallel.Calls.merge([a, parallel.nothing, b, other, parallel.nothing, a])
+    assert [type(r) for r in runs] == [parallel.Calls, type(other), parallel.Calls]
+    assert [len(r.calls) for r in (runs[0], runs[2])] == [3, 1]
+    for r in runs:
+        r()
+    assert log == [3] and out[0] == 4                 # three calls before the other step, one after
+
+
+def test_a_plan_runs_its_merged_steps_with_the_same_results():
+    # Plan.run goes through the merged runs (DARKNETPY_DEBUG: step by step); both give the same bits
+    import darknetpy
+    net = darknetpy.load(darknetpy.__path__[0] + "/../cfg/dla46_c.cfg")
+    plan = net.plan()
+    assert len(plan._runs) < len(plan.steps) and all(r is not parallel.nothing for r in plan._runs)
+    x = np.random.default_rng(5).random(net.input_shape, dtype=np.float32)
+    plan.run(x)
+    merged = plan.outputs[net.graph.output_index].copy()
+    for step in plan.steps:
+        step()
+    assert np.array_equal(merged, plan.outputs[net.graph.output_index])
