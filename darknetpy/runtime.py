@@ -299,26 +299,20 @@ class Plan:
         x2d = self._in(conv).reshape(conv.c, -1)
         mean = np.zeros(conv.c, np.float32)
         out = self.outputs[self.pooled[conv.index]].reshape(-1)
-        connected = kconv.bind_connected(mean, w, shift, ACT["linear"], out)
-
-        def run_pooled():
-            kex.avgpool_fast(x2d, mean)
-            connected()
-        return run_pooled
+        return Calls(kex.bind_avgpool_fast(x2d, mean), kconv.bind_connected(mean, w, shift, ACT["linear"], out))
 
     def _bind_maxpool(self, layer: L.MaxPool, p: dict, x, out) -> Callable[[], None]:
-        return lambda: kel.maxpool(x, layer.size, layer.stride, layer.padding, out)
+        return kel.bind_maxpool(x, layer.size, layer.stride, layer.padding, out)
 
     def _bind_avgpool_fast(self, layer: L.AvgPool, p: dict, x, out) -> Callable[[], None]:
-        x2d, o1 = x.reshape(layer.c, -1), out.reshape(-1)
-        return lambda: kex.avgpool_fast(x2d, o1)
+        return kex.bind_avgpool_fast(x.reshape(layer.c, -1), out.reshape(-1))
 
     def _bind_avgpool_exact(self, layer: L.AvgPool, p: dict, x, out) -> Callable[[], None]:
         x2d, o1 = x.reshape(layer.c, -1), out.reshape(-1)
         return lambda: kex.avgpool_exact(x2d, o1)
 
     def _bind_softmax(self, layer: L.Softmax, p: dict, x, out) -> Callable[[], None]:
-        return lambda: kel.softmax(x, layer.groups, layer.temperature, out)
+        return kel.bind_softmax(x, layer.groups, layer.temperature, out)
 
     def _bind_nothing(self, layer: L.Layer, p: dict, x, out) -> Callable[[], None]:
         """[cost] (inert: its output stays 0) and [dropout] (shares its input's buffer)."""

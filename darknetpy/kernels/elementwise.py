@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activation import activate_scalar
+from .parallel import Call, addr, f32, thread_body
 from .vecir import FLT_MAX
 
 
@@ -60,30 +61,33 @@ def _gt(m, v):
     return v if v > m else m
 
 
-@njit(cache=True, parallel=True)
-def _maxpool_2x2s2(x, out):
-    # size 2, stride 2, window offset 0 (darknet's default padding=1, or padding=0): the common case.
-    # Same comparisons in the same order as the generic kernel, without its bounds checks; windows of an
-    # odd last row/column see only the pixels that exist (the rest is darknet's -FLT_MAX padding).
-    c, h, w = x.shape
-    out_h, out_w = out.shape[1], out.shape[2]
+@thread_body()
+def _maxpool_2x2s2_body(th, nthreads, argv):
+    # argv: x (C, H, W), C, H, W, out (C, out_h, out_w), out_h, out_w; thread th pools its share of the
+    # channels. Size 2, stride 2, window offset 0 (darknet's default padding=1, or padding=0): the common
+    # case. Same comparisons in the same order as the generic kernel, without its bounds checks; windows of
+    # an odd last row/column see only the pixels that exist (the rest is darknet's -FLT_MAX padding).
+    c, h, w, out_h, out_w = argv[1], argv[2], argv[3], argv[5], argv[6]
+    x = f32(argv[0], (c, h, w))
+    out = f32(argv[4], (c, out_h, out_w))
     fw = w // 2
     lo = -FLT_MAX
-    for ch in prange(c):
+    for ch in range(th * c // nthreads, (th + 1) * c // nthreads):
         for i in range(out_h):
             y = 2 * i
             r0 = x[ch, y]
+            o = out[ch, i]
             if y + 1 < h:
                 r1 = x[ch, y + 1]
                 for j in range(fw):
-                    out[ch, i, j] = _gt(_gt(_gt(_gt(lo, r0[2 * j]), r0[2 * j + 1]), r1[2 * j]), r1[2 * j + 1])
+                    o[j] = _gt(_gt(_gt(_gt(lo, r0[2 * j]), r0[2 * j + 1]), r1[2 * j]), r1[2 * j + 1])
                 if out_w > fw:
-                    out[ch, i, fw] = _gt(_gt(lo, r0[w - 1]), r1[w - 1])
+                    o[fw] = _gt(_gt(lo, r0[w - 1]), r1[w - 1])
             else:
                 for j in range(fw):
-                    out[ch, i, j] = _gt(_gt(lo, r0[2 * j]), r0[2 * j + 1])
+                    o[j] = _gt(_gt(lo, r0[2 * j]), r0[2 * j + 1])
                 if out_w > fw:
-                    out[ch, i, fw] = _gt(lo, r0[w - 1])
+                    o[fw] = _gt(lo, r0[w - 1])
 
 
 @njit(cache=True, parallel=True)
@@ -133,22 +137,37 @@ def _maxpool_2x2s1(x, out):
                     o[j] = _gt(lo, x[ch, i, j])
 
 
+def bind_maxpool(x: np.ndarray, size: int, stride: int, pad: int, out: np.ndarray):
+    """darknet [maxpool] bound to its arrays (``pad`` is darknet's TOTAL padding): a Call for the 2x2
+    stride-2 pool (a plan joins it with the kernels around it), else a callable."""
+    if size == 2 and stride == 2 and pad // 2 == 0:
+        (c, h, w), (_, out_h, out_w) = x.shape, out.shape
+        return Call(_maxpool_2x2s2_body, [addr(x, np.float32), c, h, w, addr(out, np.float32), out_h, out_w],
+                    (x, out))
+    return lambda: maxpool(x, size, stride, pad, out)
+
+
 def maxpool(x: np.ndarray, size: int, stride: int, pad: int, out: np.ndarray) -> None:
     """darknet [maxpool]: ``pad`` is darknet's TOTAL padding."""
     if size == 2 and stride == 2 and pad // 2 == 0:
-        _maxpool_2x2s2(x, out)
+        bind_maxpool(x, size, stride, pad, out)()
     elif size == 2 and stride == 1 and pad // 2 == 0 and out.shape[1] <= x.shape[1] and out.shape[2] <= x.shape[2]:
         _maxpool_2x2s1(x, out)
     else:
         _maxpool_rows(x, size, stride, pad, out)
 
 
-@njit(cache=True)
-def _softmax(x, groups, temperature, out):
-    # darknet softmax_cpu on the flat vector, in ``groups`` contiguous chunks:
+@thread_body()
+def _softmax_body(th, nthreads, argv):
+    # argv: x (n floats), n, groups, temperature (address of one float32), out (n floats). darknet
+    # softmax_cpu on the flat vector, in ``groups`` contiguous chunks, thread th doing its share of them:
     # e = exp(x/t - max/t); y = e / sum(e). (darknet's vectorised expf makes the last bit vary: §9.)
-    n = x.size // groups
-    for g in range(groups):
+    total, groups = argv[1], argv[2]
+    x = f32(argv[0], (total,))
+    temperature = f32(argv[3], (1,))[0]
+    out = f32(argv[4], (total,))
+    n = total // groups
+    for g in range(th * groups // nthreads, (th + 1) * groups // nthreads):
         base = g * n
         largest = -FLT_MAX
         for i in range(n):
@@ -163,8 +182,16 @@ def _softmax(x, groups, temperature, out):
             out[base + i] = out[base + i] / s
 
 
+def bind_softmax(x: np.ndarray, groups: int, temperature: float, out: np.ndarray) -> Call:
+    """darknet [softmax] over ``groups`` contiguous chunks of the flat vector, bound to its arrays."""
+    x1, o1 = x.reshape(-1), out.reshape(-1)
+    t = np.array([temperature], np.float32)
+    return Call(_softmax_body, [addr(x1, np.float32), x1.size, groups, t.ctypes.data, addr(o1, np.float32)],
+                (x1, o1, t), max(1, groups))
+
+
 def softmax(x: np.ndarray, groups: int, temperature: float, out: np.ndarray) -> None:
-    _softmax(x.reshape(-1), groups, np.float32(temperature), out.reshape(-1))
+    bind_softmax(x, groups, temperature, out)()
 
 
 @njit(cache=True, parallel=True)

@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activation import activate_scalar
+from .parallel import Call, addr, f32, thread_body
 
 
 @njit(cache=True)
@@ -161,20 +162,28 @@ def avgpool_exact(x2d, out):
     _avgpool_exact(x2d, out)
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def _avgpool_fast(x2d, out):
-    # the fast path's global average pool: a vectorised (reassociated) sum, then * 1/n
-    n = x2d.shape[1]
+@thread_body(fastmath=True)
+def _avgpool_fast_body(th, nthreads, argv):
+    # argv: x2d (C, n), C, n, out (C,). The fast path's global average pool: a vectorised (reassociated)
+    # sum, then * 1/n; thread th does its share of the channels.
+    c, n = argv[1], argv[2]
+    x2d = f32(argv[0], (c, n))
+    out = f32(argv[3], (c,))
     inv = np.float32(1.0) / np.float32(n)
-    for ch in prange(x2d.shape[0]):
+    for ch in range(th * c // nthreads, (th + 1) * c // nthreads):
         s = np.float32(0.0)
         for j in range(n):
             s += x2d[ch, j]
         out[ch] = s * inv
 
 
+def bind_avgpool_fast(x2d, out) -> Call:
+    """The fast global average pool of x2d (C, n) into out (C,), bound to its arrays."""
+    return Call(_avgpool_fast_body, [addr(x2d, np.float32), *x2d.shape, addr(out, np.float32)], (x2d, out))
+
+
 def avgpool_fast(x2d, out):
-    _avgpool_fast(x2d, out)
+    bind_avgpool_fast(x2d, out)()
 
 
 @njit(cache=True, parallel=True)
