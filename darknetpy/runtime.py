@@ -472,13 +472,7 @@ class Plan:
                 copies.append((self.outputs[src].reshape(-1), flat[pos:pos + prod.outputs]))
             pos += prod.outputs
             c0 += prod.out_c
-        if not copies:
-            return nothing
-
-        def run_route():
-            for s, d in copies:
-                d[...] = s
-        return run_route
+        return kel.bind_copies(copies) if copies else nothing
 
     def _kernel_key(self, layer: L.Layer) -> str:
         if layer.index in self.pooled:

@@ -845,3 +845,20 @@ def test_helpers_called_from_fastmath_kernels_pin_fastmath():
     from darknetpy.kernels import activation as kact
     for fn in (kact.activate_scalar, kact.activate_fast, kact.activate_block):
         assert fn.targetoptions.get("fastmath") is False, fn.py_func.__name__
+
+
+def test_copies_moves_every_pair_and_refuses_a_size_mismatch():
+    # [route]'s inputs that could not be written in place: several copies as one Call, each split among
+    # the threads (odd sizes: the split's edges)
+    import numba
+    srcs = [np.arange(n, dtype=np.float32) + 100 * n for n in (1, 7, 1001)]
+    dsts = [np.full(s.size, np.nan, np.float32) for s in srcs]
+    old = numba.get_num_threads()
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    try:
+        kel.bind_copies(list(zip(srcs, dsts)))()
+    finally:
+        numba.set_num_threads(old)
+    assert all(np.array_equal(s, d) for s, d in zip(srcs, dsts))
+    with pytest.raises(ValueError, match="copies"):
+        kel.bind_copies([(srcs[1], dsts[2])])
