@@ -74,6 +74,31 @@ def _level(argv, i):
     return argv[o:o + LEVEL_WORDS]
 
 
+@njit(inline="always")
+def _zero_padding_columns(argv, scratch, i):
+    # ring i's padding columns, which no step writes (the scratch may hold another layer's data): padded
+    # column j < pad or >= pad + W_{i-1} of every row, at phase j % s, position j // s
+    lv, prev = _level(argv, i), _level(argv, i - 1)
+    m, rows, s, wq, pad, w_in = prev[3], lv[12], lv[8], lv[13], (lv[7] - 1) // 2, prev[10]
+    ring = f32(scratch + 4 * lv[11], (m * rows, s * wq))
+    for q in range(m * rows):
+        line = ring[q]
+        for j in range(s * wq):
+            if j < pad or j >= pad + w_in:
+                line[(j % s) * wq + j // s] = np.float32(0.0)
+
+
+@njit(inline="always")
+def _carry(ring, m, plane, row, count, d):
+    # rows d..d+count of each of the m channel planes (plane floats apart, rows of ``row`` floats) moved
+    # to rows 0..count: always upwards, so row by row in order never overwrites a row still to move
+    for q in range(m):
+        for r in range(count):
+            a, b = q * plane + r * row, q * plane + (r + d) * row
+            for j in range(row):
+                ring[a + j] = ring[b + j]
+
+
 @thread_body(fastmath=True)
 def _conv_chain_body(th, nthreads, argp):
     argv = carray(argp, (8 + LEVEL_WORDS * argp[0],))          # the words as an array, to slice by level
@@ -90,16 +115,8 @@ def _conv_chain_body(th, nthreads, argp):
     hi = np.zeros(nl, dtype=np.int64)
     have_lo = np.full(nl, -(1 << 40), dtype=np.int64)     # the rows each level's ring (the next) holds
     have_hi = np.full(nl, -(1 << 40), dtype=np.int64)
-    # the rings' padding columns (never written below; the scratch may hold another layer's data)
     for i in range(1, nl):
-        lv, prev = _level(argv, i), _level(argv, i - 1)
-        m, rows, s, wq, pad, w_in = prev[3], lv[12], lv[8], lv[13], (lv[7] - 1) // 2, prev[10]     # ring i
-        ring = f32(scratch + 4 * lv[11], (m * rows, s * wq))
-        for q in range(m * rows):
-            line = ring[q]
-            for j in range(s * wq):
-                if j < pad or j >= pad + w_in:
-                    line[(j % s) * wq + j // s] = np.float32(0.0)
+        _zero_padding_columns(argv, scratch, i)
     for y0 in range(y_lo, y_hi, band):
         lo[n], hi[n] = y0, min(y0 + band, y_hi)
         for i in range(n, 0, -1):
@@ -121,13 +138,8 @@ def _conv_chain_body(th, nthreads, argp):
                 plane = rrows * rs * rwq
                 ring = f32(dst, (m * plane,))
                 if have_hi[i] > lo[i]:
-                    # rows the last step computed too: moved to the ring's top (always upwards)
-                    d = lo[i] - have_lo[i]
-                    for q in range(m):
-                        for r in range(have_hi[i] - lo[i]):
-                            a, b = q * plane + r * rs * rwq, q * plane + (r + d) * rs * rwq
-                            for j in range(rs * rwq):
-                                ring[a + j] = ring[b + j]
+                    # rows the last step computed too: moved to the ring's top
+                    _carry(ring, m, plane, rs * rwq, have_hi[i] - lo[i], lo[i] - have_lo[i])
                     start = have_hi[i]
                 have_lo[i], have_hi[i] = lo[i], hi[i]
             if i == 0:

@@ -219,10 +219,14 @@ class _Pool:
         return self.block.ctypes.data
 
     def stop(self) -> None:
-        ctl = self.block.ctypes.data
+        """Workers return (at interpreter exit): STOP set, the sleeping ones woken (a futex wake from
+        Python, so nothing compiles at exit)."""
         self.block[STOP // 8] = 1
         if self.threads:
-            _wake(ctl)
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.syscall(ctypes.c_long(_SYS_FUTEX), ctypes.c_void_p(self.block.ctypes.data + JOB),
+                         ctypes.c_long(_FUTEX_WAKE_PRIVATE), ctypes.c_long(1 << 30), None, None, ctypes.c_long(0))
             for t in self.threads:
                 t.join(timeout=1.0)
 
@@ -231,12 +235,6 @@ class _Pool:
         self.block[:] = 0
         self.threads = []
         self.lock = threading.Lock()
-
-
-@njit(cache=True)
-def _wake(ctl):
-    _add(ctl + JOB, 0)
-    _syscall4(_SYS_FUTEX, ctl + JOB, _FUTEX_WAKE_PRIVATE, 1 << 30)
 
 
 POOL = _Pool()
