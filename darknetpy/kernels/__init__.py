@@ -4,7 +4,7 @@ wrapper (and, for the thread bodies, a bind_* function that checks the arrays on
 exact.py        darknet-exact float kernels (conv, batch norm, connected, avgpool, local)
 gemm.py         packed float32 GEMM with an LLVM-IR register-blocked micro-kernel
 conv.py         fast convolution (GEMM with fused epilogue; direct grouped/depthwise), connected
-convpair.py     two convolutions depth-first (the second one's input never leaves L2)
+convchain.py    chains of convolutions run depth-first (the maps between them never leave L2)
 elementwise.py  maxpool, softmax, shortcut, upsample, crop (exact at full speed)
 activation.py   darknet's activations, evaluated as darknet does (in double)
 depthwise.py    grouped and depthwise convolutions over whole output maps
@@ -15,10 +15,12 @@ parallel.py     the large kernels' parallel region: thread bodies compiled once,
 pool.py         darknetpy's worker threads for the thread bodies (Linux x86-64): claimed items, no arena
 config.py       every tunable and threshold (passed to the kernels as arguments), the CPU-feature choice
 
-The GEMM, Winograd and grouped-convolution kernels are thread bodies (``parallel.thread_body``) with a
-``bind_*`` function that checks their arrays and returns a callable (``parallel.Call``); the plan binds
-each step once. The smaller kernels (pooling, element-wise, the exact and int8 ones) are still
-``@njit(parallel=True)`` over a prange: for them numba's parfor compile costs well under a second.
+The GEMM, Winograd, grouped-convolution and chain kernels, the 2x2/2 [maxpool], [softmax], the fast
+global [avgpool] and [route] copies are thread bodies (``parallel.thread_body``) with a ``bind_*``
+function that checks their arrays and returns a callable (``parallel.Call``); the plan binds each step
+once and runs consecutive Calls as one (``parallel.Calls``). The other kernels (other pools,
+element-wise, the exact and int8 ones) are still ``@njit(parallel=True)`` over a prange: for them
+numba's parfor compile costs well under a second.
 
 Compiled kernels are cached on disk (``cache=True``). numba invalidates a cached function only when
 its own source file changes, not when a helper it inlines from another file does; so the cache lives
