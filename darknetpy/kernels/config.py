@@ -256,6 +256,9 @@ CONV_CHAIN_MIN_BYTES = 1 << 20
 # ... with the rows each step keeps of each map between them (each thread's rings) within this size,
 # which stays in L2.
 CONV_CHAIN_RING_BYTES = 256 * 1024
+# ... but at least this many output rows per step (even if the rings grow past it): every step moves
+# k - s rows of every ring to its top, a cost per step, not per row.
+CONV_CHAIN_MIN_BAND = 8
 
 
 # -- float convolution: Winograd (kernels/winograd.py) ---------------------------------------------------

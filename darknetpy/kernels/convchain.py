@@ -47,9 +47,11 @@ def ring_shapes(levels, band: int) -> list[tuple[int, int, int, int]]:
 
 
 def band_rows(levels) -> int:
-    """Last-level rows per step: as many as keep the rings within config.CONV_CHAIN_RING_BYTES (at least 1)."""
+    """Last-level rows per step: as many as keep the rings within config.CONV_CHAIN_RING_BYTES, but at least
+    config.CONV_CHAIN_MIN_BAND (or all of them)."""
     band = levels[-1][1]
-    while band > 1 and 4 * ring_floats(levels, band) > config.CONV_CHAIN_RING_BYTES:
+    floor = min(band, config.CONV_CHAIN_MIN_BAND)
+    while band > floor and 4 * ring_floats(levels, band) > config.CONV_CHAIN_RING_BYTES:
         band -= 1
     return band
 

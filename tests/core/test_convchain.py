@@ -55,6 +55,7 @@ def test_chain_is_the_convolutions_run_apart(monkeypatch, c, h, w, convs, band, 
     # rings for ``band`` rows of the last level per step: several steps per thread, each carrying k - s
     # rows of every map to the next
     monkeypatch.setattr(config, "CONV_CHAIN_RING_BYTES", 4 * kchain.ring_floats(levels, min(band, levels[-1][1])))
+    monkeypatch.setattr(config, "CONV_CHAIN_MIN_BAND", 1)
     assert kchain.band_rows(levels) == min(band, levels[-1][1])
     xs = _prepared(x, convs[0][1], convs[0][2], convs[0][1] // 2)
     before = numba.get_num_threads()
@@ -75,6 +76,20 @@ def test_chain_is_the_convolutions_run_apart(monkeypatch, c, h, w, convs, band, 
             assert np.array_equal(got.view(np.int32), ref.view(np.int32)), acts
     finally:
         numba.set_num_threads(before)
+
+
+def test_band_rows_fill_the_ring_budget_but_not_below_the_floor(monkeypatch):
+    # the DLA stem's levels (filters, H, W, size, stride): 256 KB of rings hold 3 rows of the last level,
+    # the floor of 8 rows wins (a step's carry costs the same whatever its rows); a roomier budget gives more
+    stem = [(16, 224, 224, 7, 1), (16, 224, 224, 3, 1), (32, 112, 112, 3, 2)]
+    monkeypatch.setattr(config, "CONV_CHAIN_RING_BYTES", 256 * 1024)
+    monkeypatch.setattr(config, "CONV_CHAIN_MIN_BAND", 1)
+    assert kchain.band_rows(stem) == 3
+    monkeypatch.setattr(config, "CONV_CHAIN_MIN_BAND", 8)
+    assert kchain.band_rows(stem) == 8
+    monkeypatch.setattr(config, "CONV_CHAIN_RING_BYTES", 4 << 20)
+    assert kchain.band_rows(stem) > 8 and 4 * kchain.ring_floats(stem) <= 4 << 20
+    assert kchain.band_rows([(16, 5, 40, 3, 1), (16, 5, 40, 3, 1)]) == 5           # all of a short map
 
 
 def test_chain_refuses_what_it_cannot_run():
