@@ -59,7 +59,8 @@ def splat(builder, s, lanes: int):
 
 
 def declare_intrinsic(builder, name: str, fnty: ir.FunctionType) -> ir.Function:
-    """The LLVM intrinsic ``name`` in the module being built (declared once)."""
+    """The function ``name`` (an LLVM intrinsic, or a C symbol such as libc's syscall) declared once in the
+    module being built."""
     return builder.module.globals.get(name) or ir.Function(builder.module, fnty, name)
 
 

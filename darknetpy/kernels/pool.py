@@ -38,6 +38,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from . import config
+from .gemm import declare_intrinsic
 
 # byte offsets of the control block's words, a cache line apart
 JOB, CLAIM, DONE, BODY, N, ARGV, SLEEPERS, BUSY, STOP = (64 * i for i in range(9))
@@ -97,8 +98,7 @@ def _cas(typingctx, a, old, new):
 def _pause(typingctx):
     """The spin-wait hint (x86 ``pause``): frees the core's resources for its sibling while spinning."""
     def codegen(context, builder, signature, args):
-        fn = builder.module.globals.get("llvm.x86.sse2.pause") or ir.Function(
-            builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+        fn = declare_intrinsic(builder, "llvm.x86.sse2.pause", ir.FunctionType(ir.VoidType(), []))
         builder.call(fn, [])
         return context.get_dummy_value()
     return types.void(), codegen
@@ -110,7 +110,7 @@ def _syscall4(typingctx, nr, a1, a2, a3):
     when the kernel is loaded, so the compiled code caches like any other)."""
     def codegen(context, builder, signature, args):
         fnty = ir.FunctionType(_I64, [_I64], var_arg=True)
-        fn = builder.module.globals.get("syscall") or ir.Function(builder.module, fnty, "syscall")
+        fn = declare_intrinsic(builder, "syscall", fnty)
         zero = ir.Constant(_I64, 0)
         return builder.call(fn, [args[0], args[1], args[2], args[3], zero, zero])
     return types.int64(types.int64, types.int64, types.int64, types.int64), codegen
