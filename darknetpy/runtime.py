@@ -59,6 +59,7 @@ from .errors import UnsupportedError
 from .kernels import config as kcfg
 from .kernels import conv as kconv
 from .kernels import convchain as kchain
+from .kernels import convpix as kpix
 from .kernels import elementwise as kel
 from .kernels import depthwise as kdw
 from .kernels import detection as kdet
@@ -412,6 +413,10 @@ class Plan:
             return kwino.bind_winograd(
                 x, memory.in_huge_pages((kwino.transform_weights4 if variant == 4 else kwino.transform_weights)(w)),
                 shift, a, pad, out if pooled is None else pooled, xs, variant, pooled is not None)
+        if kcfg.pixel_tiles(layer):                 # small maps (never fused: see fusions.py)
+            wp = memory.in_huge_pages(kpix.pack_pixel_filters(w.reshape(layer.filters, -1)))
+            return Calls(kconv.bind_prepare_input(x, pad, xs),
+                         kpix.bind_conv_pixels(xs, wp, shift, a, size, stride, out))
         if layer.groups == 1:
             ap = memory.in_huge_pages(kconv.pack_filters(w.reshape(layer.filters, -1), layer.out_h * layer.out_w))
             if layer.index in self.chains:
@@ -489,6 +494,8 @@ class Plan:
             return "connected:fast"
         if layer.index in self.chains:
             return "conv:chain"           # also computes the convs after it (kernels/convchain.py)
+        if kcfg.pixel_tiles(layer):
+            return "conv:pixels"          # small maps: filters in the lanes, pixels broadcast (kernels/convpix.py)
         if kcfg.winograd_variant(layer):
             return "conv:winograd"        # F(2x2) and F(4x4): one compiled kernel
         kind = kcfg.depthwise_kind(layer)

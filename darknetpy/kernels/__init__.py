@@ -5,6 +5,7 @@ exact.py        darknet-exact float kernels (conv, batch norm, connected, avgpoo
 gemm.py         packed float32 GEMM with an LLVM-IR register-blocked micro-kernel
 conv.py         fast convolution (GEMM with fused epilogue; direct grouped/depthwise), connected
 convchain.py    chains of convolutions run depth-first (the maps between them never leave L2)
+convpix.py      small-map convolutions as pixel tiles (filters in the vector lanes, pixels broadcast)
 elementwise.py  maxpool, softmax, shortcut, upsample, crop (exact at full speed)
 activation.py   darknet's activations, evaluated as darknet does (in double)
 depthwise.py    grouped and depthwise convolutions over whole output maps
@@ -15,7 +16,7 @@ parallel.py     the large kernels' parallel region: thread bodies compiled once,
 pool.py         darknetpy's worker threads for the thread bodies (Linux x86-64): claimed items, no arena
 config.py       every tunable and threshold (passed to the kernels as arguments), the CPU-feature choice
 
-The GEMM, Winograd, grouped-convolution and chain kernels, the 2x2/2 [maxpool], [softmax], the fast
+The GEMM, Winograd, pixel-tile, grouped-convolution and chain kernels, the 2x2/2 [maxpool], [softmax], the fast
 global [avgpool] and [route] copies are thread bodies (``parallel.thread_body``) with a ``bind_*``
 function that checks their arrays and returns a callable (``parallel.Call``); the plan binds each step
 once and runs consecutive Calls as one (``parallel.Calls``). The other kernels (other pools,

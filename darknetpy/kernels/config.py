@@ -248,6 +248,23 @@ CONV_MIN_ITEMS = 8
 # network 12.61 -> 12.47 ms, 2 threads 6.96 -> 6.90; other networks within noise). 0: off.
 CONV_PREFETCH_OUT = 1
 
+# Small-map convolutions run as pixel tiles (kernels/convpix.py: filters in the vector lanes, pixels
+# broadcast, nothing packed; ``pixel_tiles``): stride 2 up to this many output pixels ... Zen 4, the
+# layer alone, GEMM -> pixel tiles, ms, 1 / 2 threads: 128 x 14x14 -> 7x7 0.226 -> 0.148 / 0.143 -> 0.077,
+# 64 x 28x28 -> 14x14 0.169 -> 0.148 / 0.099 -> 0.086; 32 x 56x56 -> 28x28 (784 pixels) 0.161 -> 0.162 /
+# 0.090 -> 0.098: kept on the GEMM.
+CONV_PIXELS_MAX_N = 400
+# ... and stride 1 up to this many, where the weights fit in L2 (``CONV_PIXELS_S1_MAX_BYTES``), before
+# Winograd. Zen 4, GEMM / Winograd -> pixel tiles, ms, 1 / 2 threads: 3x3 128->128 at 7x7 in DLA-46-C
+# (Winograd) 0.254-0.275 -> 0.225 / 0.157-0.166 -> 0.134-0.136 (the layer alone: 0.143 -> 0.167 /
+# 0.126 -> 0.116); 64->64 at 8x8 0.087 -> 0.079, 32->32 at 7x7 0.036 -> 0.025. With larger weights
+# Winograd F(2x2) wins: 256->256 at 7x7 0.71 against 0.73 / 0.34 against 0.38, 1024->1024 6.8 against
+# 11.3; at 14x14 (196 pixels) Winograd wins too (64->64: 0.133 against 0.150).
+CONV_PIXELS_MAX_N_S1 = 64
+CONV_PIXELS_S1_MAX_BYTES = 1 << 20
+# the activations the GEMM, Winograd and pixel-tile epilogues apply in registers (gemm.FUSED_ACTS)
+EPILOGUE_ACTS = ("linear", "relu", "leaky", "relu6")
+
 # Depth-first chains (kernels/convchain.py): a GEMM convolution whose only consumer is a "same" GEMM
 # convolution of stride 1 or 2 computes that consumer too (and so on down the chain), a few rows at a
 # time, where the map between them is at least this large (smaller maps stay in L2 between the layers
@@ -362,7 +379,7 @@ def winograd_variant(conv) -> int:
     kept to C <= 64; F(2x2) (~1e-6 at C = 1024) takes the wider layers where its weights allow (above);
     F(4x4) falls back to F(2x2) past WINOGRAD4_MAX_BYTES.
     """
-    if not (conv.size == 3 and conv.stride == 1 and conv.groups == 1 and conv.padding == 1):
+    if not (conv.size == 3 and conv.stride == 1 and conv.groups == 1 and conv.padding == 1) or pixel_tiles(conv):
         return 0
     if conv.c < 16 or conv.filters < 32:
         return 0
@@ -373,6 +390,21 @@ def winograd_variant(conv) -> int:
     if u2 <= WINOGRAD2_CACHED_BYTES or (u2 <= WINOGRAD2_MAX_BYTES and conv.out_h * conv.out_w >= WINOGRAD2_MIN_PIXELS):
         return 2
     return 0
+
+
+def pixel_tiles(conv) -> bool:
+    """Whether a convolution (``conv`` as in ``winograd_variant``, with its ``activation``) runs as pixel
+    tiles (kernels/convpix.py): groups=1, wider than 1x1, an activation the tile's epilogue applies, at
+    least 8 filters (a 16-filter tile half used), and a small output map: CONV_PIXELS_MAX_N pixels at
+    stride 2; CONV_PIXELS_MAX_N_S1 at stride 1 with at most CONV_PIXELS_S1_MAX_BYTES of weights (there
+    it takes layers Winograd would)."""
+    if not (conv.groups == 1 and conv.size > 1 and conv.activation in EPILOGUE_ACTS and conv.filters >= 8):
+        return False
+    n = conv.out_h * conv.out_w
+    if conv.stride == 2:
+        return n <= CONV_PIXELS_MAX_N
+    return (conv.stride == 1 and n <= CONV_PIXELS_MAX_N_S1
+            and 4 * conv.filters * conv.c * conv.size * conv.size <= CONV_PIXELS_S1_MAX_BYTES)
 
 
 # -- float convolution: grouped and depthwise (kernels/depthwise.py) -------------------------------------

@@ -19,10 +19,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # the float convolution paths whose code depends on the target: GEMM (in place, packed by runs or gathers,
-# K-blocked), Winograd F(2x2)/F(4x4), grouped/depthwise, depth-first chains; and every int8 kernel test but
-# the one comparing with onnxruntime on this host (whose MLAS sums the pairs as this CPU does, not as
-# Haswell would)
-SELECTION = ("winograd or conv_gemm or depthwise or grouped or chain_is_the_convolutions or "
+# K-blocked), Winograd F(2x2)/F(4x4), grouped/depthwise, depth-first chains, pixel tiles; and every int8
+# kernel test but the one comparing with onnxruntime on this host (whose MLAS sums the pairs as this CPU
+# does, not as Haswell would)
+SELECTION = ("winograd or conv_gemm or depthwise or grouped or chain_is_the_convolutions or pixel_tiles_are or "
              "(test_int8_kernels and not follows_the_host_pairs)")
 
 
@@ -40,7 +40,8 @@ def test_kernels_compiled_for_avx2_match_the_references(tmp_path):
     assert probe.stdout.split() == ["6", "8", "6", "16", "8", "False", "False"]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           str(ROOT / "tests" / "core" / "test_kernels.py"),
-                          str(ROOT / "tests" / "core" / "test_convchain.py"), "-k", SELECTION,
+                          str(ROOT / "tests" / "core" / "test_convchain.py"),
+                          str(ROOT / "tests" / "core" / "test_convpix.py"), "-k", SELECTION,
                           str(ROOT / "tests" / "int8" / "test_int8_kernels.py")],
                          env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     tail = "\n".join(run.stdout.splitlines()[-15:])

@@ -796,15 +796,24 @@ def test_kernel_choices_follow_config():
 
     from darknetpy.kernels import config
 
-    def conv(c, filters, hw, size=3, stride=1, padding=1, groups=1):
+    def conv(c, filters, hw, size=3, stride=1, padding=1, groups=1, activation="leaky"):
         return SimpleNamespace(c=c, filters=filters, size=size, stride=stride, padding=padding, groups=groups,
-                               out_h=hw, out_w=hw)
+                               out_h=hw, out_w=hw, activation=activation)
     assert config.winograd_variant(conv(64, 128, 28)) == 4               # Tiny Darknet's 28x28 layers
     assert config.winograd_variant(conv(64, 64, 14)) == 2                # 14x14: F(4x4) would pad it to 16x16
     assert config.winograd_variant(conv(64, 64, 16)) == 4                # ... 16x16: whole 4x4 tiles
     assert config.winograd_variant(conv(32, 64, 22)) == 4                # ... larger maps: F(4x4) still
     assert config.winograd_variant(conv(64, 512, 14)) == 2              # F(4x4) weights past its budget
-    assert config.winograd_variant(conv(128, 128, 7)) == 2               # F(4x4) only to 64 channels
+    assert config.winograd_variant(conv(128, 128, 7, activation="logistic")) == 2   # F(4x4) only to 64 channels
+    # ... (with an activation the pixel tiles apply, and weights within their budget, pixel tiles instead)
+    assert config.pixel_tiles(conv(128, 128, 7)) and config.winograd_variant(conv(128, 128, 7)) == 0
+    assert not config.pixel_tiles(conv(128, 128, 7, activation="logistic"))
+    assert not config.pixel_tiles(conv(128, 128, 14))                    # 196 pixels: Winograd's
+    assert not config.pixel_tiles(conv(256, 256, 7))                    # 2.4 MB of weights: Winograd's
+    assert config.pixel_tiles(conv(1024, 1024, 14, stride=2))           # stride 2: any weights
+    assert not config.pixel_tiles(conv(32, 32, 28, stride=2))           # 784 pixels: the GEMM's
+    assert not config.pixel_tiles(conv(128, 128, 7, size=1))            # 1x1: the GEMM reads it in place
+    assert not config.pixel_tiles(conv(64, 64, 7, groups=64))           # depthwise
     assert config.winograd_variant(conv(384, 256, 26)) == 2              # 6.3 MB of U on 676 pixels
     assert config.winograd_variant(conv(256, 512, 13)) == 2              # 8.4 MB of U on 169 pixels
     assert config.winograd_variant(conv(1024, 1024, 7)) == 2             # 64 MB of U on 49

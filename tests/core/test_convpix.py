@@ -1,0 +1,158 @@
+"""Small-map convolutions as pixel tiles (kernels/convpix.py): the same bits as the implicit GEMM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+import darknetpy
+from conftest import write
+from darknetpy import layers as L
+from darknetpy.fusions import chain_fusions, maxpool_fusions, shortcut_fusions
+from darknetpy.kernels import config
+from darknetpy.kernels import conv as kconv
+from darknetpy.kernels import convpix as kpix
+from darknetpy.kernels.activation import CODE
+
+
+def _prepared(x, size, stride):
+    xs = np.full(kconv.input_shape(*x.shape, size // 2, stride), 9.0, np.float32)    # stale contents
+    kconv.prepare_input(x, size // 2, xs)
+    return xs
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("c,h,w,m,size,stride", [
+    (128, 14, 14, 128, 3, 2),     # DLA-46-C's 14x14 -> 7x7: 49 pixels, 7 tiles of 7 (AVX-512)
+    (64, 28, 28, 64, 3, 2),       # 28x28 -> 14x14
+    (128, 7, 7, 128, 3, 1),       # stride 1 at 7x7
+    (5, 13, 11, 20, 3, 2),        # 7 x 6 = 42 pixels: a last tile partly spare; a half-used filter panel
+    (7, 9, 9, 40, 5, 2),          # 5x5, padding 2 (the phases swap); 40 filters: 2.5 panels
+    (16, 15, 17, 9, 3, 2),        # 9 filters: one panel, 7 of its lanes padding
+    (3, 8, 8, 16, 3, 1),          # 64 pixels: whole tiles of 8 (AVX-512)
+    (4, 3, 3, 8, 3, 2),           # a 2x2 output: one tile
+])
+def test_pixel_tiles_are_the_gemm(c, h, w, m, size, stride, threads):
+    rng = np.random.default_rng(c * h + m + size)
+    x = rng.standard_normal((c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((m, c * size * size)) / 4).astype(np.float32)
+    shift = rng.standard_normal(m).astype(np.float32)
+    xs = _prepared(x, size, stride)
+    oh, ow = (h + 2 * (size // 2) - size) // stride + 1, (w + 2 * (size // 2) - size) // stride + 1
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for act in ("relu", "leaky", "linear", "relu6"):
+            ref = np.empty((m, oh, ow), np.float32)
+            kconv.conv_gemm(xs, kconv.pack_filters(wt, oh * ow), shift, CODE[act], size, stride, ref)
+            got = np.full((m, oh, ow), np.nan, np.float32)
+            kpix.conv_pixels(xs, kpix.pack_pixel_filters(wt), shift, CODE[act], size, stride, got)
+            assert np.array_equal(got.view(np.int32), ref.view(np.int32)), act
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_pixel_mr_wastes_least_of_the_last_tile():
+    a, b = kpix.PIX_MRS
+    for n in range(1, 500):
+        mr = kpix.pixel_mr(n)
+        assert mr in (a, b)
+        assert -(-n // mr) * mr == min(-(-n // a) * a, -(-n // b) * b)
+        if -(-n // a) * a == -(-n // b) * b:
+            assert mr == max(a, b)
+    if kpix.PIX_MRS == (8, 7):
+        assert [kpix.pixel_mr(n) for n in (49, 196, 64, 50)] == [7, 7, 8, 8]
+
+
+def test_pixel_tiles_refuse_what_they_cannot_run():
+    xs = _prepared(np.ones((4, 14, 14), np.float32), 3, 2)
+    wp = kpix.pack_pixel_filters(np.ones((20, 36), np.float32))
+    shift = np.zeros(20, np.float32)
+    out = np.zeros((20, 7, 7), np.float32)
+    kpix.bind_conv_pixels(xs, wp, shift, CODE["relu"], 3, 2, out)                       # fits
+    bad = [
+        (xs, wp[:1].copy(), shift, CODE["relu"], 3, 2, out),                          # weights of 16 filters
+        (xs, wp, shift[:19].copy(), CODE["relu"], 3, 2, out),                         # shifts of 19
+        (xs, wp, shift, CODE["logistic"], 3, 2, out),                                 # not in the epilogue
+        (xs, wp, shift, CODE["relu"], 3, 1, out),                                     # stride-2 prepared input
+        (_prepared(np.ones((4, 8, 8), np.float32), 3, 2), wp, shift, CODE["relu"], 3, 2, out),   # too small
+    ]
+    for args in bad:
+        with pytest.raises(ValueError, match="conv_pixels"):
+            kpix.bind_conv_pixels(*args)
+
+
+SMALL = """
+[net]
+height=32
+width=32
+channels=8
+[convolutional]
+batch_normalize=1
+filters=24
+size=3
+stride=2
+pad=1
+activation=leaky
+[convolutional]
+batch_normalize=1
+filters=24
+size=3
+stride=2
+pad=1
+activation=relu
+[convolutional]
+filters=24
+size=3
+stride=1
+pad=1
+activation=linear
+[shortcut]
+from=-2
+activation=linear
+[convolutional]
+filters=16
+size=3
+stride=1
+pad=1
+activation=logistic
+[convolutional]
+filters=16
+size=3
+stride=1
+pad=1
+activation=relu
+[maxpool]
+size=2
+stride=2
+"""
+
+
+def test_small_maps_run_as_pixel_tiles_in_a_plan(tmp_path):
+    # 32 -> 16 -> 8 at stride 2 (256 and 64 output pixels), then 3x3 stride 1 at 8x8 (64): pixel tiles;
+    # the linear one before a [shortcut] is not fused with it, nor the relu one with the [maxpool] after
+    # it (the GEMM would fuse both); logistic stays on the GEMM (not in the tile's epilogue)
+    net = darknetpy.load(write(tmp_path, "small.cfg", SMALL))
+    plan = net.plan()
+    assert plan.kernel_keys[:3] == ["conv:pixels"] * 3
+    assert plan.kernel_keys[4] == "conv:gemm" and plan.kernel_keys[5] == "conv:pixels"
+    assert shortcut_fusions(net.graph) == {} and maxpool_fusions(net.graph) == {}
+    x = np.random.default_rng(5).random(net.input_shape, dtype=np.float32)
+    plan.run(x)
+    exact = net.predict(x, exact=True)
+    np.testing.assert_allclose(plan.outputs[net.graph.output_index].reshape(exact.shape), exact, rtol=1e-4, atol=1e-5)
+
+
+def test_which_layers_of_the_dla_networks_are_pixel_tiles():
+    # DLA-46-C: the stride-2 3x3 convs to 14x14 and 7x7 and the 3x3 at 7x7 (Winograd's otherwise); the
+    # stride-2 one to 28x28 (784 pixels) and every 1x1 stay on the GEMM; nothing they are in is fused
+    cfgs = Path(__file__).resolve().parents[2] / "cfg"
+    graph = darknetpy.load(cfgs / "dla46_c.cfg").graph
+    pix = [conv.index for conv in graph if isinstance(conv, L.Convolutional) and config.pixel_tiles(conv)]
+    assert [(graph[i].stride, graph[i].out_h) for i in pix] == [(2, 14), (2, 7), (1, 7)]
+    fused = set(shortcut_fusions(graph)) | set(maxpool_fusions(graph)) | {i for ch in chain_fusions(graph).items()
+                                                                          for i in [ch[0], *ch[1]]}
+    assert not fused & set(pix)
