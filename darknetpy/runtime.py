@@ -413,7 +413,7 @@ class Plan:
             return kwino.bind_winograd(
                 x, memory.in_huge_pages((kwino.transform_weights4 if variant == 4 else kwino.transform_weights)(w)),
                 shift, a, pad, out if pooled is None else pooled, xs, variant, pooled is not None)
-        if kcfg.pixel_tiles(layer):                 # small maps (never fused: see fusions.py)
+        if kcfg.pixel_tiles(layer) and layer.index not in self.chains:   # fused only into a chain
             wp = memory.in_huge_pages(kpix.pack_pixel_filters(w.reshape(layer.filters, -1)))
             return Calls(kconv.bind_prepare_input(x, pad, xs),
                          kpix.bind_conv_pixels(xs, wp, shift, a, size, stride, out))
@@ -495,7 +495,7 @@ class Plan:
         if layer.index in self.chains:
             return "conv:chain"           # also computes the convs after it (kernels/convchain.py)
         if kcfg.pixel_tiles(layer):
-            return "conv:pixels"          # small maps: filters in the lanes, pixels broadcast (kernels/convpix.py)
+            return "conv:pixels"          # filters in the lanes, pixels broadcast (kernels/convpix.py)
         if kcfg.winograd_variant(layer):
             return "conv:winograd"        # F(2x2) and F(4x4): one compiled kernel
         kind = kcfg.depthwise_kind(layer)

@@ -248,12 +248,17 @@ CONV_MIN_ITEMS = 8
 # network 12.61 -> 12.47 ms, 2 threads 6.96 -> 6.90; other networks within noise). 0: off.
 CONV_PREFETCH_OUT = 1
 
-# Small-map convolutions run as pixel tiles (kernels/convpix.py: filters in the vector lanes, pixels
-# broadcast, nothing packed; ``pixel_tiles``): stride 2 up to this many output pixels ... Zen 4, the
-# layer alone, GEMM -> pixel tiles, ms, 1 / 2 threads: 128 x 14x14 -> 7x7 0.226 -> 0.148 / 0.143 -> 0.077,
-# 64 x 28x28 -> 14x14 0.169 -> 0.148 / 0.099 -> 0.086; 32 x 56x56 -> 28x28 (784 pixels) 0.161 -> 0.162 /
-# 0.090 -> 0.098: kept on the GEMM.
-CONV_PIXELS_MAX_N = 400
+# Convolutions run as pixel tiles (kernels/convpix.py: filters in the vector lanes, pixels broadcast,
+# nothing packed; ``pixel_tiles``): at stride 2 up to this many output pixels and taps (C x k x k) ...
+# Zen 4, the layer in a plan alone, GEMM -> pixel tiles, ms, 1 / 2 threads: 128 x 14x14 -> 7x7 0.238 ->
+# 0.164 / 0.192 -> 0.124; 64 x 28x28 -> 14x14 0.197 -> 0.167 / 0.210 -> 0.180; 32 x 56x56 -> 28x28
+# 0.198 -> 0.178 / 0.202 -> 0.187; 64 x 112x112 -> 56x56 5.78 -> 5.26 / 3.24 -> 3.04; 16 x 224x224 ->
+# 112x112 2.38 -> 2.24 / 1.09 -> 1.04; 64 x 208x208 -> 104x104 19.9 -> 17.3 / 12.1 -> 12.0; but 32 x
+# 416x416 -> 208x208 (43264 pixels) 24.0 -> 23.3 / 14.9 -> 16.5; and with 4608 taps (512 x 26x26 ->
+# 1024 x 13x13) 17.4 -> 19.5 / 9.7 -> 11.5: a 16-filter panel of weights, 295 KB, no longer stays near
+# the core (256 x 52x52 -> 512, 2304 taps: 16.5 -> 16.2 / 8.7 -> 8.3).
+CONV_PIXELS_MAX_N = 16384
+CONV_PIXELS_MAX_K = 2304
 # ... and stride 1 up to this many, where the weights fit in L2 (``CONV_PIXELS_S1_MAX_BYTES``), before
 # Winograd. Zen 4, GEMM / Winograd -> pixel tiles, ms, 1 / 2 threads: 3x3 128->128 at 7x7 in DLA-46-C
 # (Winograd) 0.254-0.275 -> 0.225 / 0.157-0.166 -> 0.134-0.136 (the layer alone: 0.143 -> 0.167 /
@@ -395,14 +400,15 @@ def winograd_variant(conv) -> int:
 def pixel_tiles(conv) -> bool:
     """Whether a convolution (``conv`` as in ``winograd_variant``, with its ``activation``) runs as pixel
     tiles (kernels/convpix.py): groups=1, wider than 1x1, an activation the tile's epilogue applies, at
-    least 8 filters (a 16-filter tile half used), and a small output map: CONV_PIXELS_MAX_N pixels at
-    stride 2; CONV_PIXELS_MAX_N_S1 at stride 1 with at most CONV_PIXELS_S1_MAX_BYTES of weights (there
-    it takes layers Winograd would)."""
+    least 8 filters (a 16-filter tile half used); at stride 2 up to CONV_PIXELS_MAX_N output pixels and
+    CONV_PIXELS_MAX_K taps, at stride 1 up to CONV_PIXELS_MAX_N_S1 pixels and CONV_PIXELS_S1_MAX_BYTES of
+    weights (there it takes layers Winograd would). A depth-first chain (fusions.chain_fusions) keeps its
+    layers on the GEMM."""
     if not (conv.groups == 1 and conv.size > 1 and conv.activation in EPILOGUE_ACTS and conv.filters >= 8):
         return False
     n = conv.out_h * conv.out_w
     if conv.stride == 2:
-        return n <= CONV_PIXELS_MAX_N
+        return n <= CONV_PIXELS_MAX_N and conv.c * conv.size * conv.size <= CONV_PIXELS_MAX_K
     return (conv.stride == 1 and n <= CONV_PIXELS_MAX_N_S1
             and 4 * conv.filters * conv.c * conv.size * conv.size <= CONV_PIXELS_S1_MAX_BYTES)
 

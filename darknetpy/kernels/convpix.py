@@ -1,15 +1,15 @@
-"""Stride-2 convolutions on small maps as pixel tiles: filters in the vector lanes, pixels broadcast.
+"""Convolutions as pixel tiles: filters in the vector lanes, pixels broadcast.
 
 ``conv_gemm`` (kernels/conv.py) vectorises over NR neighbouring output pixels of one row and broadcasts
-the weights. On the small stride-2 layers (DLA-46-C's 3x3 56->28, 28->14 and 14->7) that shape costs
-more than its FMAs: a 7-pixel row fills a 16-pixel panel less than half, panels across rows must be
-packed (a K x NR copy per panel: K = 1152 for 128 channels), and 49 pixels make three full panels and
-one of a single pixel. Here the tile is PIX_MR output pixels x PIX_F filters (one AVX-512 vector, two
-AVX2 ones): per tap (c, ky, kx) one vector load of PIX_F packed weights and one broadcast FMA per
-pixel, the pixel's input read in place from the prepared input (``conv.prepare_input``'s layout, at
-the pixel's own base + the tap's offset) -- so pixels need not be neighbours, nothing is packed, and
-the tiles run across output rows: 49 pixels are 7 tiles of 7. Measured on Zen 4, 1 thread, the layer
-alone: 128 x 14x14 -> 7x7 0.249 -> 0.175 ms, 64 x 28x28 -> 14x14 0.230 -> 0.188.
+the weights. On stride-2 layers, and on stride-1 ones on the smallest maps, that shape costs more than
+its FMAs: stride 2 needs a phase-split input, a 7-pixel row fills a 16-pixel panel less than half,
+panels across rows are packed (a K x NR copy per panel: K = 1152 for 128 channels), and 49 pixels make
+three full panels and one of a single pixel. Here the tile is PIX_MR output pixels x PIX_F filters (one
+AVX-512 vector, two AVX2 ones): per tap (c, ky, kx) one vector load of PIX_F packed weights and one
+broadcast FMA per pixel, the pixel's input read in place from the prepared input (``conv.prepare_input``'s
+layout, at the pixel's own base + the tap's offset), so pixels need not be neighbours, nothing is
+packed, and tiles run across output rows: 49 pixels are 7 tiles of 7. Which layers: config.pixel_tiles
+(with the measurements).
 
 Every output is the same sum over the same taps in the same order with the same fused multiply-adds and
 the same epilogue arithmetic as ``conv_gemm``'s: the same bits. Shapes: xs (C, Hp, S, Wq) prepared
@@ -25,9 +25,9 @@ from numba.extending import intrinsic
 
 from . import config
 from .conv import tap_offsets
-from .gemm import FUSED_ACTS, pack_a, splat
+from .gemm import FUSED_ACTS, declare_intrinsic, first_lanes, pack_a, splat
 from .parallel import Call, addr, f32, i64, thread_body
-from .vecir import Vec, count_loop
+from .vecir import Vec, count_loop, transpose_rows
 
 _LANES = config.codegen_target().float_lanes
 PIX_F = 16                                       # filters per tile: one AVX-512 vector, two AVX2 ones
@@ -39,8 +39,15 @@ PIX_MRS = (8, 7) if _NV == 1 else (6, 5)
 _F32, _I64 = ir.FloatType(), ir.IntType(64)
 
 
-def _codegen_pixels(builder, wp_i, x_i, bases_i, koff_i, k_i, shift_i, act_i, t_i, mr):
-    """t[r*PIX_F + j] = act(shift[j] + sum_k wp[k*PIX_F + j] * x[bases[r] + koff[k]]) for mr pixels r."""
+# With AVX-512 a tile leaves the registers transposed (vecir.transpose_rows: 16 filter rows of pixels)
+# by masked stores of its pixels, straight into the output planes; with AVX2 (whose masked stores are
+# microcoded on AMD CPUs) it goes to a pixel-major scratch tile, which the body copies out.
+DIRECT = _NV == 1
+
+
+def _codegen_pixels(builder, wp_i, x_i, bases_i, koff_i, k_i, shift_i, act_i, t_i, ldt, fn, pn, mr):
+    """act(shift[j] + sum_k wp[k*PIX_F + j] * x[bases[r] + koff[k]]) for mr pixels r and the PIX_F filters j:
+    to t[j*ldt + r] for j < fn, r < pn (DIRECT), else to t[r*PIX_F + j] (all of them)."""
     v = Vec(builder, _LANES)
     w, x, t, shift = v.ptr(wp_i), v.ptr(x_i), v.ptr(t_i), v.ptr(shift_i)
     bases = builder.inttoptr(bases_i, _I64.as_pointer())
@@ -61,18 +68,32 @@ def _codegen_pixels(builder, wp_i, x_i, bases_i, koff_i, k_i, shift_i, act_i, t_
         return new
 
     res = count_loop(builder, k_i, [v.splat(0.0)] * (mr * _NV), step, "pk")
-    for i, acc in enumerate(res):
-        r, h = divmod(i, _NV)
-        v.store(v.activation(builder.fadd(acc, v.load(shift, h * _LANES)), act_i), t, r * PIX_F + h * _LANES)
+    ys = [v.activation(builder.fadd(acc, v.load(shift, (i % _NV) * _LANES)), act_i) for i, acc in enumerate(res)]
+    if not DIRECT:
+        for i, y in enumerate(ys):
+            r, h = divmod(i, _NV)
+            v.store(y, t, r * PIX_F + h * _LANES)
+        return
+    vt = ir.VectorType(_F32, _LANES)
+    mvt = ir.VectorType(ir.IntType(1), _LANES)
+    i32 = ir.IntType(32)
+    store = declare_intrinsic(builder, f"llvm.masked.store.v{_LANES}f32.p0",
+                              ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, mvt]))
+    cols = transpose_rows(builder, ys + [ir.Constant(vt, ir.Undefined)] * (_LANES - mr))
+    mask = first_lanes(builder, builder.trunc(pn, i32), _LANES)
+    for j in range(PIX_F):
+        with builder.if_then(builder.icmp_signed("<", ir.Constant(_I64, j), fn)):
+            dst = builder.bitcast(v.at(t, builder.mul(ir.Constant(_I64, j), ldt)), vt.as_pointer())
+            builder.call(store, [cols[j], dst, ir.Constant(i32, 4), mask])
 
 
 def _pixels_intrinsic(mr: int):
     @intrinsic
-    def pixels(typingctx, wp, x, bases, koff, k, shift, act, tile):
+    def pixels(typingctx, wp, x, bases, koff, k, shift, act, t, ldt, fn, pn):
         def codegen(context, builder, signature, args):
             _codegen_pixels(builder, *args, mr)
             return context.get_dummy_value()
-        return types.void(*([types.intp] * 8)), codegen
+        return types.void(*([types.intp] * 11)), codegen
     return pixels
 
 
@@ -113,29 +134,41 @@ def _conv_pixels_body(th, nthreads, argv):
     bases = np.empty(8, dtype=np.int64)
     nitems = npf * pchunks
     for o in range(th * nitems // nthreads, (th + 1) * nitems // nthreads):
-        q, pc = o // pchunks, o % pchunks
+        pc, q = o // npf, o % npf             # pixel-chunk major: a thread reads its share of the input
         f0 = q * PIX_F
         fn = min(PIX_F, m - f0)
         for j in range(PIX_F):                     # the panel's shifts (zero for its padding filters)
             fshift[j] = shift[f0 + j] if j < fn else np.float32(0.0)
-        for tq in range(pc * ntiles // pchunks, (pc + 1) * ntiles // pchunks):
+        t_lo = pc * ntiles // pchunks
+        oy, ox = divmod(t_lo * mr, out_w)          # the tile's first pixel, advanced without divisions
+        for tq in range(t_lo, (pc + 1) * ntiles // pchunks):
             p0 = tq * mr
             pn = min(mr, n - p0)
             for r in range(mr):
-                p = p0 + min(r, pn - 1)               # a last tile's spare pixels repeat its last one
-                oy = p // out_w
-                bases[r] = oy * s * row + (p - oy * out_w)
+                bases[r] = oy * s * row + ox
+                if r + 1 < pn:                       # a last tile's spare pixels repeat its last one
+                    ox += 1
+                    if ox == out_w:
+                        ox = 0
+                        oy += 1
+            if pn == mr:                             # the next tile's first pixel
+                ox += 1
+                if ox == out_w:
+                    ox = 0
+                    oy += 1
+            dst = out2d.ctypes.data + 4 * (f0 * n + p0) if DIRECT else tile.ctypes.data
             if mr == PIX_MRS[0]:
                 _pixels_a(wp[q].ctypes.data, xflat.ctypes.data, bases.ctypes.data, koff.ctypes.data, kdim,
-                          fshift.ctypes.data, act, tile.ctypes.data)
+                          fshift.ctypes.data, act, dst, n, fn, pn)
             else:
                 _pixels_b(wp[q].ctypes.data, xflat.ctypes.data, bases.ctypes.data, koff.ctypes.data, kdim,
-                          fshift.ctypes.data, act, tile.ctypes.data)
-            # the tile is pixel-major; the output is filter planes: pn floats per filter
-            for j in range(fn):
-                orow = out2d[f0 + j, p0:p0 + pn]
-                for r in range(pn):
-                    orow[r] = tile[r * PIX_F + j]
+                          fshift.ctypes.data, act, dst, n, fn, pn)
+            if not DIRECT:
+                # the tile is pixel-major; the output is filter planes: pn floats per filter
+                for j in range(fn):
+                    orow = out2d[f0 + j, p0:p0 + pn]
+                    for r in range(pn):
+                        orow[r] = tile[r * PIX_F + j]
 
 
 def bind_conv_pixels(xs, wp, shift, act: int, size: int, stride: int, out) -> Call:
@@ -155,9 +188,14 @@ def bind_conv_pixels(xs, wp, shift, act: int, size: int, stride: int, out) -> Ca
     if act not in FUSED_ACTS:
         raise ValueError(f"conv_pixels: activation {act} is not fused by the tile's epilogue")
     mr = pixel_mr(n)
-    ntiles, npf = -(-n // mr), wp.shape[0]
-    # enough items for the threads when filter panels are few (DLA-46-C's 56 -> 28: 2 panels of 112 tiles)
-    pchunks = min(ntiles, max(1, -(-config.CONV_MIN_ITEMS // npf)))
+    ntiles = -(-n // mr)
+    # items (chunk of pixel tiles, filter panel), chunk-major: each thread computes all filters of its
+    # share of the pixels, reading only its share of the input (large maps at 2 threads: 32 x 112x112 ->
+    # 64 x 56x56 0.91 ms filter-major, 0.77 so) and all weights per chunk; unless the weights are the
+    # larger: then as few chunks as give the threads CONV_MIN_ITEMS items, and each weight is read once
+    # or twice
+    npf = wp.shape[0]
+    pchunks = min(ntiles, -(-config.CONV_MIN_ITEMS // npf) if wp.nbytes > xs.nbytes else config.CONV_MIN_ITEMS)
     f4 = np.float32
     words = [addr(xs, f4), c, hp, s, wq, addr(wp, f4), *wp.shape, addr(shift, f4), addr(out, f4), m, n, out_w,
              kdim, addr(koff, np.int64), act, mr, pchunks]

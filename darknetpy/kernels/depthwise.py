@@ -31,7 +31,7 @@ from numba.extending import intrinsic
 from .activation import activate_block, activate_scalar
 from .gemm import declare_intrinsic, first_lanes
 from .parallel import Call, Calls, addr, f32, i64, thread_body
-from .vecir import LANES, WIDE, Vec, loop, loop_carry
+from .vecir import LANES, WIDE, Vec, loop, loop_carry, transpose_rows
 
 
 def planes_shape(c: int, h: int, w: int, pad: int, stride: int, size: int) -> tuple[int, int, int, int, int]:
@@ -333,9 +333,8 @@ def taps_fma_vw(typingctx, acc, srcs, n, w, t):
 @intrinsic
 def transpose_block(typingctx, src, ld_src, ncols, dst, ld_dst):
     """dst[j*ld_dst + r] = src[r*ld_src + j] for r < WIDE, j < ncols (<= WIDE): a WIDE x ncols block
-    (channels x pixels of a CHW map) transposed in registers (log2(WIDE) rounds of two-vector shuffles:
-    round b swaps bit b of the row and column indices), the rows read by masked loads of ncols floats,
-    the first ncols columns stored as whole vectors."""
+    (channels x pixels of a CHW map) transposed in registers (vecir.transpose_rows), the rows read by
+    masked loads of ncols floats, the first ncols columns stored as whole vectors."""
     sig = types.void(*([types.intp] * 5))
 
     def codegen(context, builder, signature, args):
@@ -352,18 +351,7 @@ def transpose_block(typingctx, src, ld_src, ncols, dst, ld_dst):
         zero = ir.Constant(vt, [0.0] * lanes)
         rows = [builder.call(load, [builder.bitcast(v.at(src, builder.mul(v.i64(r), lds)), vt.as_pointer()),
                                     ir.Constant(i32, 4), mask, zero]) for r in range(lanes)]
-        b = 1
-        while b < lanes:
-            lo = [k if not k & b else lanes + (k & ~b) for k in range(lanes)]
-            hi = [(k | b) if not k & b else lanes + (k | b) for k in range(lanes)]
-            new = list(rows)
-            for i in range(lanes):
-                if not i & b:
-                    a, c = rows[i], rows[i | b]
-                    new[i] = builder.shuffle_vector(a, c, ir.Constant(ir.VectorType(i32, lanes), lo))
-                    new[i | b] = builder.shuffle_vector(a, c, ir.Constant(ir.VectorType(i32, lanes), hi))
-            rows = new
-            b *= 2
+        rows = transpose_rows(builder, rows)
         for j in range(lanes):
             with builder.if_then(builder.icmp_signed("<", v.i64(j), n_i)):
                 v.store(rows[j], dst, builder.mul(v.i64(j), ldd))

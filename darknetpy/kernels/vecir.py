@@ -137,6 +137,26 @@ def loop_carry(builder: ir.IRBuilder, start, stop, step: int, init: list, body, 
     return carried
 
 
+def transpose_rows(builder: ir.IRBuilder, rows: list) -> list:
+    """The lanes x lanes matrix whose rows are the vectors ``rows`` (as many as lanes), transposed in
+    registers: log2(lanes) rounds of two-vector shuffles, round b swapping bit b of the row and column
+    indices (element j of result r is element r of rows[j])."""
+    lanes = len(rows)
+    vi = ir.VectorType(_i32, lanes)
+    b = 1
+    while b < lanes:
+        lo = ir.Constant(vi, [k if not k & b else lanes + (k & ~b) for k in range(lanes)])
+        hi = ir.Constant(vi, [(k | b) if not k & b else lanes + (k | b) for k in range(lanes)])
+        new = list(rows)
+        for i in range(lanes):
+            if not i & b:
+                new[i] = builder.shuffle_vector(rows[i], rows[i | b], lo)
+                new[i | b] = builder.shuffle_vector(rows[i], rows[i | b], hi)
+        rows = new
+        b *= 2
+    return rows
+
+
 def count_loop(builder: ir.IRBuilder, k, init: list, body, name: str) -> list:
     """``for kk in range(k): vals = body(kk, vals)`` (k an i64 value, vals SSA values), emitted bottom-tested
     and entered only when k > 0 -- the shape of the GEMM micro-kernels' K loops, which keeps their

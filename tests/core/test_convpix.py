@@ -10,8 +10,7 @@ import pytest
 
 import darknetpy
 from conftest import write
-from darknetpy import layers as L
-from darknetpy.fusions import chain_fusions, maxpool_fusions, shortcut_fusions
+from darknetpy.fusions import maxpool_fusions, shortcut_fusions
 from darknetpy.kernels import config
 from darknetpy.kernels import conv as kconv
 from darknetpy.kernels import convpix as kpix
@@ -34,6 +33,7 @@ def _prepared(x, size, stride):
     (16, 15, 17, 9, 3, 2),        # 9 filters: one panel, 7 of its lanes padding
     (3, 8, 8, 16, 3, 1),          # 64 pixels: whole tiles of 8 (AVX-512)
     (4, 3, 3, 8, 3, 2),           # a 2x2 output: one tile
+    (8, 61, 47, 24, 3, 2),        # 31 x 24 pixels in 8 chunks, each thread all filters of its chunks
 ])
 def test_pixel_tiles_are_the_gemm(c, h, w, m, size, stride, threads):
     rng = np.random.default_rng(c * h + m + size)
@@ -146,13 +146,16 @@ def test_small_maps_run_as_pixel_tiles_in_a_plan(tmp_path):
     np.testing.assert_allclose(plan.outputs[net.graph.output_index].reshape(exact.shape), exact, rtol=1e-4, atol=1e-5)
 
 
-def test_which_layers_of_the_dla_networks_are_pixel_tiles():
-    # DLA-46-C: the stride-2 3x3 convs to 14x14 and 7x7 and the 3x3 at 7x7 (Winograd's otherwise); the
-    # stride-2 one to 28x28 (784 pixels) and every 1x1 stay on the GEMM; nothing they are in is fused
+def test_which_layers_of_dla46_c_are_pixel_tiles():
+    # DLA-46-C: the stride-2 3x3 convs to 28x28, 14x14 and 7x7, and the 3x3 at 7x7 (Winograd's otherwise);
+    # every 1x1 stays on the GEMM; the stride-2 convs in the depth-first chains (to 112x112 and 56x56)
+    # could run as pixel tiles but stay in their chains
     cfgs = Path(__file__).resolve().parents[2] / "cfg"
-    graph = darknetpy.load(cfgs / "dla46_c.cfg").graph
-    pix = [conv.index for conv in graph if isinstance(conv, L.Convolutional) and config.pixel_tiles(conv)]
-    assert [(graph[i].stride, graph[i].out_h) for i in pix] == [(2, 14), (2, 7), (1, 7)]
-    fused = set(shortcut_fusions(graph)) | set(maxpool_fusions(graph)) | {i for ch in chain_fusions(graph).items()
-                                                                          for i in [ch[0], *ch[1]]}
-    assert not fused & set(pix)
+    net = darknetpy.load(cfgs / "dla46_c.cfg")
+    graph, plan = net.graph, net.plan()
+    pix = [i for i, key in enumerate(plan.kernel_keys) if key == "conv:pixels"]
+    assert [(graph[i].stride, graph[i].out_h) for i in pix] == [(2, 28), (2, 14), (2, 7), (1, 7)]
+    assert plan.chains == {0: [1, 2], 6: [7]}
+    assert config.pixel_tiles(graph[2]) and config.pixel_tiles(graph[7])
+    assert all(config.pixel_tiles(graph[i]) for i in pix)
+    assert not (set(plan.fused) | set(plan.maxpooled)) & set(pix)

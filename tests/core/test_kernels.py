@@ -810,8 +810,10 @@ def test_kernel_choices_follow_config():
     assert not config.pixel_tiles(conv(128, 128, 7, activation="logistic"))
     assert not config.pixel_tiles(conv(128, 128, 14))                    # 196 pixels: Winograd's
     assert not config.pixel_tiles(conv(256, 256, 7))                    # 2.4 MB of weights: Winograd's
-    assert config.pixel_tiles(conv(1024, 1024, 14, stride=2))           # stride 2: any weights
-    assert not config.pixel_tiles(conv(32, 32, 28, stride=2))           # 784 pixels: the GEMM's
+    assert config.pixel_tiles(conv(256, 512, 26, stride=2))             # stride 2: 2304 taps, 676 pixels
+    assert config.pixel_tiles(conv(16, 32, 112, stride=2))              # ... 12544 pixels
+    assert not config.pixel_tiles(conv(512, 1024, 13, stride=2))        # 4608 taps: the K-blocked GEMM's
+    assert not config.pixel_tiles(conv(32, 64, 208, stride=2))          # 43264 pixels: the GEMM's
     assert not config.pixel_tiles(conv(128, 128, 7, size=1))            # 1x1: the GEMM reads it in place
     assert not config.pixel_tiles(conv(64, 64, 7, groups=64))           # depthwise
     assert config.winograd_variant(conv(384, 256, 26)) == 2              # 6.3 MB of U on 676 pixels
