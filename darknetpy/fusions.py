@@ -33,7 +33,7 @@ def shortcut_fusions(graph: L.Graph) -> dict[int, int]:
     """conv index -> the [shortcut] fused into its GEMM epilogue (see runtime.py's docstring)."""
     return {conv.index: sc.index for conv, sc in conv_then(graph, L.Shortcut)
             if conv.activation == "linear" and conv.groups == 1 and not kcfg.winograd_variant(conv)
-            and not kcfg.pixel_tiles(conv) and sc.alpha == 1 and sc.beta == 1 and sc.from_ != conv.index
+            and sc.alpha == 1 and sc.beta == 1 and sc.from_ != conv.index
             and graph[sc.from_].out_shape == conv.out_shape == sc.out_shape}
 
 
@@ -52,7 +52,7 @@ def maxpool_fusions(graph: L.Graph) -> dict[int, int]:
     adjacent rows, with the pool kernel's comparisons in its order (the same bits), and the full-size
     output is never written."""
     return {conv.index: mp.index for conv, mp in conv_then(graph, L.MaxPool)
-            if (kcfg.winograd_variant(conv) or (gemm_poolable(conv) and not kcfg.pixel_tiles(conv)))
+            if (kcfg.winograd_variant(conv) or gemm_poolable(conv))
             and conv.activation in kcfg.EPILOGUE_ACTS
             and conv.out_h % 2 == 0 and conv.out_w % 2 == 0 and (mp.size, mp.stride, mp.padding // 2) == (2, 2, 0)
             and mp.out_shape == (conv.filters, conv.out_h // 2, conv.out_w // 2)}
@@ -61,8 +61,7 @@ def maxpool_fusions(graph: L.Graph) -> dict[int, int]:
 
 def gemm_poolable(conv: L.Convolutional) -> bool:
     """A conv that _bind_conv_fast can run as the plain implicit GEMM, which can pool its output (the quirk
-    case is excluded by conv_then; kernels/config.pixel_tiles may choose pixel tiles instead, which a
-    chain overrules)."""
+    case is excluded by conv_then). A conv in any fusion is never run as pixel tiles (runtime.Plan)."""
     return (conv.groups == 1 and not matrix_vector(conv)
             and kconv.can_pool(conv.c * conv.size * conv.size, conv.filters, conv.out_h * conv.out_w))
 

@@ -406,6 +406,10 @@ class Plan:
             xs = x.reshape(layer.c, layer.h, 1, layer.w)
         else:
             xs = self._scratch[: int(np.prod(shape))].reshape(shape)
+        if self._pixels(layer):
+            wp = memory.in_huge_pages(kpix.pack_pixel_filters(w.reshape(layer.filters, -1)))
+            pixels = kpix.bind_conv_pixels(xs, wp, shift, a, size, stride, out)
+            return pixels if shape == (0,) else Calls(kconv.bind_prepare_input(x, pad, xs), pixels)
         variant = kcfg.winograd_variant(layer)
         # the [maxpool] after it, whose output this step computes instead of its own (fusions.maxpool_fusions)
         pooled = self.outputs[self.maxpooled[layer.index]] if layer.index in self.maxpooled else None
@@ -413,10 +417,6 @@ class Plan:
             return kwino.bind_winograd(
                 x, memory.in_huge_pages((kwino.transform_weights4 if variant == 4 else kwino.transform_weights)(w)),
                 shift, a, pad, out if pooled is None else pooled, xs, variant, pooled is not None)
-        if kcfg.pixel_tiles(layer) and layer.index not in self.chains:   # fused only into a chain
-            wp = memory.in_huge_pages(kpix.pack_pixel_filters(w.reshape(layer.filters, -1)))
-            return Calls(kconv.bind_prepare_input(x, pad, xs),
-                         kpix.bind_conv_pixels(xs, wp, shift, a, size, stride, out))
         if layer.groups == 1:
             ap = memory.in_huge_pages(kconv.pack_filters(w.reshape(layer.filters, -1), layer.out_h * layer.out_w))
             if layer.index in self.chains:
@@ -494,7 +494,7 @@ class Plan:
             return "connected:fast"
         if layer.index in self.chains:
             return "conv:chain"           # also computes the convs after it (kernels/convchain.py)
-        if kcfg.pixel_tiles(layer):
+        if self._pixels(layer):
             return "conv:pixels"          # filters in the lanes, pixels broadcast (kernels/convpix.py)
         if kcfg.winograd_variant(layer):
             return "conv:winograd"        # F(2x2) and F(4x4): one compiled kernel
@@ -505,10 +505,20 @@ class Plan:
             return "conv:gemm-kblocked"     # its own thread body (kernels/conv.py)
         return "conv:gemm"          # with or without prepare_input: the same GEMM thread body
 
+    def _pixels(self, layer: L.Layer) -> bool:
+        """Whether the fast plan runs this convolution as pixel tiles (kernels/config.pixel_tiles): not when
+        it is in a fusion, whose kernel runs it."""
+        i = layer.index
+        return (not self.exact and isinstance(layer, L.Convolutional) and not layer.quirk_1x1_no_subsample
+                and kcfg.pixel_tiles(layer) and i not in self.fused and i not in self.maxpooled
+                and i not in self.pooled and i not in self.chains and i not in self._absorbed)
+
     def _scratch_shape(self, layer: L.Layer) -> tuple[int, ...]:
         """The prepared-input buffer (see kernels/conv.py) a fast convolution reads; (0,) when none."""
         if self.exact or not isinstance(layer, L.Convolutional) or layer.quirk_1x1_no_subsample:
             return (0,)
+        if self._pixels(layer) and not (layer.size == 1 and not layer.padding):
+            return kconv.input_shape(layer.c, layer.h, layer.w, layer.padding, layer.stride)
         variant = kcfg.winograd_variant(layer)
         if variant:                      # zero-padded to whole tiles (kernels/winograd.py)
             return kwino.padded_shape(layer.c, layer.h, layer.w, layer.padding, variant)

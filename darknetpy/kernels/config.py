@@ -259,12 +259,15 @@ CONV_PREFETCH_OUT = 1
 # the core (256 x 52x52 -> 512, 2304 taps: 16.5 -> 16.2 / 8.7 -> 8.3).
 CONV_PIXELS_MAX_N = 16384
 CONV_PIXELS_MAX_K = 2304
-# ... and stride 1 up to this many, where the weights fit in L2 (``CONV_PIXELS_S1_MAX_BYTES``), before
-# Winograd. Zen 4, GEMM / Winograd -> pixel tiles, ms, 1 / 2 threads: 3x3 128->128 at 7x7 in DLA-46-C
-# (Winograd) 0.254-0.275 -> 0.225 / 0.157-0.166 -> 0.134-0.136 (the layer alone: 0.143 -> 0.167 /
-# 0.126 -> 0.116); 64->64 at 8x8 0.087 -> 0.079, 32->32 at 7x7 0.036 -> 0.025. With larger weights
-# Winograd F(2x2) wins: 256->256 at 7x7 0.71 against 0.73 / 0.34 against 0.38, 1024->1024 6.8 against
-# 11.3; at 14x14 (196 pixels) Winograd wins too (64->64: 0.133 against 0.150).
+# ... and stride 1 up to this many (7x7, 8x8 maps): 1x1 convolutions, and larger ones whose weights fit
+# in L2 (``CONV_PIXELS_S1_MAX_BYTES``; the plan then takes them from Winograd). Zen 4, 1 / 2 threads,
+# ms: 3x3 128->128 at 7x7 in DLA-46-C (Winograd) 0.254-0.275 -> 0.225 / 0.157-0.166 -> 0.134-0.136
+# (the layer alone: 0.143 -> 0.167 / 0.126 -> 0.116); 64->64 at 8x8 0.087 -> 0.079, 32->32 at 7x7 0.036
+# -> 0.025; with larger weights Winograd F(2x2) wins (256->256 at 7x7 0.71 against 0.73 / 0.34 against
+# 0.38, 1024->1024 6.8 against 11.3), and at 14x14 (196 pixels) too (64->64: 0.133 against 0.150).
+# 1x1 at 7x7 (GEMM -> pixel tiles): 256->128 0.053 -> 0.050 / 0.039 -> 0.036, 128->256 0.055 -> 0.050 /
+# 0.034 -> 0.030, 1056->410 0.648 -> 0.604 / 0.366 -> 0.343, 768->256 0.270 -> 0.270 / 0.156 -> 0.147,
+# 730->1024 0.880 -> 0.825 / 0.532 -> 0.545; at 14x14 they tie.
 CONV_PIXELS_MAX_N_S1 = 64
 CONV_PIXELS_S1_MAX_BYTES = 1 << 20
 # the activations the GEMM, Winograd and pixel-tile epilogues apply in registers (gemm.FUSED_ACTS)
@@ -384,7 +387,7 @@ def winograd_variant(conv) -> int:
     kept to C <= 64; F(2x2) (~1e-6 at C = 1024) takes the wider layers where its weights allow (above);
     F(4x4) falls back to F(2x2) past WINOGRAD4_MAX_BYTES.
     """
-    if not (conv.size == 3 and conv.stride == 1 and conv.groups == 1 and conv.padding == 1) or pixel_tiles(conv):
+    if not (conv.size == 3 and conv.stride == 1 and conv.groups == 1 and conv.padding == 1):
         return 0
     if conv.c < 16 or conv.filters < 32:
         return 0
@@ -398,19 +401,20 @@ def winograd_variant(conv) -> int:
 
 
 def pixel_tiles(conv) -> bool:
-    """Whether a convolution (``conv`` as in ``winograd_variant``, with its ``activation``) runs as pixel
-    tiles (kernels/convpix.py): groups=1, wider than 1x1, an activation the tile's epilogue applies, at
-    least 8 filters (a 16-filter tile half used); at stride 2 up to CONV_PIXELS_MAX_N output pixels and
-    CONV_PIXELS_MAX_K taps, at stride 1 up to CONV_PIXELS_MAX_N_S1 pixels and CONV_PIXELS_S1_MAX_BYTES of
-    weights (there it takes layers Winograd would). A depth-first chain (fusions.chain_fusions) keeps its
-    layers on the GEMM."""
-    if not (conv.groups == 1 and conv.size > 1 and conv.activation in EPILOGUE_ACTS and conv.filters >= 8):
+    """Whether a convolution (``conv`` as in ``winograd_variant``, with its ``activation``) is better run as
+    pixel tiles (kernels/convpix.py): groups=1, an activation the tile's epilogue applies, at least 8
+    filters (a 16-filter tile half used); at stride 2 (wider than 1x1) up to CONV_PIXELS_MAX_N output
+    pixels and CONV_PIXELS_MAX_K taps; at stride 1 up to CONV_PIXELS_MAX_N_S1 pixels (but more than one:
+    a matrix-vector product), any 1x1 or one with at most CONV_PIXELS_S1_MAX_BYTES of weights. The plan
+    runs it so unless it is in a fusion (a [shortcut] or [maxpool] in its epilogue, a depth-first chain),
+    where the GEMM or Winograd kernel that fuses it runs it."""
+    if not (conv.groups == 1 and conv.activation in EPILOGUE_ACTS and conv.filters >= 8):
         return False
     n = conv.out_h * conv.out_w
     if conv.stride == 2:
-        return n <= CONV_PIXELS_MAX_N and conv.c * conv.size * conv.size <= CONV_PIXELS_MAX_K
-    return (conv.stride == 1 and n <= CONV_PIXELS_MAX_N_S1
-            and 4 * conv.filters * conv.c * conv.size * conv.size <= CONV_PIXELS_S1_MAX_BYTES)
+        return conv.size > 1 and n <= CONV_PIXELS_MAX_N and conv.c * conv.size * conv.size <= CONV_PIXELS_MAX_K
+    return (conv.stride == 1 and 1 < n <= CONV_PIXELS_MAX_N_S1
+            and (conv.size == 1 or 4 * conv.filters * conv.c * conv.size * conv.size <= CONV_PIXELS_S1_MAX_BYTES))
 
 
 # -- float convolution: grouped and depthwise (kernels/depthwise.py) -------------------------------------

@@ -10,7 +10,6 @@ import pytest
 
 import darknetpy
 from conftest import write
-from darknetpy.fusions import maxpool_fusions, shortcut_fusions
 from darknetpy.kernels import config
 from darknetpy.kernels import conv as kconv
 from darknetpy.kernels import convpix as kpix
@@ -34,6 +33,7 @@ def _prepared(x, size, stride):
     (3, 8, 8, 16, 3, 1),          # 64 pixels: whole tiles of 8 (AVX-512)
     (4, 3, 3, 8, 3, 2),           # a 2x2 output: one tile
     (8, 61, 47, 24, 3, 2),        # 31 x 24 pixels in 8 chunks, each thread all filters of its chunks
+    (96, 7, 7, 40, 1, 1),         # a 1x1 at 7x7
 ])
 def test_pixel_tiles_are_the_gemm(c, h, w, m, size, stride, threads):
     rng = np.random.default_rng(c * h + m + size)
@@ -121,6 +121,12 @@ pad=1
 activation=logistic
 [convolutional]
 filters=16
+size=1
+stride=1
+pad=1
+activation=relu6
+[convolutional]
+filters=16
 size=3
 stride=1
 pad=1
@@ -132,30 +138,39 @@ stride=2
 
 
 def test_small_maps_run_as_pixel_tiles_in_a_plan(tmp_path):
-    # 32 -> 16 -> 8 at stride 2 (256 and 64 output pixels), then 3x3 stride 1 at 8x8 (64): pixel tiles;
-    # the linear one before a [shortcut] is not fused with it, nor the relu one with the [maxpool] after
-    # it (the GEMM would fuse both); logistic stays on the GEMM (not in the tile's epilogue)
+    # 32 -> 16 -> 8 at stride 2 (256 and 64 output pixels), a 1x1 at 8x8: pixel tiles. Fusions keep
+    # theirs: the linear conv before a [shortcut] and the relu one before a 2x2 [maxpool] run as the GEMM
+    # that fuses them; logistic stays on the GEMM (not in the tile's epilogue). Then the same without the
+    # fusions (outputs kept): the 3x3 stride-1 convs at 8x8 become pixel tiles too.
     net = darknetpy.load(write(tmp_path, "small.cfg", SMALL))
     plan = net.plan()
-    assert plan.kernel_keys[:3] == ["conv:pixels"] * 3
-    assert plan.kernel_keys[4] == "conv:gemm" and plan.kernel_keys[5] == "conv:pixels"
-    assert shortcut_fusions(net.graph) == {} and maxpool_fusions(net.graph) == {}
+    assert plan.kernel_keys[:6] == ["conv:pixels", "conv:pixels", "conv:gemm", "nothing", "conv:gemm",
+                                    "conv:pixels"]
+    assert plan.kernel_keys[6] == "conv:gemm" and plan.fused == {2: 3} and plan.maxpooled == {6: 7}
     x = np.random.default_rng(5).random(net.input_shape, dtype=np.float32)
-    plan.run(x)
     exact = net.predict(x, exact=True)
+    plan.run(x)
     np.testing.assert_allclose(plan.outputs[net.graph.output_index].reshape(exact.shape), exact, rtol=1e-4, atol=1e-5)
+    kept = net.plan(keep=frozenset({2, 6}))
+    assert [kept.kernel_keys[i] for i in (2, 4, 5, 6)] == ["conv:pixels", "conv:gemm", "conv:pixels", "conv:pixels"]
+    kept.run(x)
+    np.testing.assert_allclose(kept.outputs[net.graph.output_index].reshape(exact.shape), exact, rtol=1e-4, atol=1e-5)
 
 
 def test_which_layers_of_dla46_c_are_pixel_tiles():
-    # DLA-46-C: the stride-2 3x3 convs to 28x28, 14x14 and 7x7, and the 3x3 at 7x7 (Winograd's otherwise);
-    # every 1x1 stays on the GEMM; the stride-2 convs in the depth-first chains (to 112x112 and 56x56)
-    # could run as pixel tiles but stay in their chains
+    # DLA-46-C: the stride-2 3x3 convs to 28x28, 14x14 and 7x7, the 3x3 at 7x7 (Winograd's otherwise) and
+    # the 1x1s at 7x7 but the one whose epilogue adds the [shortcut]; the stride-2 convs in the depth-first
+    # chains (to 112x112 and 56x56) could run as pixel tiles but stay in their chains
     cfgs = Path(__file__).resolve().parents[2] / "cfg"
     net = darknetpy.load(cfgs / "dla46_c.cfg")
     graph, plan = net.graph, net.plan()
     pix = [i for i, key in enumerate(plan.kernel_keys) if key == "conv:pixels"]
-    assert [(graph[i].stride, graph[i].out_h) for i in pix] == [(2, 28), (2, 14), (2, 7), (1, 7)]
+    assert [(graph[i].size, graph[i].stride, graph[i].out_h) for i in pix if graph[i].size == 3] == [
+        (3, 2, 28), (3, 2, 14), (3, 2, 7), (3, 1, 7)]
+    ones = [i for i in pix if graph[i].size == 1]
+    assert ones and all(graph[i].out_h == 7 for i in ones)
     assert plan.chains == {0: [1, 2], 6: [7]}
     assert config.pixel_tiles(graph[2]) and config.pixel_tiles(graph[7])
     assert all(config.pixel_tiles(graph[i]) for i in pix)
-    assert not (set(plan.fused) | set(plan.maxpooled)) & set(pix)
+    fused_7x7 = [i for i in plan.fused if graph[i].out_h == 7]
+    assert fused_7x7 and all(config.pixel_tiles(graph[i]) and plan.kernel_keys[i] == "conv:gemm" for i in fused_7x7)

@@ -804,9 +804,9 @@ def test_kernel_choices_follow_config():
     assert config.winograd_variant(conv(64, 64, 16)) == 4                # ... 16x16: whole 4x4 tiles
     assert config.winograd_variant(conv(32, 64, 22)) == 4                # ... larger maps: F(4x4) still
     assert config.winograd_variant(conv(64, 512, 14)) == 2              # F(4x4) weights past its budget
-    assert config.winograd_variant(conv(128, 128, 7, activation="logistic")) == 2   # F(4x4) only to 64 channels
-    # ... (with an activation the pixel tiles apply, and weights within their budget, pixel tiles instead)
-    assert config.pixel_tiles(conv(128, 128, 7)) and config.winograd_variant(conv(128, 128, 7)) == 0
+    assert config.winograd_variant(conv(128, 128, 7)) == 2               # F(4x4) only to 64 channels
+    # ... but with an activation the pixel tiles apply and weights within their budget, they are better
+    assert config.pixel_tiles(conv(128, 128, 7))
     assert not config.pixel_tiles(conv(128, 128, 7, activation="logistic"))
     assert not config.pixel_tiles(conv(128, 128, 14))                    # 196 pixels: Winograd's
     assert not config.pixel_tiles(conv(256, 256, 7))                    # 2.4 MB of weights: Winograd's
@@ -814,7 +814,10 @@ def test_kernel_choices_follow_config():
     assert config.pixel_tiles(conv(16, 32, 112, stride=2))              # ... 12544 pixels
     assert not config.pixel_tiles(conv(512, 1024, 13, stride=2))        # 4608 taps: the K-blocked GEMM's
     assert not config.pixel_tiles(conv(32, 64, 208, stride=2))          # 43264 pixels: the GEMM's
-    assert not config.pixel_tiles(conv(128, 128, 7, size=1))            # 1x1: the GEMM reads it in place
+    assert config.pixel_tiles(conv(768, 256, 7, size=1, padding=0))     # 1x1 at 7x7: any weights
+    assert not config.pixel_tiles(conv(128, 128, 14, size=1, padding=0))  # ... at 14x14 they tie the GEMM
+    assert not config.pixel_tiles(conv(128, 128, 1, size=1, padding=0))  # a matrix-vector product
+    assert not config.pixel_tiles(conv(128, 128, 7, size=1, padding=0, stride=2))
     assert not config.pixel_tiles(conv(64, 64, 7, groups=64))           # depthwise
     assert config.winograd_variant(conv(384, 256, 26)) == 2              # 6.3 MB of U on 676 pixels
     assert config.winograd_variant(conv(256, 512, 13)) == 2              # 8.4 MB of U on 169 pixels
