@@ -259,6 +259,13 @@ CONV_PREFETCH_OUT = 1
 # the core (256 x 52x52 -> 512, 2304 taps: 16.5 -> 16.2 / 8.7 -> 8.3).
 CONV_PIXELS_MAX_N = 16384
 CONV_PIXELS_MAX_K = 2304
+# With AVX2 (tiles of 6 or 5 pixels x two 8-float vectors of filters, copied out of a scratch tile:
+# measured with the kernels compiled for Zen 3 on the Zen 4 above, 1 / 2 threads) they win on small maps
+# only: 128 x 14x14 -> 7x7 0.254 -> 0.179 / 0.184 -> 0.131, 32 x 56x56 -> 28x28 (784 pixels) 0.263 ->
+# 0.237 / 0.174 -> 0.163, but 32 x 112x112 -> 56x56 0.99 -> 1.15 at 2 threads, 16 x 224x224 1.94 -> 2.14;
+# and at stride 1 they lose everywhere (3x3 128->128 at 7x7 against Winograd 0.160 -> 0.171, 1x1
+# 128->256 at 7x7 0.048 -> 0.055): stride 2 up to this many output pixels, nothing at stride 1.
+CONV_PIXELS_MAX_N_AVX2 = 1024
 # ... and stride 1 up to this many (7x7, 8x8 maps): 1x1 convolutions, and larger ones whose weights fit
 # in L2 (``CONV_PIXELS_S1_MAX_BYTES``; the plan then takes them from Winograd). Zen 4, 1 / 2 threads,
 # ms: 3x3 128->128 at 7x7 in DLA-46-C (Winograd) 0.254-0.275 -> 0.225 / 0.157-0.166 -> 0.134-0.136
@@ -404,16 +411,19 @@ def pixel_tiles(conv) -> bool:
     """Whether a convolution (``conv`` as in ``winograd_variant``, with its ``activation``) is better run as
     pixel tiles (kernels/convpix.py): groups=1, an activation the tile's epilogue applies, at least 8
     filters (a 16-filter tile half used); at stride 2 (wider than 1x1) up to CONV_PIXELS_MAX_N output
-    pixels and CONV_PIXELS_MAX_K taps; at stride 1 up to CONV_PIXELS_MAX_N_S1 pixels (but more than one:
-    a matrix-vector product), any 1x1 or one with at most CONV_PIXELS_S1_MAX_BYTES of weights. The plan
+    pixels (CONV_PIXELS_MAX_N_AVX2 without AVX-512) and CONV_PIXELS_MAX_K taps; at stride 1, with AVX-512
+    only, up to CONV_PIXELS_MAX_N_S1 pixels (but more than one: a matrix-vector product), any 1x1 or one
+    with at most CONV_PIXELS_S1_MAX_BYTES of weights. The plan
     runs it so unless it is in a fusion (a [shortcut] or [maxpool] in its epilogue, a depth-first chain),
     where the GEMM or Winograd kernel that fuses it runs it."""
     if not (conv.groups == 1 and conv.activation in EPILOGUE_ACTS and conv.filters >= 8):
         return False
     n = conv.out_h * conv.out_w
+    wide = codegen_target().float_lanes == 16            # AVX-512: one vector of 16 filters per pixel
     if conv.stride == 2:
-        return conv.size > 1 and n <= CONV_PIXELS_MAX_N and conv.c * conv.size * conv.size <= CONV_PIXELS_MAX_K
-    return (conv.stride == 1 and 1 < n <= CONV_PIXELS_MAX_N_S1
+        return (conv.size > 1 and n <= (CONV_PIXELS_MAX_N if wide else CONV_PIXELS_MAX_N_AVX2)
+                and conv.c * conv.size * conv.size <= CONV_PIXELS_MAX_K)
+    return (wide and conv.stride == 1 and 1 < n <= CONV_PIXELS_MAX_N_S1
             and (conv.size == 1 or 4 * conv.filters * conv.c * conv.size * conv.size <= CONV_PIXELS_S1_MAX_BYTES))
 
 

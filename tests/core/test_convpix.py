@@ -142,35 +142,38 @@ def test_small_maps_run_as_pixel_tiles_in_a_plan(tmp_path):
     # theirs: the linear conv before a [shortcut] and the relu one before a 2x2 [maxpool] run as the GEMM
     # that fuses them; logistic stays on the GEMM (not in the tile's epilogue). Then the same without the
     # fusions (outputs kept): the 3x3 stride-1 convs at 8x8 become pixel tiles too.
+    # (stride 1 only with AVX-512: config.pixel_tiles; elsewhere those stay on the GEMM)
+    s1 = "conv:pixels" if config.codegen_target().float_lanes == 16 else "conv:gemm"
     net = darknetpy.load(write(tmp_path, "small.cfg", SMALL))
     plan = net.plan()
-    assert plan.kernel_keys[:6] == ["conv:pixels", "conv:pixels", "conv:gemm", "nothing", "conv:gemm",
-                                    "conv:pixels"]
+    assert plan.kernel_keys[:6] == ["conv:pixels", "conv:pixels", "conv:gemm", "nothing", "conv:gemm", s1]
     assert plan.kernel_keys[6] == "conv:gemm" and plan.fused == {2: 3} and plan.maxpooled == {6: 7}
     x = np.random.default_rng(5).random(net.input_shape, dtype=np.float32)
     exact = net.predict(x, exact=True)
     plan.run(x)
     np.testing.assert_allclose(plan.outputs[net.graph.output_index].reshape(exact.shape), exact, rtol=1e-4, atol=1e-5)
     kept = net.plan(keep=frozenset({2, 6}))
-    assert [kept.kernel_keys[i] for i in (2, 4, 5, 6)] == ["conv:pixels", "conv:gemm", "conv:pixels", "conv:pixels"]
+    assert [kept.kernel_keys[i] for i in (2, 4, 5, 6)] == [s1, "conv:gemm", s1, s1]
     kept.run(x)
     np.testing.assert_allclose(kept.outputs[net.graph.output_index].reshape(exact.shape), exact, rtol=1e-4, atol=1e-5)
 
 
 def test_which_layers_of_dla46_c_are_pixel_tiles():
-    # DLA-46-C: the stride-2 3x3 convs to 28x28, 14x14 and 7x7, the 3x3 at 7x7 (Winograd's otherwise) and
-    # the 1x1s at 7x7 but the one whose epilogue adds the [shortcut]; the stride-2 convs in the depth-first
-    # chains (to 112x112 and 56x56) could run as pixel tiles but stay in their chains
+    # DLA-46-C: the stride-2 3x3 convs to 28x28, 14x14 and 7x7; with AVX-512 also the 3x3 at 7x7
+    # (Winograd's otherwise) and the 1x1s at 7x7 but those whose epilogue adds a [shortcut]. The stride-2
+    # convs in the depth-first chains (to 112x112 and 56x56) stay in their chains.
+    wide = config.codegen_target().float_lanes == 16
     cfgs = Path(__file__).resolve().parents[2] / "cfg"
     net = darknetpy.load(cfgs / "dla46_c.cfg")
     graph, plan = net.graph, net.plan()
     pix = [i for i, key in enumerate(plan.kernel_keys) if key == "conv:pixels"]
     assert [(graph[i].size, graph[i].stride, graph[i].out_h) for i in pix if graph[i].size == 3] == [
-        (3, 2, 28), (3, 2, 14), (3, 2, 7), (3, 1, 7)]
+        (3, 2, 28), (3, 2, 14), (3, 2, 7)] + ([(3, 1, 7)] if wide else [])
     ones = [i for i in pix if graph[i].size == 1]
-    assert ones and all(graph[i].out_h == 7 for i in ones)
+    assert bool(ones) == wide and all(graph[i].out_h == 7 for i in ones)
     assert plan.chains == {0: [1, 2], 6: [7]}
-    assert config.pixel_tiles(graph[2]) and config.pixel_tiles(graph[7])
+    assert config.pixel_tiles(graph[7]) == config.pixel_tiles(graph[2]) == wide    # (AVX2: maps too large)
     assert all(config.pixel_tiles(graph[i]) for i in pix)
     fused_7x7 = [i for i in plan.fused if graph[i].out_h == 7]
-    assert fused_7x7 and all(config.pixel_tiles(graph[i]) and plan.kernel_keys[i] == "conv:gemm" for i in fused_7x7)
+    assert fused_7x7 and all(plan.kernel_keys[i] == "conv:gemm" for i in fused_7x7)
+    assert all(config.pixel_tiles(graph[i]) == wide for i in fused_7x7)

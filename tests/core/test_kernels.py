@@ -791,6 +791,39 @@ def test_conv_gemm_work_split_changes_nothing(monkeypatch, min_items):
     assert np.array_equal(out, ref)
 
 
+@pytest.mark.parametrize("lanes", [16, 8])
+def test_pixel_tile_choices_follow_the_cpu(monkeypatch, lanes):
+    from types import SimpleNamespace
+
+    from darknetpy.kernels import config
+
+    def conv(c, filters, hw, size=3, stride=1, padding=1, groups=1, activation="leaky"):
+        return SimpleNamespace(c=c, filters=filters, size=size, stride=stride, padding=padding, groups=groups,
+                               out_h=hw, out_w=hw, activation=activation)
+    # the choice as made on an AVX-512 CPU (16 lanes) and on an AVX2 one (8), whichever runs the tests
+    target = config.choose_target({"+avx2", "+fma", "+avx512f", "+avx512vl"} if lanes == 16 else {"+avx2", "+fma"},
+                                  wide=lanes == 16, machine="x86_64", cpu="znver4" if lanes == 16 else "znver3")
+    assert target.float_lanes == lanes
+    monkeypatch.setattr(config, "codegen_target", lambda: target)
+    wide = lanes == 16
+    # stride 2: small maps on both; up to 12544 pixels with AVX-512, 1024 with AVX2; not past 2304 taps
+    assert config.pixel_tiles(conv(128, 128, 7, stride=2)) and config.pixel_tiles(conv(32, 32, 28, stride=2))
+    assert config.pixel_tiles(conv(256, 512, 26, stride=2))             # 2304 taps, 676 pixels
+    assert config.pixel_tiles(conv(16, 32, 112, stride=2)) == wide       # 12544 pixels
+    assert not config.pixel_tiles(conv(512, 1024, 13, stride=2))        # 4608 taps: the K-blocked GEMM's
+    assert not config.pixel_tiles(conv(32, 64, 208, stride=2))          # 43264 pixels: the GEMM's
+    assert not config.pixel_tiles(conv(128, 128, 7, stride=2, activation="logistic"))   # not in the epilogue
+    assert not config.pixel_tiles(conv(64, 64, 7, stride=2, groups=64))  # depthwise
+    # stride 1 (AVX-512 only): 7x7 maps, with the weights in L2 (else Winograd's) or 1x1
+    assert config.pixel_tiles(conv(128, 128, 7)) == wide
+    assert not config.pixel_tiles(conv(128, 128, 14))                    # 196 pixels: Winograd's
+    assert not config.pixel_tiles(conv(256, 256, 7))                    # 2.4 MB of weights: Winograd's
+    assert config.pixel_tiles(conv(768, 256, 7, size=1, padding=0)) == wide    # 1x1 at 7x7: any weights
+    assert not config.pixel_tiles(conv(128, 128, 14, size=1, padding=0))  # ... at 14x14 they tie the GEMM
+    assert not config.pixel_tiles(conv(128, 128, 1, size=1, padding=0))  # a matrix-vector product
+    assert not config.pixel_tiles(conv(128, 128, 7, size=1, padding=0, stride=2))
+
+
 def test_kernel_choices_follow_config():
     from types import SimpleNamespace
 
@@ -805,19 +838,6 @@ def test_kernel_choices_follow_config():
     assert config.winograd_variant(conv(32, 64, 22)) == 4                # ... larger maps: F(4x4) still
     assert config.winograd_variant(conv(64, 512, 14)) == 2              # F(4x4) weights past its budget
     assert config.winograd_variant(conv(128, 128, 7)) == 2               # F(4x4) only to 64 channels
-    # ... but with an activation the pixel tiles apply and weights within their budget, they are better
-    assert config.pixel_tiles(conv(128, 128, 7))
-    assert not config.pixel_tiles(conv(128, 128, 7, activation="logistic"))
-    assert not config.pixel_tiles(conv(128, 128, 14))                    # 196 pixels: Winograd's
-    assert not config.pixel_tiles(conv(256, 256, 7))                    # 2.4 MB of weights: Winograd's
-    assert config.pixel_tiles(conv(256, 512, 26, stride=2))             # stride 2: 2304 taps, 676 pixels
-    assert config.pixel_tiles(conv(16, 32, 112, stride=2))              # ... 12544 pixels
-    assert not config.pixel_tiles(conv(512, 1024, 13, stride=2))        # 4608 taps: the K-blocked GEMM's
-    assert not config.pixel_tiles(conv(32, 64, 208, stride=2))          # 43264 pixels: the GEMM's
-    assert config.pixel_tiles(conv(768, 256, 7, size=1, padding=0))     # 1x1 at 7x7: any weights
-    assert not config.pixel_tiles(conv(128, 128, 14, size=1, padding=0))  # ... at 14x14 they tie the GEMM
-    assert not config.pixel_tiles(conv(128, 128, 1, size=1, padding=0))  # a matrix-vector product
-    assert not config.pixel_tiles(conv(128, 128, 7, size=1, padding=0, stride=2))
     assert not config.pixel_tiles(conv(64, 64, 7, groups=64))           # depthwise
     assert config.winograd_variant(conv(384, 256, 26)) == 2              # 6.3 MB of U on 676 pixels
     assert config.winograd_variant(conv(256, 512, 13)) == 2              # 8.4 MB of U on 169 pixels
