@@ -19,7 +19,9 @@ R_i, s_i, Wq_i) with Wq_i = ceil((W_{i-1} + 2p_i) / s_i), padding p_i = (k_i - 1
 holding level i-1's output row lo_{i-1} + r. Every output is computed by conv_gemm's micro-kernel over
 the same taps in the same order, with the same epilogue arithmetic: the same bits as the layers run
 apart. Pixel panels lie on one output row; a row whose width is not a multiple of NR ends with a panel
-overlapping the one before (its pixels computed twice, identically), so every W_i >= NR.
+overlapping the one before (its pixels computed twice, identically), so every W_i >= NR. The last level
+may instead run as pixel tiles (kernels/convpix.py: filters in the vector lanes, tiles of 7 or 8 pixels
+along a row, no overlap), with the same bits.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from numba import carray, njit
 
 from . import config
 from .conv import kblocked, tap_offsets
+from .convpix import DIRECT, PIX_F, PIX_MRS, pixel_mr, pixels_a, pixels_b
 from .gemm import FUSED_ACTS, MR, NR, microkernel_fused, microkernel_indirect, split_tile2
 from .parallel import Call, addr, f32, thread_body
 
@@ -66,8 +69,11 @@ def ring_floats(levels, band: int | None = None) -> int:
 #   4 xs  5 its S  6 its Wq  7 out (M_n, H_n, W_n); then per level i, from word 8 + LEVEL_WORDS * i:
 #   +0 filter panels  +1 their row length  +2 shift  +3 M  +4 K  +5 koff (into xs for level 0, its ring
 #   for the others)  +6 act  +7 k  +8 s  +9 H  +10 W  +11 the ring it reads: offset in the thread's
-#   scratch (floats)  +12 R  +13 Wq
+#   scratch (floats)  +12 R  +13 Wq; then, from word 8 + LEVEL_WORDS * (n+1): the last level as pixel
+#   tiles (kernels/convpix.py; 0: as the GEMM)  +1 its weights (pack_pixel_filters)  +2 their row length
+#   +3 its shifts, zero-padded to whole 16-filter panels  +4 pixels per tile
 LEVEL_WORDS = 14
+PIXEL_WORDS = 5
 
 
 @njit(inline="always")
@@ -101,9 +107,33 @@ def _carry(ring, m, plane, row, count, d):
                 ring[a + j] = ring[b + j]
 
 
+@njit(inline="always")
+def _pixel_rows(argv, pix, lv, bases, y0, y1, src_base, src_row, first):
+    # the last level's output rows y0..y1 as pixel tiles along each row, every filter panel of a tile in
+    # turn: the same bits as its GEMM panels (kernels/convpix.py), without their overlap on rows that are
+    # not a multiple of NR wide (56: 64 pixels computed) or their phase-split reads
+    m, kdim, koff, act, s, h, w = lv[3], lv[4], lv[5], lv[6], lv[8], lv[9], lv[10]
+    wp, wlen, pshift, mr = pix[1], pix[2], pix[3], pix[4]
+    for y in range(y0, y1):
+        row = (y * s - first) * src_row
+        for t0 in range(0, w, mr):
+            pn = min(mr, w - t0)
+            for r in range(mr):
+                bases[r] = row + t0 + min(r, pn - 1)
+            for q in range((m + PIX_F - 1) // PIX_F):
+                f0 = q * PIX_F
+                dst = argv[7] + 4 * (f0 * h * w + y * w + t0)
+                if mr == PIX_MRS[0]:
+                    pixels_a(wp + 4 * q * wlen, src_base, bases.ctypes.data, koff, kdim, pshift + 4 * f0, act, dst,
+                             h * w, min(PIX_F, m - f0), pn)
+                else:
+                    pixels_b(wp + 4 * q * wlen, src_base, bases.ctypes.data, koff, kdim, pshift + 4 * f0, act, dst,
+                             h * w, min(PIX_F, m - f0), pn)
+
+
 @thread_body(fastmath=True)
 def _conv_chain_body(th, nthreads, argp):
-    argv = carray(argp, (8 + LEVEL_WORDS * argp[0],))          # the words as an array, to slice by level
+    argv = carray(argp, (8 + LEVEL_WORDS * argp[0] + PIXEL_WORDS,))   # the words as an array, to slice by level
     nl, band = argv[0], argv[1]
     n = nl - 1
     scratch = argv[2] + 4 * th * argv[3]
@@ -113,6 +143,8 @@ def _conv_chain_body(th, nthreads, argp):
     if y_lo >= y_hi:
         return
     tile = np.empty(MR * NR, dtype=np.float32)
+    pix = argv[8 + LEVEL_WORDS * nl:]              # the last level as pixel tiles (pix[0] != 0)
+    bases = np.empty(8, dtype=np.int64)
     lo = np.zeros(nl, dtype=np.int64)              # this step's rows of each level: [lo, hi)
     hi = np.zeros(nl, dtype=np.int64)
     have_lo = np.full(nl, -(1 << 40), dtype=np.int64)     # the rows each level's ring (the next) holds
@@ -150,6 +182,9 @@ def _conv_chain_body(th, nthreads, argp):
             else:
                 # ring i: level i-1's row y*s - pad at ring row y*s - pad - lo[i-1], rows s*Wq floats apart
                 src_base, src_row, first = scratch + 4 * lv[11], s * lv[13], (k - 1) // 2 + lo[i - 1]
+            if i == n and pix[0] != 0:
+                _pixel_rows(argv, pix, lv, bases, start, hi[i], src_base, src_row, first)
+                continue
             for y in range(start, hi[i]):
                 if i < n and (y < 0 or y >= h):                 # the next level's top or bottom padding
                     for q in range(m):
@@ -179,12 +214,14 @@ def _conv_chain_body(th, nthreads, argp):
                             split_tile2(tile.ctypes.data, first_ph, other_ph, plane, sh_ip, act, rows)
 
 
-def bind_conv_chain(xs, convs, out, scratch) -> Call:
+def bind_conv_chain(xs, convs, out, scratch, pixels=None) -> Call:
     """A chain of groups=1 convolutions, depth-first (see the module docstring). ``xs``: the first one's
     prepared input; ``convs``: per level (filter panels = conv.pack_filters(W, H*W), shift, act, size,
     stride, H, W), the first level's size/stride those ``xs`` was prepared for, the others' padding
     (size-1)/2; ``out``: the last level's output (M_n, H_n, W_n); ``scratch``: (threads, >=
-    ring_floats(levels)) floats, a row for each thread that will run it. Activations in gemm.FUSED_ACTS."""
+    ring_floats(levels)) floats, a row for each thread that will run it. Activations in gemm.FUSED_ACTS.
+    ``pixels``: the last level's weights as convpix.pack_pixel_filters packs them, to run it as pixel
+    tiles (convpix.DIRECT targets only), else None."""
     c, hp, s0, wq0 = xs.shape
     levels = [(cv[1].shape[0], cv[5], cv[6], cv[3], cv[4]) for cv in convs]
     band = band_rows(levels)
@@ -212,6 +249,16 @@ def bind_conv_chain(xs, convs, out, scratch) -> Call:
                   stride, h, w, *ring]
         keep += [ap, shift, koff]
         cin = m
+    if pixels is None:
+        words += [0] * PIXEL_WORDS
+    else:
+        m = levels[-1][0]
+        npf = -(-m // PIX_F)
+        ok = ok and DIRECT and pixels.shape == (npf, kdim * PIX_F)
+        pshift = np.zeros(npf * PIX_F, np.float32)
+        pshift[:m] = convs[-1][1]
+        words += [1, addr(pixels, np.float32), pixels.shape[1], addr(pshift, np.float32), pixel_mr(levels[-1][2])]
+        keep += [pixels, pshift]
     if not ok:
         raise ValueError(f"conv_chain: cannot run {[cv[3:] for cv in convs]} (size, stride, H, W) convolutions "
                          f"on {xs.shape} into {out.shape} with scratch {scratch.shape}")

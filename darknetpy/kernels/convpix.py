@@ -97,7 +97,7 @@ def _pixels_intrinsic(mr: int):
     return pixels
 
 
-_pixels_a, _pixels_b = (_pixels_intrinsic(mr) for mr in PIX_MRS)
+pixels_a, pixels_b = (_pixels_intrinsic(mr) for mr in PIX_MRS)   # (also kernels/convchain.py)
 
 
 def pixel_mr(n: int) -> int:
@@ -158,10 +158,10 @@ def _conv_pixels_body(th, nthreads, argv):
                     oy += 1
             dst = out2d.ctypes.data + 4 * (f0 * n + p0) if DIRECT else tile.ctypes.data
             if mr == PIX_MRS[0]:
-                _pixels_a(wp[q].ctypes.data, xflat.ctypes.data, bases.ctypes.data, koff.ctypes.data, kdim,
+                pixels_a(wp[q].ctypes.data, xflat.ctypes.data, bases.ctypes.data, koff.ctypes.data, kdim,
                           fshift.ctypes.data, act, dst, n, fn, pn)
             else:
-                _pixels_b(wp[q].ctypes.data, xflat.ctypes.data, bases.ctypes.data, koff.ctypes.data, kdim,
+                pixels_b(wp[q].ctypes.data, xflat.ctypes.data, bases.ctypes.data, koff.ctypes.data, kdim,
                           fshift.ctypes.data, act, dst, n, fn, pn)
             if not DIRECT:
                 # the tile is pixel-major; the output is filter planes: pn floats per filter

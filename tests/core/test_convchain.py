@@ -13,6 +13,7 @@ from conftest import write
 from darknetpy.kernels import config
 from darknetpy.kernels import conv as kconv
 from darknetpy.kernels import convchain as kchain
+from darknetpy.kernels import convpix as kpix
 from darknetpy.kernels.activation import CODE
 from darknetpy.kernels.gemm import NR
 from darknetpy.fusions import chain_fusions
@@ -76,6 +77,47 @@ def test_chain_is_the_convolutions_run_apart(monkeypatch, c, h, w, convs, band, 
             assert np.array_equal(got.view(np.int32), ref.view(np.int32)), acts
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("band", [1, 3, 1000])
+@pytest.mark.parametrize("c,h,w,convs", [
+    (3, 30, 40, [(16, 7, 1), (16, 3, 1), (12, 3, 2)]),   # the DLA stem, smaller: rows of 20 (tiles of 7 + 6)
+    (5, 20, 64, [(8, 1, 1), (20, 5, 2)]),                # a 5x5 stride-2 last level, 20 filters (2 panels)
+])
+def test_chain_with_pixel_tiles_last_is_the_convolutions_run_apart(monkeypatch, c, h, w, convs, band, threads):
+    # the last level as pixel tiles (kernels/convpix.py) where the tile stores straight into the output
+    # (AVX-512); elsewhere bind refuses them
+    rng = np.random.default_rng(c * h + w)
+    x = rng.standard_normal((c, h, w)).astype(np.float32)
+    bound, levels, cin, hh, ww, ref, src = [], [], c, h, w, None, x
+    for m, k, s in convs:
+        hh, ww = (hh + 2 * (k // 2) - k) // s + 1, (ww + 2 * (k // 2) - k) // s + 1
+        wt = (rng.standard_normal((m, cin * k * k)) / 4).astype(np.float32)
+        sh = rng.standard_normal(m).astype(np.float32)
+        ap = kconv.pack_filters(wt, hh * ww)
+        ref = np.empty((m, hh, ww), np.float32)
+        kconv.conv_gemm(_prepared(src, k, s, k // 2), ap, sh, CODE["leaky"], k, s, ref)
+        bound.append((ap, sh, CODE["leaky"], k, s, hh, ww))
+        levels.append((m, hh, ww, k, s))
+        src, cin = ref, m
+    monkeypatch.setattr(config, "CONV_CHAIN_RING_BYTES", 4 * kchain.ring_floats(levels, min(band, levels[-1][1])))
+    monkeypatch.setattr(config, "CONV_CHAIN_MIN_BAND", 1)
+    xs = _prepared(x, convs[0][1], convs[0][2], convs[0][1] // 2)
+    wp = kpix.pack_pixel_filters(wt)
+    scratch = np.full((4, kchain.ring_floats(levels)), np.nan, np.float32)
+    got = np.full(ref.shape, np.nan, np.float32)
+    if not kpix.DIRECT:
+        with pytest.raises(ValueError, match="conv_chain"):
+            kchain.bind_conv_chain(xs, bound, got, scratch, wp)
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        kchain.bind_conv_chain(xs, bound, got, scratch, wp)()
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(got.view(np.int32), ref.view(np.int32))
 
 
 def test_band_rows_fill_the_ring_budget_but_not_below_the_floor(monkeypatch):
