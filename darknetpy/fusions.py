@@ -58,7 +58,6 @@ def maxpool_fusions(graph: L.Graph) -> dict[int, int]:
             and mp.out_shape == (conv.filters, conv.out_h // 2, conv.out_w // 2)}
 
 
-
 def gemm_poolable(conv: L.Convolutional) -> bool:
     """A conv that _bind_conv_fast can run as the plain implicit GEMM, which can pool its output (the quirk
     case is excluded by conv_then). A conv in any fusion is never run as pixel tiles (runtime.Plan)."""

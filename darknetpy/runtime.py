@@ -11,7 +11,7 @@ The plan is built once:
 * ``exact=True`` binds the darknet-exact kernels instead (same arithmetic as pjreddie's C code);
 * which kernels a layer kind gets is one table per mode, ``FAST_PLAN`` and ``EXACT_PLAN`` (layer class ->
   bind method; ``layers.Refuse`` for a kind the mode cannot run), and the thresholds that choose between
-  kernels (Winograd, depthwise, GEMM orders) are in ``kernels/config.py``;
+  kernels (Winograd, pixel tiles, depthwise, GEMM orders) are in ``kernels/config.py``;
 * unless ``keep_all``, a linear 1x1 convolution whose only consumer is a global ``[avgpool]`` (a
   classifier head) computes the pool's output itself, as a per-channel mean and a matrix-vector product
   (``_pooled_step``), the same way as the [shortcut] fusion below;

@@ -31,7 +31,7 @@ from numba import carray, njit
 
 from . import config
 from .conv import kblocked, tap_offsets
-from .convpix import DIRECT, PIX_F, PIX_MRS, pixel_mr, pixels_a, pixels_b
+from .convpix import DIRECT, PIX_F, pixel_mr, pixel_tile
 from .gemm import FUSED_ACTS, MR, NR, microkernel_fused, microkernel_indirect, split_tile2
 from .parallel import Call, addr, f32, thread_body
 
@@ -122,13 +122,8 @@ def _pixel_rows(argv, pix, lv, bases, y0, y1, src_base, src_row, first):
                 bases[r] = row + t0 + min(r, pn - 1)
             for q in range((m + PIX_F - 1) // PIX_F):
                 f0 = q * PIX_F
-                dst = argv[7] + 4 * (f0 * h * w + y * w + t0)
-                if mr == PIX_MRS[0]:
-                    pixels_a(wp + 4 * q * wlen, src_base, bases.ctypes.data, koff, kdim, pshift + 4 * f0, act, dst,
-                             h * w, min(PIX_F, m - f0), pn)
-                else:
-                    pixels_b(wp + 4 * q * wlen, src_base, bases.ctypes.data, koff, kdim, pshift + 4 * f0, act, dst,
-                             h * w, min(PIX_F, m - f0), pn)
+                pixel_tile(mr, wp + 4 * q * wlen, src_base, bases.ctypes.data, koff, kdim, pshift + 4 * f0, act,
+                           argv[7] + 4 * (f0 * h * w + y * w + t0), h * w, min(PIX_F, m - f0), pn)
 
 
 @thread_body(fastmath=True)

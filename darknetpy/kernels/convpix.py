@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic
 
 from . import config
@@ -97,7 +97,17 @@ def _pixels_intrinsic(mr: int):
     return pixels
 
 
-pixels_a, pixels_b = (_pixels_intrinsic(mr) for mr in PIX_MRS)   # (also kernels/convchain.py)
+_pixels_a, _pixels_b = (_pixels_intrinsic(mr) for mr in PIX_MRS)
+
+
+@njit(inline="always")
+def pixel_tile(mr, wp, x, bases, koff, kdim, shift, act, dst, ldt, fn, pn):
+    """One tile of ``mr`` (one of PIX_MRS) pixels x PIX_F filters (``_codegen_pixels``; all arguments
+    addresses or integers): the tile body for this module's kernel and for kernels/convchain.py."""
+    if mr == PIX_MRS[0]:
+        _pixels_a(wp, x, bases, koff, kdim, shift, act, dst, ldt, fn, pn)
+    else:
+        _pixels_b(wp, x, bases, koff, kdim, shift, act, dst, ldt, fn, pn)
 
 
 def pixel_mr(n: int) -> int:
@@ -157,12 +167,8 @@ def _conv_pixels_body(th, nthreads, argv):
                     ox = 0
                     oy += 1
             dst = out2d.ctypes.data + 4 * (f0 * n + p0) if DIRECT else tile.ctypes.data
-            if mr == PIX_MRS[0]:
-                pixels_a(wp[q].ctypes.data, xflat.ctypes.data, bases.ctypes.data, koff.ctypes.data, kdim,
-                          fshift.ctypes.data, act, dst, n, fn, pn)
-            else:
-                pixels_b(wp[q].ctypes.data, xflat.ctypes.data, bases.ctypes.data, koff.ctypes.data, kdim,
-                          fshift.ctypes.data, act, dst, n, fn, pn)
+            pixel_tile(mr, wp[q].ctypes.data, xflat.ctypes.data, bases.ctypes.data, koff.ctypes.data, kdim,
+                       fshift.ctypes.data, act, dst, n, fn, pn)
             if not DIRECT:
                 # the tile is pixel-major; the output is filter planes: pn floats per filter
                 for j in range(fn):
