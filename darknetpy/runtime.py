@@ -425,9 +425,9 @@ class Plan:
                     ab, wb, shift_b = _folded(b, self._params[b.index])
                     apb = memory.in_huge_pages(kconv.pack_filters(wb.reshape(b.filters, -1), b.out_h * b.out_w))
                     convs.append((apb, shift_b, ab, b.size, b.stride, b.out_h, b.out_w))
-                last = self.graph[self.chains[layer.index][-1]]
-                gemm = kchain.bind_conv_chain(xs, convs, self.outputs[last.index], self._thread_scratch,
-                                              self._chain_pixels(last))
+                # (b, wb: the chain's last convolution and its folded weights)
+                gemm = kchain.bind_conv_chain(xs, convs, self.outputs[b.index], self._thread_scratch,
+                                              self._chain_pixels(b, wb))
             res = None
             if layer.index in self.fused:
                 sc = self.graph[self.fused[layer.index]]
@@ -514,16 +514,16 @@ class Plan:
                 and kcfg.pixel_tiles(layer) and i not in self.fused and i not in self.maxpooled
                 and i not in self.pooled and i not in self.chains and i not in self._absorbed)
 
-    def _chain_pixels(self, last: L.Convolutional):
-        """A chain's last convolution's weights for pixel tiles (kernels/convchain.py), else None: where they
-        are better than the GEMM (config.pixel_tiles), store into the output (convpix.DIRECT), and the rows
-        are not whole GEMM panels (56 wide: the GEMM computes 64, the last panel overlapping). DLA-46-C's
-        1x1 + stride-2 3x3 chain to 56x56, one process, plans alternating: 1.147 -> 1.063 ms (1 thread),
-        0.613 -> 0.584 (2); its stem's last conv, 112 wide (7 whole panels): 6.04 -> 6.07, 3.42 -> 3.44."""
+    def _chain_pixels(self, last: L.Convolutional, w: np.ndarray):
+        """A chain's last convolution's (folded) weights ``w`` packed for pixel tiles (kernels/convchain.py),
+        else None: where they are better than the GEMM (config.pixel_tiles), store into the output
+        (convpix.DIRECT), and the rows are not whole GEMM panels (56 wide: the GEMM computes 64, the last
+        panel overlapping). DLA-46-C's 1x1 + stride-2 3x3 chain to 56x56, one process, plans alternating:
+        1.147 -> 1.063 ms (1 thread), 0.613 -> 0.584 (2); its stem's last conv, 112 wide (7 whole panels):
+        6.04 -> 6.07, 3.42 -> 3.44."""
         if not (kcfg.pixel_tiles(last) and kpix.DIRECT and last.stride == 2 and last.out_w % kconv.NR):
             return None
-        _, wl, _ = _folded(last, self._params[last.index])
-        return memory.in_huge_pages(kpix.pack_pixel_filters(wl.reshape(last.filters, -1)))
+        return memory.in_huge_pages(kpix.pack_pixel_filters(w.reshape(last.filters, -1)))
 
     def _scratch_shape(self, layer: L.Layer) -> tuple[int, ...]:
         """The prepared-input buffer (see kernels/conv.py) a fast convolution reads; (0,) when none."""

@@ -31,7 +31,7 @@ from numba import carray, njit
 
 from . import config
 from .conv import kblocked, tap_offsets
-from .convpix import DIRECT, PIX_F, pixel_mr, pixel_tile
+from .convpix import DIRECT, MR_MAX, PIX_F, padded_shift, pixel_mr, pixel_tile
 from .gemm import FUSED_ACTS, MR, NR, microkernel_fused, microkernel_indirect, split_tile2
 from .parallel import Call, addr, f32, thread_body
 
@@ -139,7 +139,7 @@ def _conv_chain_body(th, nthreads, argp):
         return
     tile = np.empty(MR * NR, dtype=np.float32)
     pix = argv[8 + LEVEL_WORDS * nl:]              # the last level as pixel tiles (pix[0] != 0)
-    bases = np.empty(8, dtype=np.int64)
+    bases = np.empty(MR_MAX, dtype=np.int64)
     lo = np.zeros(nl, dtype=np.int64)              # this step's rows of each level: [lo, hi)
     hi = np.zeros(nl, dtype=np.int64)
     have_lo = np.full(nl, -(1 << 40), dtype=np.int64)     # the rows each level's ring (the next) holds
@@ -250,8 +250,7 @@ def bind_conv_chain(xs, convs, out, scratch, pixels=None) -> Call:
         m = levels[-1][0]
         npf = -(-m // PIX_F)
         ok = ok and DIRECT and pixels.shape == (npf, kdim * PIX_F)
-        pshift = np.zeros(npf * PIX_F, np.float32)
-        pshift[:m] = convs[-1][1]
+        pshift = padded_shift(convs[-1][1])
         words += [1, addr(pixels, np.float32), pixels.shape[1], addr(pshift, np.float32), pixel_mr(levels[-1][2])]
         keep += [pixels, pshift]
     if not ok:

@@ -36,6 +36,7 @@ _NV = PIX_F // _LANES
 # with AVX-512 (8 or 7 accumulators + the weight vector of 32 registers), 6 and 5 with AVX2 (12 or 10
 # accumulators + 2 weight vectors of 16). DLA maps are 7 x 2^k pixels wide: 7 divides them all.
 PIX_MRS = (8, 7) if _NV == 1 else (6, 5)
+MR_MAX = max(PIX_MRS)
 _F32, _I64 = ir.FloatType(), ir.IntType(64)
 
 
@@ -123,7 +124,14 @@ def pack_pixel_filters(w2d: np.ndarray) -> np.ndarray:
     return pack_a(w2d, PIX_F)
 
 
-# argv words: 0 xs  1-4 C, Hp, S, Wq  5 wp  6-7 wp's shape  8 shift  9 out  10-12 M, out_h*out_w, out_w
+def padded_shift(shift: np.ndarray) -> np.ndarray:
+    """The filters' shifts zero-padded to whole PIX_F-filter panels: a tile loads its panel's as vectors."""
+    out = np.zeros(-(-shift.shape[0] // PIX_F) * PIX_F, np.float32)
+    out[:shift.shape[0]] = shift
+    return out
+
+
+# argv words: 0 xs  1-4 C, Hp, S, Wq  5 wp  6-7 wp's shape  8 shift (padded_shift)  9 out  10-12 M, out_h*out_w, out_w
 #   13 K  14 koff  15 act  16 pixels per tile (one of PIX_MRS)  17 pixel chunks per filter panel
 
 
@@ -134,21 +142,17 @@ def _conv_pixels_body(th, nthreads, argv):
                                                             argv[16], argv[17])
     xflat = f32(argv[0], (c * hp * s * wq,))
     wp = f32(argv[5], (npf, argv[7]))
-    shift = f32(argv[8], (m,))
     out2d = f32(argv[9], (m, n))
     koff = i64(argv[14], (kdim,))
     row = s * wq
     ntiles = (n + mr - 1) // mr
-    tile = np.empty(8 * PIX_F, dtype=np.float32)
-    fshift = np.empty(PIX_F, dtype=np.float32)
-    bases = np.empty(8, dtype=np.int64)
+    tile = np.empty(MR_MAX * PIX_F, dtype=np.float32)
+    bases = np.empty(MR_MAX, dtype=np.int64)
     nitems = npf * pchunks
     for o in range(th * nitems // nthreads, (th + 1) * nitems // nthreads):
         pc, q = o // npf, o % npf             # pixel-chunk major: a thread reads its share of the input
         f0 = q * PIX_F
         fn = min(PIX_F, m - f0)
-        for j in range(PIX_F):                     # the panel's shifts (zero for its padding filters)
-            fshift[j] = shift[f0 + j] if j < fn else np.float32(0.0)
         t_lo = pc * ntiles // pchunks
         oy, ox = divmod(t_lo * mr, out_w)          # the tile's first pixel, advanced without divisions
         for tq in range(t_lo, (pc + 1) * ntiles // pchunks):
@@ -168,7 +172,7 @@ def _conv_pixels_body(th, nthreads, argv):
                     oy += 1
             dst = out2d.ctypes.data + 4 * (f0 * n + p0) if DIRECT else tile.ctypes.data
             pixel_tile(mr, wp[q].ctypes.data, xflat.ctypes.data, bases.ctypes.data, koff.ctypes.data, kdim,
-                       fshift.ctypes.data, act, dst, n, fn, pn)
+                       argv[8] + 4 * f0, act, dst, n, fn, pn)
             if not DIRECT:
                 # the tile is pixel-major; the output is filter planes: pn floats per filter
                 for j in range(fn):
@@ -203,9 +207,10 @@ def bind_conv_pixels(xs, wp, shift, act: int, size: int, stride: int, out) -> Ca
     npf = wp.shape[0]
     pchunks = min(ntiles, -(-config.CONV_MIN_ITEMS // npf) if wp.nbytes > xs.nbytes else config.CONV_MIN_ITEMS)
     f4 = np.float32
-    words = [addr(xs, f4), c, hp, s, wq, addr(wp, f4), *wp.shape, addr(shift, f4), addr(out, f4), m, n, out_w,
+    pshift = padded_shift(shift)
+    words = [addr(xs, f4), c, hp, s, wq, addr(wp, f4), *wp.shape, addr(pshift, f4), addr(out, f4), m, n, out_w,
              kdim, addr(koff, np.int64), act, mr, pchunks]
-    return Call(_conv_pixels_body, words, (xs, wp, shift, out, koff))
+    return Call(_conv_pixels_body, words, (xs, wp, pshift, out, koff))
 
 
 def conv_pixels(xs, wp, shift, act: int, size: int, stride: int, out) -> None:
