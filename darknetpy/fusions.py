@@ -37,6 +37,24 @@ def shortcut_fusions(graph: L.Graph) -> dict[int, int]:
             and graph[sc.from_].out_shape == conv.out_shape == sc.out_shape}
 
 
+def project_fusions(graph: L.Graph, shortcuts: dict[int, int]) -> dict[int, int]:
+    """conv index -> the project conv whose output its fused [shortcut] adds (``shortcuts``: conv ->
+    shortcut, as shortcut_fusions gives them), where both convs run as the plain GEMM (gemm_poolable) and the
+    project conv is 1x1, stride 1, unpadded, before the conv and read by the shortcut alone (a
+    strided residual branch, as DLA's trees have: ``project = conv1x1(maxpool(x))``). The conv's step
+    computes each tile of the project's output into the shortcut's, then its own tile added to it
+    (kernels/conv.py), so the project's map is never written nor read back."""
+    consumers = graph.consumers()
+    out = {}
+    for c, sc in shortcuts.items():
+        conv, p = graph[c], graph[graph[sc].from_]
+        if (isinstance(p, L.Convolutional) and p.index < c and consumers[p.index] == [sc]
+                and (p.size, p.stride, p.padding) == (1, 1, 0) and not p.quirk_1x1_no_subsample
+                and gemm_poolable(p) and gemm_poolable(conv)):
+            out[c] = p.index
+    return out
+
+
 def avgpool_fusions(graph: L.Graph) -> dict[int, int]:
     """conv index -> the [avgpool] right after it, where that conv is a linear 1x1 stride-1 unpadded
     groups=1 convolution whose only consumer is the pool: avgpool(W x + b) = W avgpool(x) + b."""

@@ -180,12 +180,14 @@ def _store_tile(tile, t0, mr, nr, i0, n0, jn, act, shift, has_res, out2d, res2d)
     for r in range(min(mr, m - i0)):
         sh = shift[i0 + r]
         orow = out2d[i0 + r, n0:n0 + jn]
-        for j in range(jn):
-            orow[j] = tile[t0 + r * nr + j] + sh
         if has_res:
+            # one pass, so that the residual may be the output itself (a fused project conv's tile)
             rrow = res2d[i0 + r, n0:n0 + jn]
             for j in range(jn):
-                orow[j] += rrow[j]
+                orow[j] = (tile[t0 + r * nr + j] + sh) + rrow[j]
+        else:
+            for j in range(jn):
+                orow[j] = tile[t0 + r * nr + j] + sh
         activate_block(orow, jn, act)
 
 
@@ -209,6 +211,9 @@ def tap_offsets(c: int, size: int, s: int, hp: int, row: int, wq: int) -> np.nda
 #   conv_gemm:  18 kpack  19 in_place_rows  20 in_place_ok  21 mchunks  22 a_stationary  23 bscratch  24 its row
 #               25 pool (a 2x2 stride-2 [maxpool] fused: 26 is its output, (M, out_h/2, out_w/2))  26 pooled
 #               27 prefetch the next item's output lines (config.CONV_PREFETCH_OUT)
+#               28 project (a second 1x1 stride-1 convolution whose output is the residual, computed per
+#               tile into ``out`` first; 0: none)  29 its input (K_p, N)  30 its filter panels  31 their row
+#               length  32 its shift  33 K_p  34 its koff  35 its act  36 its kpack  37 its in_place_ok
 #   K-blocked:  18 kc  19 ncp (pixel panels per block)  20 zero tile
 
 
@@ -235,8 +240,14 @@ def _conv_gemm_body(th, nthreads, argv):
     nitems = npan * mchunks
     tile = np.empty(MR * NR, dtype=np.float32)
     bp = np.empty(kdim * NR, dtype=np.float32)
-    srcs = np.empty(npan, dtype=np.int64)
-    offs = np.empty(npan, dtype=np.int64)
+    srcs = np.empty(max(npan, 2), dtype=np.int64)
+    offs = np.empty(max(npan, 2), dtype=np.int64)
+    # a fused project conv (words 28-37; K_p = 0 and empty arrays without one)
+    project, kp, act_p = argv[28] != 0, argv[33], argv[35]
+    xflat_p, ap_p = f32(argv[29], (kp * n,)), f32(argv[30], (nip if project else 0, argv[31]))
+    shift_p, koff_p, kpack_p = f32(argv[32], (m if project else 0,)), i64(argv[34], (kp,)), i64(argv[36], (kp,))
+    fused_p = act_p == 0 or act_p == 3 or act_p == 11 or act_p == 14
+    bp_p = np.empty(kp * NR, dtype=np.float32)
     if argv[25] != 0:
         _pooled_items(th, nthreads, argv[26], ap, xflat, koff, kpack, kdim, m, n, out_w, s, row, in_place_ok,
                       shift, act, tile, bp)
@@ -263,6 +274,9 @@ def _conv_gemm_body(th, nthreads, argv):
             mc = o % mchunks
             srcs[0], offs[0] = _panel_source(xflat, koff, kpack, kdim, jp * NR, min(NR, n - jp * NR), out_w,
                                              s, row, in_place_rows, in_place_ok, bp)
+            if project:
+                srcs[1], offs[1] = _panel_source(xflat_p, koff_p, kpack_p, kp, jp * NR, min(NR, n - jp * NR), out_w,
+                                                 1, out_w, True, argv[37] != 0, bp_p)
             i_lo, i_hi = mc * nip // mchunks, (mc + 1) * nip // mchunks
             if argv[27] != 0 and o + 1 < o_hi:            # the next item's output lines (CONV_PREFETCH_OUT)
                 jp1, mc1 = (o + 1) // mchunks, (o + 1) % mchunks
@@ -274,8 +288,15 @@ def _conv_gemm_body(th, nthreads, argv):
                 ip, jp, q = o, i, i
             else:
                 ip, q = i, 0
-            _tile(ap, ip, srcs[q], offs[q], kdim, jp * NR, min(NR, n - jp * NR), fused, act, shift, has_res,
-                  out2d, res2d, tile)
+            # with a project conv, its tile into the output first, then this conv's, added to it as the
+            # residual (res2d is out2d): the same bits as the two convs run apart with the [shortcut] fused.
+            # One _tile call site in a loop (each inlined copy of the micro-kernels costs compile time).
+            for second in range(0 if project else 1, 2):
+                if second:
+                    a_, src, off, kk, fu, ac, sh, hr = ap, srcs[q], offs[q], kdim, fused, act, shift, has_res
+                else:
+                    a_, src, off, kk, fu, ac, sh, hr = ap_p, srcs[1], offs[1], kp, fused_p, act_p, shift_p, False
+                _tile(a_, ip, src, off, kk, jp * NR, min(NR, n - jp * NR), fu, ac, sh, hr, out2d, res2d, tile)
 
 
 @njit(inline="always")
@@ -461,12 +482,16 @@ def pack_filters(w2d: np.ndarray, n: int) -> np.ndarray:
     return flat.reshape(ap.shape)
 
 
-def bind_conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bscratch=None, pooled=None):
+def bind_conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=None, bscratch=None, pooled=None,
+                   project=None):
     """``conv_gemm`` bound to its arrays: a callable that runs it (a plan step calls it many times).
     ``bscratch`` is then required when gemm_scratch_size(...) is not 0: (threads, that many floats), for
     as many threads as will ever run it. ``pooled``: the (M, out_h/2, out_w/2) output of a 2x2 stride-2
     [maxpool] after the convolution, computed instead of ``out`` (which is not written; see
-    ``can_pool``)."""
+    ``can_pool``). ``project``: (xp, ap_p, shift_p, act_p), a second, 1x1 stride-1 unpadded convolution
+    act_p(W_p xp + shift_p) of xp (K_p, out_h, out_w) with as many filters, whose output is the residual:
+    out = act(conv(x) + shift + act_p(W_p xp + shift_p)), each tile of the second computed into ``out``
+    just before the first's (``res`` must then be None; the plain order only, see ``can_pool``)."""
     c, hp, s, wq = xs.shape
     m, out_h, out_w = out.shape
     n = out_h * out_w
@@ -489,6 +514,12 @@ def bind_conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=Non
              addr(out if res is None else res, f4), res is not None, kdim, koff.ctypes.data, act]
     keep = [xs, ap, shift, out, res, koff]
     if blocked:
+        # the K-blocked body computes neither (its tiles are summed block by block): refused, not ignored
+        if pooled is not None:
+            raise ValueError(f"conv_gemm: cannot pool this convolution's output ({out.shape}): it is K-blocked")
+        if project is not None:
+            raise ValueError(f"conv_gemm: cannot add a project convolution to this one ({xs.shape} -> {out.shape}): "
+                             "it is K-blocked")
         zero = np.zeros(KMR * KNR, dtype=np.float32)
         return Call(_conv_gemm_kblocked_body, words + [config.CONV_KC, config.CONV_KBLOCK_PANELS, zero.ctypes.data],
                     keep + [zero])
@@ -514,6 +545,22 @@ def bind_conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=Non
               addr(bscratch, f4) if need else 0, bscratch.shape[1] if need else 0,
               pooled is not None, 0 if pooled is None else addr(pooled, f4), config.CONV_PREFETCH_OUT]
     keep.append(pooled)
+    if project is None:
+        words += [0, addr(out, f4), addr(ap, f4), 0, addr(shift, f4), 0, kpack.ctypes.data, 0, kpack.ctypes.data, 0]
+    else:
+        xp, ap_p, shift_p, act_p = project
+        kp = xp.shape[0]
+        if (need or pooled is not None or res is not None or xp.shape != (kp, out_h, out_w)
+                or ap_p.shape != (nip, kp * MR) or shift_p.shape != (m,)):
+            raise ValueError(f"conv_gemm: cannot add a project convolution of {xp.shape} with weights {ap_p.shape} "
+                             f"to this one ({xs.shape} -> {out.shape}{', pooled' if pooled is not None else ''}"
+                             f"{', with a residual' if res is not None else ''})")
+        koff_p = np.arange(kp, dtype=np.int64) * n       # 1x1 stride 1: B row k is channel plane k
+        kpack_p = np.arange(kp, dtype=np.int64) * NR
+        words[13:15] = [addr(out, f4), True]                 # the residual is the project's tile in ``out``
+        words += [1, addr(xp, f4), addr(ap_p, f4), ap_p.shape[1], addr(shift_p, f4), kp, koff_p.ctypes.data, act_p,
+                  kpack_p.ctypes.data, kp < config.CONV_PACK_K or xp.nbytes <= config.CONV_IN_PLACE_BYTES]
+        keep += [xp, ap_p, shift_p, koff_p, kpack_p]
     # thread th packs into row th of bscratch: never more threads than rows
     return Call(_conv_gemm_body, words, keep + [kpack, bscratch], bscratch.shape[0] if need else 1 << 30)
 

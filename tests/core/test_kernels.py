@@ -773,6 +773,64 @@ def test_winograd_block_size_changes_the_split_not_the_result(monkeypatch, vbloc
         assert np.array_equal(out, ref), f4
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("c,cp,h,w,m,size,act,act_p", [
+    (32, 32, 12, 16, 64, 1, "relu", "linear"),    # DLA's shape, smaller: 1x1 conv, 1x1 project, whole panels
+    (16, 24, 7, 7, 40, 1, "leaky", "relu"),       # 49 pixels: a last panel of 1, a partial filter panel
+    (8, 12, 9, 11, 20, 3, "relu6", "linear"),     # a 3x3 conv with the project
+    (6, 5, 10, 12, 16, 1, "logistic", "tanh"),    # activations the epilogue does not apply (scalar path)
+])
+def test_conv_gemm_with_a_project_conv_is_the_shortcut_of_the_two(c, cp, h, w, m, size, act, act_p, threads):
+    # bind_conv_gemm(project=...): act(conv(x) + shift + act_p(W_p xp + shift_p)), each project tile
+    # computed into the output just before the conv's tile, against the two run apart with the
+    # residual read back (what the plan did before): the same bits
+    import numba
+    rng = np.random.default_rng(c + cp + h + m)
+    x = rng.standard_normal((c, h, w)).astype(np.float32)
+    xp = rng.standard_normal((cp, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((m, c * size * size)) / 4).astype(np.float32)
+    wp = (rng.standard_normal((m, cp)) / 4).astype(np.float32)
+    shift, shift_p = rng.standard_normal(m).astype(np.float32), rng.standard_normal(m).astype(np.float32)
+    ap, app = kconv.pack_filters(wt, h * w), kconv.pack_filters(wp, h * w)
+    pad = size // 2
+    xs = np.zeros(kconv.input_shape(c, h, w, pad, 1), np.float32)
+    kconv.prepare_input(x, pad, xs)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        y_p = np.empty((m, h, w), np.float32)
+        kconv.conv_gemm(xp.reshape(cp, h, 1, w), app, shift_p, CODE[act_p], 1, 1, y_p)
+        ref = np.empty((m, h, w), np.float32)
+        kconv.conv_gemm(xs, ap, shift, CODE[act], size, 1, ref, res=y_p)
+        got = np.full(ref.shape, np.nan, np.float32)
+        kconv.bind_conv_gemm(xs, ap, shift, CODE[act], size, 1, got, project=(xp, app, shift_p, CODE[act_p]))()
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(got.view(np.int32), ref.view(np.int32))
+    with pytest.raises(ValueError, match="cannot add a project"):           # a residual as well
+        kconv.bind_conv_gemm(xs, ap, shift, CODE[act], size, 1, got, res=y_p, project=(xp, app, shift_p, 0))
+    with pytest.raises(ValueError, match="cannot add a project"):           # its input the wrong size
+        kconv.bind_conv_gemm(xs, ap, shift, CODE[act], size, 1, got, project=(xp[:, 1:], app, shift_p, 0))
+    with pytest.raises(ValueError, match="cannot add a project"):           # its weights packed for another K
+        wrong_k = kconv.pack_filters(np.zeros((m, cp + 1), np.float32), h * w)
+        kconv.bind_conv_gemm(xs, ap, shift, CODE[act], size, 1, got, project=(xp, wrong_k, shift_p, 0))
+
+
+def test_conv_gemm_k_blocked_refuses_a_pool_or_a_project(monkeypatch):
+    # its body computes neither: a plan that asked would get the plain output, so it is refused
+    monkeypatch.setattr(kconv, "kblocked", lambda kdim, m, n: True)
+    c, h, w, m = 16, 8, 8, 24
+    xs = np.zeros(kconv.input_shape(c, h, w, 0, 1), np.float32)
+    ap = kconv.pack_filters(np.ones((m, c), np.float32), h * w)
+    shift, out = np.zeros(m, np.float32), np.empty((m, h, w), np.float32)
+    kconv.bind_conv_gemm(xs, ap, shift, 0, 1, 1, out)                      # on its own: bound
+    with pytest.raises(ValueError, match="cannot pool .* K-blocked"):
+        kconv.bind_conv_gemm(xs, ap, shift, 0, 1, 1, out, pooled=np.empty((m, h // 2, w // 2), np.float32))
+    app = kconv.pack_filters(np.ones((m, c), np.float32), h * w)
+    with pytest.raises(ValueError, match="cannot add a project .* K-blocked"):
+        kconv.bind_conv_gemm(xs, ap, shift, 0, 1, 1, out, project=(np.zeros((c, h, w), np.float32), app, shift, 0))
+
+
 @pytest.mark.parametrize("min_items", [1, 64])
 def test_conv_gemm_work_split_changes_nothing(monkeypatch, min_items):
     from darknetpy.kernels import config

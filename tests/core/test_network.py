@@ -180,6 +180,68 @@ def test_shortcut_fused_into_conv(tmp_path):
     np.testing.assert_allclose(fused, exact, rtol=0, atol=1e-5 * float(np.abs(exact).max()))
 
 
+PROJECT = """[net]
+height=24
+width=24
+channels=3
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+pad=1
+activation=leaky
+[maxpool]
+size=2
+stride=2
+[convolutional]
+batch_normalize=1
+filters=32
+size=1
+activation=linear
+[route]
+layers=-3
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=relu
+[convolutional]
+batch_normalize=1
+filters=32
+size=1
+activation=linear
+[shortcut]
+from=-4
+activation=relu
+[convolutional]
+filters=8
+size=3
+pad=1
+activation=leaky
+"""
+
+
+def test_project_conv_of_a_shortcut_runs_in_the_step_of_the_conv_it_is_added_to(tmp_path):
+    # DLA's strided tree: shortcut(conv5(conv4(x)), project = conv2(maxpool(x))). Conv 2's tiles are computed
+    # in conv 5's step, into the shortcut's map (its own map is never written), so its input (the pool's
+    # map, 16 x 12 x 12) must outlive conv 4, whose output is the same size and would otherwise take its
+    # memory. The same bits as the plan where conv 2 is kept (and so runs on its own)
+    net = darknetpy.load(write(tmp_path, "p.cfg", PROJECT))
+    plan, apart = net.plan(), net.plan(keep=frozenset({2}))
+    assert plan.fused == apart.fused == {5: 6} and plan.projects == {5: 2} and apart.projects == {}
+    assert net.plan(keep_all=True).projects == {} and net.plan(exact=True).projects == {}
+    for seed in range(3):
+        x = np.random.default_rng(seed).random(net.input_shape, dtype=np.float32)
+        plan.run(x)
+        apart.run(x)
+        for i in (6, 7):
+            assert np.array_equal(plan.outputs[i].view(np.int32), apart.outputs[i].view(np.int32)), (seed, i)
+    every = net.predict(x, all_layers=True)
+    np.testing.assert_allclose(plan.outputs[7], every[7], rtol=0, atol=1e-5 * float(np.abs(every[7]).max()))
+
+
 def test_keep_refuses_what_is_not_a_layer_index(net):
     from darknetpy.runtime import Plan
     n = len(net.graph)
