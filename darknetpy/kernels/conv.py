@@ -208,7 +208,7 @@ def tap_offsets(c: int, size: int, s: int, hp: int, row: int, wq: int) -> np.nda
 # argv words of the two GEMM bodies, in this order (bind_conv_gemm builds them)
 #   0 xs  1-4 C, Hp, S, Wq  5 ap  6-7 ap's shape  8 shift  9 out  10-12 M, out_h*out_w, out_w
 #   13 res (= out when there is none)  14 has_res  15 K  16 koff  17 act
-#   conv_gemm:  18 kpack  19 in_place_rows  20 in_place_ok  21 mchunks  22 a_stationary  23 bscratch  24 its row
+#   conv_gemm:  18 kpack  19 in_place_rows  20 in_place_ok  21 (free)  22 a_stationary  23 bscratch  24 its row
 #               25 pool (a 2x2 stride-2 [maxpool] fused: 26 is its output, (M, out_h/2, out_w/2))  26 pooled
 #               27 prefetch the next item's output lines (config.CONV_PREFETCH_OUT)
 #               28 project (a second 1x1 stride-1 convolution whose output is the residual, computed per
@@ -233,11 +233,10 @@ def _conv_gemm_body(th, nthreads, argv):
     xflat, s, wq, nip, m, n, out_w, shift, out2d, res2d, has_res, kdim, koff, act = _gemm_words(argv)
     ap = f32(argv[5], (nip, argv[7]))
     kpack = i64(argv[18], (kdim,))                 # the same offsets for a packed B panel
-    in_place_rows, in_place_ok, mchunks, a_stationary = argv[19] != 0, argv[20] != 0, argv[21], argv[22] != 0
+    in_place_rows, in_place_ok, a_stationary = argv[19] != 0, argv[20] != 0, argv[22] != 0
     row = s * wq                                  # floats between two input rows
     npan = (n + NR - 1) // NR
     fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
-    nitems = npan * mchunks
     tile = np.empty(MR * NR, dtype=np.float32)
     bp = np.empty(kdim * NR, dtype=np.float32)
     srcs = np.empty(max(npan, 2), dtype=np.int64)
@@ -264,25 +263,26 @@ def _conv_gemm_body(th, nthreads, argv):
                                                bpa[jp * kdim * NR:(jp + 1) * kdim * NR])
         o_lo, o_hi = th * nip // nthreads, (th + 1) * nip // nthreads
     else:
-        # items = (pixel panel, range of filter panels): pack the panel, run the filter panels on it
-        o_lo, o_hi = th * nitems // nthreads, (th + 1) * nitems // nthreads
+        # The tiles (pixel panel jp, filter panel ip), jp-major, split evenly: thread th takes tiles
+        # [u_lo, u_hi), so its share ends in the middle of a pixel panel when the panels do not divide
+        # evenly (13 panels of a 14x14 map: 6.5 each, not 6 and 7); that panel is packed by both threads.
+        # For each pixel panel it touches (o): pack it, run its filter panels of the share on it.
+        u_lo, u_hi = th * npan * nip // nthreads, (th + 1) * npan * nip // nthreads
+        o_lo, o_hi = u_lo // nip, (u_hi + nip - 1) // nip if u_hi > u_lo else u_lo // nip
     for o in range(o_lo, o_hi):
         if a_stationary:
             i_lo, i_hi = 0, npan
         else:
-            jp = o // mchunks
-            mc = o % mchunks
+            jp = o
             srcs[0], offs[0] = _panel_source(xflat, koff, kpack, kdim, jp * NR, min(NR, n - jp * NR), out_w,
                                              s, row, in_place_rows, in_place_ok, bp)
             if project:
                 srcs[1], offs[1] = _panel_source(xflat_p, koff_p, kpack_p, kp, jp * NR, min(NR, n - jp * NR), out_w,
                                                  1, out_w, True, argv[37] != 0, bp_p)
-            i_lo, i_hi = mc * nip // mchunks, (mc + 1) * nip // mchunks
-            if argv[27] != 0 and o + 1 < o_hi:            # the next item's output lines (CONV_PREFETCH_OUT)
-                jp1, mc1 = (o + 1) // mchunks, (o + 1) % mchunks
-                r0 = (mc1 * nip // mchunks) * MR
-                r1 = min(m, ((mc1 + 1) * nip // mchunks) * MR)
-                prefetch_rows_w(out2d.ctypes.data + 4 * (r0 * n + jp1 * NR), r1 - r0, 4 * n)
+            i_lo, i_hi = max(0, u_lo - jp * nip), min(nip, u_hi - jp * nip)
+            if argv[27] != 0 and o + 1 < o_hi:            # the next panel's output lines (CONV_PREFETCH_OUT)
+                r1 = min(m, min(nip, u_hi - (jp + 1) * nip) * MR)
+                prefetch_rows_w(out2d.ctypes.data + 4 * (jp + 1) * NR, r1, 4 * n)
         for i in range(i_lo, i_hi):
             if a_stationary:
                 ip, jp, q = o, i, i
@@ -524,10 +524,7 @@ def bind_conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=Non
         return Call(_conv_gemm_kblocked_body, words + [config.CONV_KC, config.CONV_KBLOCK_PANELS, zero.ctypes.data],
                     keep + [zero])
     kpack = np.arange(kdim, dtype=np.int64) * NR
-    npan = -(-n // NR)
     nip = ap.shape[0]
-    # split M too when pixel panels are few (fewer than CONV_MIN_ITEMS work items otherwise)
-    mchunks = min(nip, -(-config.CONV_MIN_ITEMS // npan)) if npan < config.CONV_MIN_ITEMS else 1
     # B rows read in place from many channel planes thrash the TLB once the input is large
     in_place_ok = kdim < config.CONV_PACK_K or xs.nbytes <= config.CONV_IN_PLACE_BYTES
     flat_ok = size == 1 and stride == 1 and hp * wq == n
@@ -541,7 +538,7 @@ def bind_conv_gemm(xs, ap, shift, act: int, size: int, stride: int, out, res=Non
                                or pooled.shape != (m, out_h // 2, out_w // 2)):
         raise ValueError(f"conv_gemm: cannot pool this convolution's output ({out.shape}, act {act}) into "
                          f"{pooled.shape}")
-    words += [kpack.ctypes.data, flat_ok, in_place_ok, mchunks, need > 0,
+    words += [kpack.ctypes.data, flat_ok, in_place_ok, 0, need > 0,
               addr(bscratch, f4) if need else 0, bscratch.shape[1] if need else 0,
               pooled is not None, 0 if pooled is None else addr(pooled, f4), config.CONV_PREFETCH_OUT]
     keep.append(pooled)

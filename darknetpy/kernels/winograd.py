@@ -312,7 +312,7 @@ def _store_full(of, res, ob, qb, ntiles, out_w, t):
 
 @njit(cache=True, inline="always")
 def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, of, f4, vblock, pool, by_filters):
-    # One thread's share: a range of tile panels (all filter panels), or with fewer tile panels than
+    # One thread's share: a range of (tile panel, filter panel) pairs, or with fewer tile panels than
     # threads or ``by_filters`` (config.winograd_split_filters), every tile panel and a range of filter
     # panels. Panels are taken in blocks: transform the block's input tiles, then for each filter panel
     # run the nx micro-kernels per tile panel into an L1-resident block, transform back (+ shift,
@@ -329,11 +329,16 @@ def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, 
     nip = up.shape[0]
     npan = (ntile + NR - 1) // NR
     if npan >= nthreads and not by_filters:
-        tp_lo, tp_hi = th_ * npan // nthreads, (th_ + 1) * npan // nthreads
+        # the (tile panel, filter panel) pairs, tile-panel major, split evenly: a share may end in the
+        # middle of a tile panel (13 panels on 2 threads: 6.5 each, not 6 and 7; that panel's input is
+        # transformed by both threads, a small part of its cost)
+        u_lo, u_hi = th_ * npan * nip // nthreads, (th_ + 1) * npan * nip // nthreads
+        tp_lo, tp_hi = u_lo // nip, (u_hi + nip - 1) // nip if u_hi > u_lo else u_lo // nip
         ip_lo, ip_hi = 0, nip
     else:
         tp_lo, tp_hi = 0, npan
         ip_lo, ip_hi = th_ * nip // nthreads, (th_ + 1) * nip // nthreads
+        u_lo, u_hi = 0, npan * nip
     fused = act == 0 or act == 3 or act == 11 or act == 14    # gemm.FUSED_ACTS
     bsize = max(1, vblock // (nx * c * NR * 4))
     vbs = np.empty((min(bsize, max(1, tp_hi - tp_lo)), nx, c * NR), dtype=np.float32)
@@ -382,6 +387,8 @@ def _thread_body(th_, nthreads, xp, c, up, shift, act, tw, ntile, out_w, out_h, 
             for r in range(MR):
                 shv[r] = shift[i0 + r] if r < rows else np.float32(0.0)
             for tp in range(b0, b1):
+                if tp * nip + ip < u_lo or tp * nip + ip >= u_hi:
+                    continue                            # the other thread's part of a shared tile panel
                 pb = tp - b0
                 jn = min(NR, ntile - tp * NR)
                 vb = vbs[pb]

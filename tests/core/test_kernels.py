@@ -773,6 +773,37 @@ def test_winograd_block_size_changes_the_split_not_the_result(monkeypatch, vbloc
         assert np.array_equal(out, ref), f4
 
 
+@pytest.mark.parametrize("f4,pool", [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize("vblock", [1, 1 << 30])
+def test_winograd_work_split_changes_nothing(monkeypatch, f4, pool, vblock):
+    # the body run as n threads would run it (pool.run_job without a pool: its items one after the other),
+    # n = 1..7: shares of (tile panel, filter panel) pairs that end inside a tile panel (F(4x4): 5 tile
+    # panels x 3 filter panels on a 30 x 34 map; F(2x2): 16), or with more threads than tile panels the
+    # filter panels shared out: every split the same bits, every output written, close to the textbook sum
+    from darknetpy.kernels import config
+    from darknetpy.kernels import winograd as kw
+    from darknetpy.kernels.pool import run_job
+    monkeypatch.setattr(config, "WINOGRAD_V_BLOCK_BYTES", vblock)
+    rng = np.random.default_rng(9)
+    c, h, w, m = 12, 30, 34, 20
+    x = rng.standard_normal((c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((m, c, 3, 3)).astype(np.float32)
+    shift = rng.standard_normal(m).astype(np.float32)
+    up = (kw.transform_weights4 if f4 else kw.transform_weights)(wt)
+    want = np.maximum(naive_conv(x, wt, 1, 1, 1) + shift[:, None, None], 0)
+    if pool:
+        want = want.reshape(m, h // 2, 2, w // 2, 2).max(axis=(2, 4))
+    first = None
+    for n in range(1, 8):
+        out = np.full(want.shape, np.nan, np.float32)
+        pad, body = kw.bind_winograd(x, up, shift, CODE["relu"], 1, out, t=4 if f4 else 2, pool=pool).calls
+        pad()
+        run_job(0, body.body.address, n, body.argv.ctypes.data)
+        np.testing.assert_allclose(out, want, rtol=0, atol=1e-4 * float(np.abs(want).max()))
+        first = out if first is None else first
+        assert np.array_equal(out, first), n
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("c,cp,h,w,m,size,act,act_p", [
     (32, 32, 12, 16, 64, 1, "relu", "linear"),    # DLA's shape, smaller: 1x1 conv, 1x1 project, whole panels
@@ -831,22 +862,35 @@ def test_conv_gemm_k_blocked_refuses_a_pool_or_a_project(monkeypatch):
         kconv.bind_conv_gemm(xs, ap, shift, 0, 1, 1, out, project=(np.zeros((c, h, w), np.float32), app, shift, 0))
 
 
-@pytest.mark.parametrize("min_items", [1, 64])
-def test_conv_gemm_work_split_changes_nothing(monkeypatch, min_items):
-    from darknetpy.kernels import config
-    x = ints((16, 3, 5))                    # 15 pixels: one panel, so the filter panels are split
-    wt = ints((40, 16, 3, 3))
-    shift = ints((40,))
-    xs = np.zeros(kconv.input_shape(16, 3, 5, 1, 1), np.float32)
+@pytest.mark.parametrize("c,h,w,m,project", [
+    (16, 3, 5, 40, False),       # 15 pixels: one panel, so the threads split its filter panels
+    (16, 14, 14, 24, False),     # 13 panels (the last of 4 pixels) x 3 filter panels: shares end mid-panel
+    (8, 7, 9, 20, True),         # 4 panels, a partial filter panel, with a project conv
+])
+def test_conv_gemm_work_split_changes_nothing(c, h, w, m, project):
+    # the body run as n threads would run it, its items one after the other on this thread (pool.run_job
+    # without a pool), n = 1..7: every split of the tiles (weight-stationary for the first shape) gives
+    # the same bits, every output written
+    from darknetpy.kernels.pool import run_job
+    x, wt, shift = ints((c, h, w)), ints((m, c, 3, 3)), ints((m,))
+    xs = np.zeros(kconv.input_shape(c, h, w, 1, 1), np.float32)
     kconv.prepare_input(x, 1, xs)
-    ap = pack_a(wt.reshape(40, -1))
-    ref = np.empty((40, 3, 5), np.float32)
-    kconv.conv_gemm(xs, ap, shift, CODE["relu"], 3, 1, ref)
-    assert np.array_equal(ref, np.maximum(naive_conv(x, wt, 1, 1, 1) + shift[:, None, None], 0))
-    monkeypatch.setattr(config, "CONV_MIN_ITEMS", min_items)
-    out = np.full_like(ref, np.nan)
-    kconv.conv_gemm(xs, ap, shift, CODE["relu"], 3, 1, out)
-    assert np.array_equal(out, ref)
+    ap = kconv.pack_filters(wt.reshape(m, -1), h * w)
+    extra, res = None, None
+    if project:
+        xp, wp = ints((c + 3, h, w)), ints((m, c + 3))
+        extra = (xp, kconv.pack_filters(wp, h * w), shift, CODE["linear"])
+        res = np.einsum("mk,khw->mhw", wp, xp) + shift[:, None, None]
+    ref = naive_conv(x, wt, 1, 1, 1) + shift[:, None, None] + (0 if res is None else res)
+    ref = np.maximum(ref, 0)
+    # scratch rows for 7 threads (a weight-stationary body packs into row th)
+    scratch = np.empty((7, max(1, kconv.gemm_scratch_size(c * 9, m, h * w))), np.float32)
+    for n in range(1, 8):
+        out = np.full((m, h, w), np.nan, np.float32)
+        call = kconv.bind_conv_gemm(xs, ap, shift, CODE["relu"], 3, 1, out, None, scratch, project=extra)
+        assert call.max_threads >= n
+        run_job(0, call.body.address, n, call.argv.ctypes.data)
+        assert np.array_equal(out, ref), n
 
 
 @pytest.mark.parametrize("lanes", [16, 8])
