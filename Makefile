@@ -25,7 +25,7 @@ weights: install                         ## download tiny.weights, dog.jpg, labe
 test: install                            ## run the whole test suite
 	$(PY) -m pytest -q
 
-bench: install                           ## darknetpy vs onnxruntime, interleaved, 1 and 2 threads (add ARGS=--json)
+bench: install                           ## darknetpy vs onnxruntime, a process each, alternating rounds, 1 and 2 threads (ARGS=--busy, --json)
 	$(PY) benchmarks/bench.py $(ARGS)
 
 bench-int8: install                      ## int8 engine vs onnxruntime on the same QDQ model, interleaved
