@@ -134,7 +134,7 @@ class Plan:
         self._absorbed = {nxt: c for fusion in (self.fused, self.pooled, self.maxpooled) for c, nxt in fusion.items()}
         self._absorbed.update({nxt: a for a, rest in self.chains.items() for nxt in rest})
         self._absorbed.update({pc: c for c, pc in self.projects.items()})
-        # layers whose own map is never written (fused convs, a chain's inner maps)
+        # layers whose own map is never written (fused and project convs, a chain's inner maps)
         self._unwritten = {*self.fused, *self.projects.values(), *self.pooled, *self.maxpooled, *self.chains,
                            *(i for rest in self.chains.values() for i in rest[:-1])}
         self.input = np.zeros(graph.net.in_shape, dtype=np.float32)
@@ -239,9 +239,11 @@ class Plan:
         for nxt, conv in self._absorbed.items():
             o = owner[nxt]                            # a fused shortcut's or pool's storage is written at the conv
             first[o] = min(first.get(o, end), conv)
-        for conv, pc in self.projects.items():        # a fused project conv reads its input at the conv's step
-            if pc > 0 and owner[pc - 1] != -1:
-                last[owner[pc - 1]] = max(last[owner[pc - 1]], conv)
+            # ... and its inputs are read there: later than its own index for a project conv (fused into the
+            # conv its shortcut adds it to), which keeps that input alive until then
+            for src in L.inputs_of(g[nxt]):
+                if owner.get(src, -1) != -1:
+                    last[owner[src]] = max(last[owner[src]], conv)
         placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
         offset: dict[int, int] = {}
         top = 0
@@ -429,12 +431,12 @@ class Plan:
                 x, memory.in_huge_pages((kwino.transform_weights4 if variant == 4 else kwino.transform_weights)(w)),
                 shift, a, pad, out if pooled is None else pooled, xs, variant, pooled is not None)
         if layer.groups == 1:
-            ap = memory.in_huge_pages(kconv.pack_filters(w.reshape(layer.filters, -1), layer.out_h * layer.out_w))
+            ap = _gemm_filters(layer, w)
             if layer.index in self.chains:
                 convs = [(ap, shift, a, size, stride, layer.out_h, layer.out_w)]
                 for b in (self.graph[i] for i in self.chains[layer.index]):
                     ab, wb, shift_b = _folded(b, self._params[b.index])
-                    apb = memory.in_huge_pages(kconv.pack_filters(wb.reshape(b.filters, -1), b.out_h * b.out_w))
+                    apb = _gemm_filters(b, wb)
                     convs.append((apb, shift_b, ab, b.size, b.stride, b.out_h, b.out_w))
                 # (b, wb: the chain's last convolution and its folded weights)
                 gemm = kchain.bind_conv_chain(xs, convs, self.outputs[b.index], self._thread_scratch,
@@ -448,9 +450,7 @@ class Plan:
             if layer.index in self.projects:           # the residual computed here (fusions.project_fusions)
                 pc = self.graph[self.projects[layer.index]]
                 a_p, w_p, shift_p = _folded(pc, self._params[pc.index])
-                project = (self._in(pc), memory.in_huge_pages(kconv.pack_filters(w_p.reshape(pc.filters, -1),
-                                                                                  pc.out_h * pc.out_w)),
-                           shift_p, a_p)
+                project = (self._in(pc), _gemm_filters(pc, w_p), shift_p, a_p)
                 res = None
             if layer.index not in self.chains:
                 gemm = kconv.bind_conv_gemm(xs, ap, shift, a, size, stride, out, res, self._thread_scratch, pooled,
@@ -578,6 +578,11 @@ class Plan:
                 rng = "(not stored: fused into the next layer's step)"
             print(f"darknetpy: {layer.describe():28s} {str(layer.out_shape):18s} {dt:8.3f} ms  range {rng}",
                   file=sys.stderr)
+
+
+def _gemm_filters(conv: L.Convolutional, w: np.ndarray) -> np.ndarray:
+    """A convolution's folded weights (filters, ...) packed for kconv.conv_gemm, in huge pages."""
+    return memory.in_huge_pages(kconv.pack_filters(w.reshape(conv.filters, -1), conv.out_h * conv.out_w))
 
 
 def _folded(layer: L.Convolutional, p: dict) -> tuple[int, np.ndarray, np.ndarray]:
